@@ -1,0 +1,726 @@
+//! Each action's happy path and its rejections, on the pure state machine over an in-memory map.
+
+use std::collections::BTreeMap;
+
+use ed25519_consensus::SigningKey;
+use onionpost_proto::keys;
+use onionpost_proto::tx::sign;
+use onionpost_proto::v1::{self as pb, tx_body::Action};
+use prost::Message;
+
+use super::*;
+
+const CHAIN: &str = "test-chain";
+
+/// A ledger in memory: state map, height, per-key nonces.
+struct Ledger {
+    state: BTreeMap<Vec<u8>, Vec<u8>>,
+    height: u64,
+    time: u64,
+    nonces: BTreeMap<[u8; 32], u64>,
+}
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from([seed; 32])
+}
+
+fn pk(k: &SigningKey) -> Vec<u8> {
+    k.verification_key().to_bytes().to_vec()
+}
+
+fn pk32(k: &SigningKey) -> [u8; 32] {
+    k.verification_key().to_bytes()
+}
+
+impl Ledger {
+    /// Genesis with `admin` governing list "govern" and one validator.
+    fn new(admin: &SigningKey) -> Self {
+        let genesis = crate::genesis::AppGenesis {
+            governing_list: "govern".into(),
+            admins: vec![crate::genesis::GenesisIdentity {
+                public_key: hex::encode(pk(admin)),
+                display_name: "admin".into(),
+            }],
+            identities: vec![],
+        };
+        let writes = genesis
+            .writes(
+                CHAIN,
+                vec![pb::ValidatorUpdate {
+                    pub_key: pk(&key(200)),
+                    power: 10,
+                }],
+            )
+            .unwrap();
+        let mut l = Ledger {
+            state: BTreeMap::new(),
+            height: 0,
+            time: 1_000,
+            nonces: BTreeMap::new(),
+        };
+        l.write(writes);
+        l
+    }
+
+    fn write(&mut self, writes: WriteSet) {
+        for (k, v) in writes {
+            match v {
+                Some(v) => self.state.insert(k, v),
+                None => self.state.remove(&k),
+            };
+        }
+    }
+
+    /// Signs with the signer's next nonce (tracked here).
+    fn tx(&mut self, signer: &SigningKey, action: Action) -> Vec<u8> {
+        let n = self.nonces.entry(pk32(signer)).or_insert(0);
+        let tx = sign(signer, CHAIN, *n, action);
+        *n += 1;
+        tx.encode_to_vec()
+    }
+
+    fn block(&mut self, txs: Vec<Vec<u8>>) -> BlockOutcome {
+        self.height += 1;
+        self.time += 10;
+        let ctx = BlockContext {
+            chain_id: CHAIN.into(),
+            height: self.height,
+            time: self.time,
+        };
+        let out = execute_block(&self.state, &ctx, &txs).unwrap();
+        self.write(out.writes.clone());
+        out
+    }
+
+    /// Runs one transaction in its own block; returns its result.
+    fn run(&mut self, signer: &SigningKey, action: Action) -> Result<(), TxError> {
+        let tx = self.tx(signer, action);
+        self.block(vec![tx]).tx_results.remove(0).result
+    }
+
+    fn get<M: Message + Default>(&self, key: &[u8]) -> Option<M> {
+        self.state
+            .get(key)
+            .map(|b| M::decode(b.as_slice()).unwrap())
+    }
+
+    fn register(&mut self, k: &SigningKey, name: &str) {
+        self.run(
+            k,
+            Action::RegisterIdentity(pb::RegisterIdentity {
+                display_name: name.into(),
+            }),
+        )
+        .unwrap();
+    }
+}
+
+fn e2e(bytes: &[u8]) -> pb::E2eKey {
+    pb::E2eKey {
+        algorithm: "openpgp".into(),
+        public_key: bytes.to_vec(),
+    }
+}
+
+#[test]
+fn register_identity_then_duplicate_and_unknown_signer() {
+    let admin = key(1);
+    let mut l = Ledger::new(&admin);
+    let alice = key(2);
+    l.register(&alice, "alice");
+    let rec: pb::IdentityRecord = l.get(&keys::identity(&pk32(&alice))).unwrap();
+    assert_eq!(rec.display_name, "alice");
+    assert_eq!(rec.next_nonce, 1);
+    assert_eq!(rec.registered_height, 1);
+
+    let again = l.run(&alice, Action::RegisterIdentity(Default::default()));
+    assert!(
+        matches!(again, Err(TxError::AlreadyRegistered(_))),
+        "{again:?}"
+    );
+
+    let stranger = key(3);
+    let r = l.run(
+        &stranger,
+        Action::SignTrust(pb::SignTrust {
+            target: pk(&alice),
+            level: 1,
+            expires_at: 0,
+        }),
+    );
+    assert_eq!(r.unwrap_err().code(), 7, "unknown signer");
+
+    let long = l.run(
+        &key(4),
+        Action::RegisterIdentity(pb::RegisterIdentity {
+            display_name: "x".repeat(65),
+        }),
+    );
+    assert!(matches!(long, Err(TxError::Invalid(_))));
+}
+
+#[test]
+fn bad_signature_wrong_chain_replay_gap_and_oversize_are_rejected() {
+    let admin = key(1);
+    let mut l = Ledger::new(&admin);
+    let alice = key(2);
+    l.register(&alice, "alice");
+
+    // Bad signature: flip a signature bit.
+    let mut tx = pb::SignedTx::decode(
+        l.tx(&alice, Action::SetMailboxHosts(Default::default()))
+            .as_slice(),
+    )
+    .unwrap();
+    tx.signature[0] ^= 1;
+    let out = l.block(vec![tx.encode_to_vec()]);
+    assert!(matches!(
+        out.tx_results[0].result,
+        Err(TxError::BadSignature { .. })
+    ));
+    // A bad signature spends nothing: the same nonce still works.
+    l.nonces.insert(pk32(&alice), 1);
+
+    // Wrong chain.
+    let other = sign(
+        &alice,
+        "other-chain",
+        1,
+        Action::SetMailboxHosts(Default::default()),
+    );
+    let out = l.block(vec![other.encode_to_vec()]);
+    assert_eq!(out.tx_results[0].result.as_ref().unwrap_err().code(), 3);
+
+    // Replay: the same signed bytes twice, in two blocks and within one block.
+    let tx = l.tx(&alice, Action::SetMailboxHosts(Default::default()));
+    assert!(l.block(vec![tx.clone()]).tx_results[0].result.is_ok());
+    let out = l.block(vec![tx.clone()]);
+    assert!(matches!(
+        out.tx_results[0].result,
+        Err(TxError::NonceReplayed {
+            expected: 2,
+            got: 1,
+            ..
+        })
+    ));
+    let tx2 = l.tx(&alice, Action::SetMailboxHosts(Default::default()));
+    let out = l.block(vec![tx2.clone(), tx2]);
+    assert!(out.tx_results[0].result.is_ok());
+    assert_eq!(out.tx_results[1].result.as_ref().unwrap_err().code(), 5);
+
+    // Gap.
+    let ahead = sign(
+        &alice,
+        CHAIN,
+        9,
+        Action::SetMailboxHosts(Default::default()),
+    );
+    let out = l.block(vec![ahead.encode_to_vec()]);
+    assert!(matches!(
+        out.tx_results[0].result,
+        Err(TxError::NonceGap {
+            expected: 3,
+            got: 9,
+            ..
+        })
+    ));
+
+    // Oversized.
+    let big = sign(
+        &alice,
+        CHAIN,
+        3,
+        Action::BindKey(pb::BindKey {
+            key: Some(e2e(&vec![7; MAX_TX_BYTES])),
+        }),
+    );
+    let out = l.block(vec![big.encode_to_vec()]);
+    assert!(matches!(
+        out.tx_results[0].result,
+        Err(TxError::TooLarge { .. })
+    ));
+
+    // Garbage.
+    let out = l.block(vec![b"not a transaction".to_vec()]);
+    assert_eq!(out.tx_results[0].result.as_ref().unwrap_err().code(), 2);
+}
+
+#[test]
+fn key_history_records_bind_rotate_revoke_in_order() {
+    let admin = key(1);
+    let mut l = Ledger::new(&admin);
+    let a = key(2);
+    l.register(&a, "a");
+    let me = pk32(&a);
+
+    let r = l.run(
+        &a,
+        Action::RotateKey(pb::RotateKey {
+            new_key: Some(e2e(b"k1")),
+        }),
+    );
+    assert!(matches!(r, Err(TxError::Conflict(_))), "rotate before bind");
+    let r = l.run(
+        &a,
+        Action::BindKey(pb::BindKey {
+            key: Some(pb::E2eKey {
+                algorithm: "rsa".into(),
+                public_key: b"x".to_vec(),
+            }),
+        }),
+    );
+    assert!(matches!(r, Err(TxError::Invalid(_))), "bad algorithm");
+
+    l.run(
+        &a,
+        Action::BindKey(pb::BindKey {
+            key: Some(e2e(b"k1")),
+        }),
+    )
+    .unwrap();
+    let r = l.run(
+        &a,
+        Action::BindKey(pb::BindKey {
+            key: Some(e2e(b"k2")),
+        }),
+    );
+    assert!(matches!(r, Err(TxError::Conflict(_))), "second bind");
+    let r = l.run(
+        &a,
+        Action::RotateKey(pb::RotateKey {
+            new_key: Some(e2e(b"k1")),
+        }),
+    );
+    assert!(
+        matches!(r, Err(TxError::Invalid(_))),
+        "rotate to the same key"
+    );
+    l.run(
+        &a,
+        Action::RotateKey(pb::RotateKey {
+            new_key: Some(e2e(b"k2")),
+        }),
+    )
+    .unwrap();
+    let r = l.run(
+        &a,
+        Action::RevokeKey(pb::RevokeKey {
+            key_id: e2e_key_id(&e2e(b"k1")).to_vec(),
+            reason: String::new(),
+        }),
+    );
+    assert!(
+        matches!(r, Err(TxError::Invalid(_))),
+        "revoking a key that is not active"
+    );
+    l.run(
+        &a,
+        Action::RevokeKey(pb::RevokeKey {
+            key_id: e2e_key_id(&e2e(b"k2")).to_vec(),
+            reason: "lost laptop".into(),
+        }),
+    )
+    .unwrap();
+
+    let rec: pb::IdentityRecord = l.get(&keys::identity(&me)).unwrap();
+    assert_eq!(rec.key_history_len, 3);
+    assert!(rec.active_key.is_none());
+    let entries: Vec<pb::KeyHistoryEntry> = (0..3)
+        .map(|i| l.get(&keys::key_history(&me, i)).unwrap())
+        .collect();
+    let kinds: Vec<i32> = entries.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![Kind::Bind as i32, Kind::Rotate as i32, Kind::Revoke as i32]
+    );
+    assert_eq!(entries[0].key.as_ref().unwrap().public_key, b"k1");
+    assert_eq!(entries[1].key.as_ref().unwrap().public_key, b"k2");
+    assert_eq!(entries[2].reason, "lost laptop");
+    assert!(entries.windows(2).all(|w| w[0].height < w[1].height));
+    // Every rejected action spent its nonce: 1 register + 8 actions.
+    assert_eq!(rec.next_nonce, 9);
+}
+
+#[test]
+fn mailbox_hosts_must_be_registered_distinct_and_few() {
+    let admin = key(1);
+    let mut l = Ledger::new(&admin);
+    let a = key(2);
+    let b = key(3);
+    l.register(&a, "a");
+    l.register(&b, "b");
+    let r = l.run(
+        &a,
+        Action::SetMailboxHosts(pb::SetMailboxHosts {
+            hosts: vec![pk(&key(9))],
+        }),
+    );
+    assert!(matches!(r, Err(TxError::UnknownIdentity(_))));
+    let r = l.run(
+        &a,
+        Action::SetMailboxHosts(pb::SetMailboxHosts {
+            hosts: vec![pk(&b), pk(&b)],
+        }),
+    );
+    assert!(matches!(r, Err(TxError::Invalid(_))));
+    let r = l.run(
+        &a,
+        Action::SetMailboxHosts(pb::SetMailboxHosts {
+            hosts: vec![pk(&a)],
+        }),
+    );
+    assert!(matches!(r, Err(TxError::Invalid(_))));
+    let r = l.run(
+        &a,
+        Action::SetMailboxHosts(pb::SetMailboxHosts {
+            hosts: vec![pk(&b); 9],
+        }),
+    );
+    assert!(matches!(r, Err(TxError::Limit(_))));
+    l.run(
+        &a,
+        Action::SetMailboxHosts(pb::SetMailboxHosts {
+            hosts: vec![pk(&b), pk(&admin)],
+        }),
+    )
+    .unwrap();
+    let rec: pb::IdentityRecord = l.get(&keys::identity(&pk32(&a))).unwrap();
+    assert_eq!(rec.mailbox_hosts, vec![pk(&b), pk(&admin)]);
+}
+
+#[test]
+fn trust_sign_revoke_and_indexes() {
+    let admin = key(1);
+    let mut l = Ledger::new(&admin);
+    let a = key(2);
+    let b = key(3);
+    l.register(&a, "a");
+    l.register(&b, "b");
+    let trust = |target: &SigningKey, level, expires_at| {
+        Action::SignTrust(pb::SignTrust {
+            target: pk(target),
+            level,
+            expires_at,
+        })
+    };
+    assert!(
+        matches!(l.run(&a, trust(&a, 1, 0)), Err(TxError::Invalid(_))),
+        "self"
+    );
+    assert!(
+        matches!(l.run(&a, trust(&b, 3, 0)), Err(TxError::Invalid(_))),
+        "level"
+    );
+    assert!(
+        matches!(l.run(&a, trust(&b, 1, 5)), Err(TxError::Invalid(_))),
+        "already expired"
+    );
+    assert!(matches!(
+        l.run(&a, trust(&key(9), 1, 0)),
+        Err(TxError::UnknownIdentity(_))
+    ));
+    l.run(&a, trust(&b, 2, 0)).unwrap();
+    l.run(&admin, trust(&b, 1, 99_999)).unwrap();
+
+    let st: pb::TrustStatement = l.get(&keys::trust(&pk32(&a), &pk32(&b))).unwrap();
+    assert_eq!((st.level, st.expires_at), (2, 0));
+    let incoming: pb::IdentitySet = l.get(&keys::trust_incoming(&pk32(&b))).unwrap();
+    let mut want = vec![pk(&a), pk(&admin)];
+    want.sort();
+    assert_eq!(incoming.keys, want);
+
+    let revoke = Action::RevokeTrust(pb::RevokeTrust { target: pk(&b) });
+    l.run(&a, revoke.clone()).unwrap();
+    assert!(matches!(l.run(&a, revoke), Err(TxError::Conflict(_))));
+    assert!(!l.state.contains_key(&keys::trust(&pk32(&a), &pk32(&b))));
+    assert!(
+        !l.state.contains_key(&keys::trust_outgoing(&pk32(&a))),
+        "empty index is deleted"
+    );
+    let incoming: pb::IdentitySet = l.get(&keys::trust_incoming(&pk32(&b))).unwrap();
+    assert_eq!(incoming.keys, vec![pk(&admin)]);
+}
+
+#[test]
+fn lists_members_admins_and_policy() {
+    let admin = key(1);
+    let mut l = Ledger::new(&admin);
+    let (a, b, c) = (key(2), key(3), key(4));
+    for (k, n) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+        l.register(k, n);
+    }
+    let create = |name: &str| {
+        Action::CreateList(pb::CreateList {
+            name: name.into(),
+            policy: None,
+        })
+    };
+    assert!(matches!(
+        l.run(&a, create("Bad Name")),
+        Err(TxError::Invalid(_))
+    ));
+    l.run(&a, create("friends")).unwrap();
+    assert!(matches!(
+        l.run(&b, create("friends")),
+        Err(TxError::Conflict(_))
+    ));
+
+    let add = |m: &SigningKey| {
+        Action::AddMember(pb::AddMember {
+            list: "friends".into(),
+            member: pk(m),
+        })
+    };
+    assert!(
+        matches!(l.run(&b, add(&c)), Err(TxError::Unauthorized(_))),
+        "non-admin adds"
+    );
+    assert!(matches!(
+        l.run(
+            &a,
+            Action::AddMember(pb::AddMember {
+                list: "nope".into(),
+                member: pk(&b)
+            })
+        ),
+        Err(TxError::UnknownList(_))
+    ));
+    assert!(matches!(
+        l.run(&a, add(&key(9))),
+        Err(TxError::UnknownIdentity(_))
+    ));
+    l.run(&a, add(&b)).unwrap();
+    assert!(
+        matches!(l.run(&a, add(&b)), Err(TxError::Conflict(_))),
+        "twice"
+    );
+    l.run(&a, add(&c)).unwrap();
+
+    let list: pb::ListRecord = l.get(&keys::list("friends")).unwrap();
+    assert_eq!(list.member_count, 3);
+    assert_eq!(list.admins, vec![pk(&a)]);
+    let members: pb::IdentitySet = l.get(&keys::list_members("friends")).unwrap();
+    assert_eq!(members.keys.len(), 3);
+    assert!(members.keys.windows(2).all(|w| w[0] < w[1]), "sorted");
+    let m: pb::MembershipRecord = l.get(&keys::membership("friends", &pk32(&b))).unwrap();
+    assert_eq!(m.member, pk(&b));
+
+    // Admins.
+    let add_admin = |x: &SigningKey| {
+        Action::AddAdmin(pb::AddAdmin {
+            list: "friends".into(),
+            admin: pk(x),
+        })
+    };
+    assert!(matches!(
+        l.run(&b, add_admin(&b)),
+        Err(TxError::Unauthorized(_))
+    ));
+    assert!(
+        matches!(l.run(&a, add_admin(&admin)), Err(TxError::Conflict(_))),
+        "not a member"
+    );
+    l.run(&a, add_admin(&b)).unwrap();
+    let remove_a = Action::RemoveAdmin(pb::RemoveAdmin {
+        list: "friends".into(),
+        admin: pk(&a),
+    });
+    l.run(&b, remove_a.clone()).unwrap();
+    let remove_b = Action::RemoveAdmin(pb::RemoveAdmin {
+        list: "friends".into(),
+        admin: pk(&b),
+    });
+    assert!(
+        matches!(l.run(&b, remove_b), Err(TxError::Conflict(_))),
+        "last admin"
+    );
+    assert!(
+        matches!(l.run(&a, remove_a), Err(TxError::Conflict(_))),
+        "a is no admin now"
+    );
+
+    // Members leave or are removed; admins must step down first.
+    let remove = |m: &SigningKey| {
+        Action::RemoveMember(pb::RemoveMember {
+            list: "friends".into(),
+            member: pk(m),
+        })
+    };
+    assert!(matches!(
+        l.run(&a, remove(&c)),
+        Err(TxError::Unauthorized(_))
+    ));
+    assert!(
+        matches!(l.run(&b, remove(&b)), Err(TxError::Conflict(_))),
+        "admin leaving"
+    );
+    l.run(&c, remove(&c)).unwrap();
+    l.run(&b, remove(&a)).unwrap();
+    assert!(
+        matches!(l.run(&b, remove(&a)), Err(TxError::Conflict(_))),
+        "not a member"
+    );
+    let list: pb::ListRecord = l.get(&keys::list("friends")).unwrap();
+    assert_eq!(list.member_count, 1);
+    assert!(
+        !l.state
+            .contains_key(&keys::membership("friends", &pk32(&a)))
+    );
+
+    // Policy.
+    let policy = pb::ListPolicy {
+        posting: pb::list_policy::Posting::Admins as i32,
+        max_message_bytes: 1 << 20,
+    };
+    let set = Action::SetListPolicy(pb::SetListPolicy {
+        list: "friends".into(),
+        policy: Some(policy),
+    });
+    assert!(matches!(
+        l.run(&c, set.clone()),
+        Err(TxError::Unauthorized(_))
+    ));
+    l.run(&b, set).unwrap();
+    let list: pb::ListRecord = l.get(&keys::list("friends")).unwrap();
+    assert_eq!(list.policy, Some(policy));
+}
+
+#[test]
+fn validator_updates_need_a_two_thirds_admin_quorum() {
+    let admin = key(1);
+    let mut l = Ledger::new(&admin);
+    let (a, b) = (key(2), key(3));
+    l.register(&a, "a");
+    l.register(&b, "b");
+    // Make a and b admins of the governing list: 3 admins, quorum = 3 (>2/3 of 3).
+    for k in [&a, &b] {
+        l.run(
+            &admin,
+            Action::AddMember(pb::AddMember {
+                list: "govern".into(),
+                member: pk(k),
+            }),
+        )
+        .unwrap();
+        l.run(
+            &admin,
+            Action::AddAdmin(pb::AddAdmin {
+                list: "govern".into(),
+                admin: pk(k),
+            }),
+        )
+        .unwrap();
+    }
+    let newval = pk(&key(201));
+    let propose = Action::ProposeValidatorUpdate(pb::ProposeValidatorUpdate {
+        updates: vec![pb::ValidatorUpdate {
+            pub_key: newval.clone(),
+            power: 5,
+        }],
+    });
+    let outsider = key(5);
+    l.register(&outsider, "o");
+    assert!(matches!(
+        l.run(&outsider, propose.clone()),
+        Err(TxError::Unauthorized(_))
+    ));
+
+    let tx = l.tx(&admin, propose);
+    let out = l.block(vec![tx]);
+    assert!(out.tx_results[0].result.is_ok());
+    assert!(out.validator_updates.is_empty(), "1 of 3 approvals");
+    let approve = Action::ApproveValidatorUpdate(pb::ApproveValidatorUpdate { proposal_id: 1 });
+    assert!(
+        matches!(l.run(&admin, approve.clone()), Err(TxError::Conflict(_))),
+        "twice"
+    );
+    let tx = l.tx(&a, approve.clone());
+    let out = l.block(vec![tx]);
+    assert!(
+        out.validator_updates.is_empty(),
+        "2 of 3 is not more than two thirds"
+    );
+    let tx = l.tx(&b, approve.clone());
+    let out = l.block(vec![tx]);
+    assert_eq!(
+        out.validator_updates,
+        vec![pb::ValidatorUpdate {
+            pub_key: newval.clone(),
+            power: 5
+        }]
+    );
+    let set: pb::ValidatorSet = l.get(&keys::validators()).unwrap();
+    assert_eq!(set.validators.len(), 2);
+    assert!(
+        set.validators
+            .iter()
+            .any(|v| v.pub_key == newval && v.power == 5)
+    );
+    assert!(
+        matches!(l.run(&a, approve), Err(TxError::Conflict(_))),
+        "already executed"
+    );
+
+    // A proposal that empties the set is refused at execution. Single admin now suffices
+    // after the others step down: 1 of 1.
+    for k in [&a, &b] {
+        l.run(
+            k,
+            Action::RemoveAdmin(pb::RemoveAdmin {
+                list: "govern".into(),
+                admin: pk(k),
+            }),
+        )
+        .unwrap();
+    }
+    let remove_all = Action::ProposeValidatorUpdate(pb::ProposeValidatorUpdate {
+        updates: vec![
+            pb::ValidatorUpdate {
+                pub_key: newval,
+                power: 0,
+            },
+            pb::ValidatorUpdate {
+                pub_key: pk(&key(200)),
+                power: 0,
+            },
+        ],
+    });
+    assert!(matches!(
+        l.run(&admin, remove_all),
+        Err(TxError::Conflict(_))
+    ));
+    let bad = Action::ProposeValidatorUpdate(pb::ProposeValidatorUpdate {
+        updates: vec![pb::ValidatorUpdate {
+            pub_key: vec![1; 31],
+            power: 1,
+        }],
+    });
+    assert!(matches!(l.run(&admin, bad), Err(TxError::Invalid(_))));
+}
+
+#[test]
+fn events_name_the_action_list_and_subject() {
+    let admin = key(1);
+    let mut l = Ledger::new(&admin);
+    let a = key(2);
+    l.register(&a, "a");
+    let tx = l.tx(
+        &admin,
+        Action::AddMember(pb::AddMember {
+            list: "govern".into(),
+            member: pk(&a),
+        }),
+    );
+    let out = l.block(vec![tx.clone()]);
+    assert_eq!(out.events.len(), 1);
+    let e = &out.events[0];
+    assert_eq!((e.kind.as_str(), e.list.as_str()), ("add_member", "govern"));
+    assert_eq!(e.subject, pk(&a));
+    assert_eq!(e.signer, pk(&admin));
+    assert_eq!(e.tx_hash, onionpost_proto::tx::tx_hash(&tx).to_vec());
+    // block_info is written by every block, so even an empty block changes the state.
+    let out = l.block(vec![]);
+    let info: pb::BlockInfo =
+        pb::BlockInfo::decode(out.writes[&keys::block_info()].as_deref().unwrap()).unwrap();
+    assert_eq!(info.height, l.height);
+}

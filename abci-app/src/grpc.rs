@@ -1,0 +1,407 @@
+//! The gRPC `Ledger` service (tonic): typed reads with proofs, submission, and events.
+//!
+//! Every read answers at a stated height (the latest committed one unless asked otherwise)
+//! with an [`Anchor`] (height and app hash) and [`ProvenValue`]s, so a mail node, a client
+//! or an auditor checks the answer with `onionpost_proto::proof` instead of trusting this
+//! server. Reads go straight to RocksDB and never wait for block execution.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::pin::Pin;
+
+use futures::Stream;
+use onionpost_proto::keys;
+use onionpost_proto::v1::ledger_server::{Ledger, LedgerServer};
+use onionpost_proto::v1::{
+    Anchor, BlockInfo, EventsQuery, GetStatusRequest, IdentityAnswer, IdentityQuery,
+    IdentityRecord, IdentitySet, KeyHistoryAnswer, LedgerEvent, ListAnswer, ListMembersAnswer,
+    ListQuery, MembershipAnswer, MembershipQuery, SignedTx, StatusAnswer, SubmitAnswer,
+    TrustAnswer, TrustPathAnswer, TrustPathQuery, TrustQuery, TrustStatement,
+    trust_query::Direction,
+};
+use prost::Message;
+use tokio::sync::broadcast::error::RecvError;
+use tonic::{Request, Response, Status};
+
+use crate::app::LedgerApp;
+use crate::storage::StorageError;
+
+/// Deepest trust path searched.
+pub const MAX_TRUST_DEPTH: u32 = 6;
+/// Default depth when a query says 0.
+pub const DEFAULT_TRUST_DEPTH: u32 = 4;
+/// Most identities a trust-path search visits before giving up.
+pub const MAX_TRUST_VISITS: usize = 20_000;
+
+/// The service over one ledger.
+#[derive(Clone)]
+pub struct LedgerService {
+    app: LedgerApp,
+}
+
+impl LedgerService {
+    /// A service answering from `app`.
+    pub fn new(app: LedgerApp) -> Self {
+        Self { app }
+    }
+
+    /// The tonic server wrapper.
+    pub fn into_server(self) -> LedgerServer<Self> {
+        LedgerServer::new(self)
+    }
+
+    fn anchor(&self, height: u64) -> Result<Anchor, Status> {
+        let storage = self.app.storage();
+        let height = storage.resolve_height(height).map_err(status)?;
+        let root = storage.root_at(height).map_err(status)?;
+        Ok(Anchor {
+            height,
+            root: root.to_vec(),
+        })
+    }
+
+    fn prove(&self, key: &[u8], height: u64) -> Result<onionpost_proto::v1::ProvenValue, Status> {
+        self.app.storage().prove(key, height).map_err(status)
+    }
+
+    fn record<M: Message + Default>(&self, key: &[u8], height: u64) -> Result<Option<M>, Status> {
+        match self.app.storage().get_at(key, height).map_err(status)? {
+            None => Ok(None),
+            Some(b) => M::decode(b.as_slice())
+                .map(Some)
+                .map_err(|e| Status::data_loss(format!("stored record is corrupt: {e}"))),
+        }
+    }
+}
+
+fn status(e: StorageError) -> Status {
+    match e {
+        StorageError::NoSuchHeight { .. } => Status::out_of_range(e.to_string()),
+        StorageError::NoGenesis => Status::unavailable(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+fn identity_arg(bytes: &[u8], what: &str) -> Result<[u8; 32], Status> {
+    bytes.try_into().map_err(|_| {
+        Status::invalid_argument(format!(
+            "{what} must be a 32-byte ed25519 public key, got {} bytes",
+            bytes.len()
+        ))
+    })
+}
+
+fn list_arg(name: &str) -> Result<(), Status> {
+    if keys::is_valid_list_name(name) {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "{name:?} is not a list name (1-64 characters of a-z, 0-9, '-', '.')"
+        )))
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<LedgerEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Ledger for LedgerService {
+    async fn get_status(
+        &self,
+        _request: Request<GetStatusRequest>,
+    ) -> Result<Response<StatusAnswer>, Status> {
+        let committed = self
+            .app
+            .storage()
+            .committed()
+            .ok_or_else(|| status(StorageError::NoGenesis))?;
+        Ok(Response::new(StatusAnswer {
+            chain_id: committed.chain_id,
+            anchor: Some(Anchor {
+                height: committed.height,
+                root: committed.app_hash.to_vec(),
+            }),
+            mempool_size: self.app.mempool().len() as u64,
+        }))
+    }
+
+    async fn get_identity(
+        &self,
+        request: Request<IdentityQuery>,
+    ) -> Result<Response<IdentityAnswer>, Status> {
+        let q = request.into_inner();
+        let id = identity_arg(&q.identity, "identity")?;
+        let anchor = self.anchor(q.height)?;
+        let identity = self.prove(&keys::identity(&id), anchor.height)?;
+        Ok(Response::new(IdentityAnswer {
+            anchor: Some(anchor),
+            identity: Some(identity),
+        }))
+    }
+
+    async fn get_key_history(
+        &self,
+        request: Request<IdentityQuery>,
+    ) -> Result<Response<KeyHistoryAnswer>, Status> {
+        let q = request.into_inner();
+        let id = identity_arg(&q.identity, "identity")?;
+        let anchor = self.anchor(q.height)?;
+        let h = anchor.height;
+        let identity = self.prove(&keys::identity(&id), h)?;
+        let len = self
+            .record::<IdentityRecord>(&keys::identity(&id), h)?
+            .map_or(0, |r| r.key_history_len);
+        let entries = (0..len)
+            .map(|seq| self.prove(&keys::key_history(&id, seq), h))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(KeyHistoryAnswer {
+            anchor: Some(anchor),
+            identity: Some(identity),
+            entries,
+        }))
+    }
+
+    async fn check_membership(
+        &self,
+        request: Request<MembershipQuery>,
+    ) -> Result<Response<MembershipAnswer>, Status> {
+        let q = request.into_inner();
+        list_arg(&q.list)?;
+        let id = identity_arg(&q.identity, "identity")?;
+        let anchor = self.anchor(q.height)?;
+        let h = anchor.height;
+        Ok(Response::new(MembershipAnswer {
+            list: Some(self.prove(&keys::list(&q.list), h)?),
+            membership: Some(self.prove(&keys::membership(&q.list, &id), h)?),
+            anchor: Some(anchor),
+        }))
+    }
+
+    async fn get_list(&self, request: Request<ListQuery>) -> Result<Response<ListAnswer>, Status> {
+        let q = request.into_inner();
+        list_arg(&q.list)?;
+        let anchor = self.anchor(q.height)?;
+        Ok(Response::new(ListAnswer {
+            list: Some(self.prove(&keys::list(&q.list), anchor.height)?),
+            anchor: Some(anchor),
+        }))
+    }
+
+    async fn list_members(
+        &self,
+        request: Request<ListQuery>,
+    ) -> Result<Response<ListMembersAnswer>, Status> {
+        let q = request.into_inner();
+        list_arg(&q.list)?;
+        let anchor = self.anchor(q.height)?;
+        let h = anchor.height;
+        Ok(Response::new(ListMembersAnswer {
+            list: Some(self.prove(&keys::list(&q.list), h)?),
+            members: Some(self.prove(&keys::list_members(&q.list), h)?),
+            anchor: Some(anchor),
+        }))
+    }
+
+    async fn get_trust(
+        &self,
+        request: Request<TrustQuery>,
+    ) -> Result<Response<TrustAnswer>, Status> {
+        let q = request.into_inner();
+        let id = identity_arg(&q.identity, "identity")?;
+        let anchor = self.anchor(q.height)?;
+        let h = anchor.height;
+        let outgoing = q.direction() == Direction::Outgoing;
+        let index_key = if outgoing {
+            keys::trust_outgoing(&id)
+        } else {
+            keys::trust_incoming(&id)
+        };
+        let index = self.prove(&index_key, h)?;
+        let others = self
+            .record::<IdentitySet>(&index_key, h)?
+            .unwrap_or_default()
+            .keys;
+        let statements = others
+            .iter()
+            .map(|other| {
+                let other = identity_arg(other, "stored identity")?;
+                let key = if outgoing {
+                    keys::trust(&id, &other)
+                } else {
+                    keys::trust(&other, &id)
+                };
+                self.prove(&key, h)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(TrustAnswer {
+            anchor: Some(anchor),
+            index: Some(index),
+            statements,
+        }))
+    }
+
+    async fn find_trust_path(
+        &self,
+        request: Request<TrustPathQuery>,
+    ) -> Result<Response<TrustPathAnswer>, Status> {
+        let q = request.into_inner();
+        let from = identity_arg(&q.from, "from")?;
+        let to = identity_arg(&q.to, "to")?;
+        let depth = match q.max_depth {
+            0 => DEFAULT_TRUST_DEPTH,
+            d if d <= MAX_TRUST_DEPTH => d,
+            d => {
+                return Err(Status::invalid_argument(format!(
+                    "max_depth {d} exceeds {MAX_TRUST_DEPTH}"
+                )));
+            }
+        };
+        let anchor = self.anchor(q.height)?;
+        let h = anchor.height;
+        let block_time = self
+            .record::<BlockInfo>(&keys::block_info(), h)?
+            .map_or(0, |b| b.time);
+        let path = self.trust_path(from, to, depth, q.min_level, block_time, h)?;
+        let statements = match &path {
+            None => Vec::new(),
+            Some(hops) => hops
+                .windows(2)
+                .map(|w| self.prove(&keys::trust(&w[0], &w[1]), h))
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Response::new(TrustPathAnswer {
+            found: path.is_some(),
+            statements,
+            block_info: Some(self.prove(&keys::block_info(), h)?),
+            anchor: Some(anchor),
+        }))
+    }
+
+    async fn submit_tx(
+        &self,
+        request: Request<SignedTx>,
+    ) -> Result<Response<SubmitAnswer>, Status> {
+        let tx = request.into_inner().encode_to_vec();
+        let hash = onionpost_proto::tx::tx_hash(&tx);
+        let answer = match self.app.submit(tx) {
+            Ok(_) => SubmitAnswer {
+                tx_hash: hash.to_vec(),
+                code: 0,
+                log: "accepted into the mempool".into(),
+            },
+            Err((code, log)) => SubmitAnswer {
+                tx_hash: hash.to_vec(),
+                code,
+                log,
+            },
+        };
+        Ok(Response::new(answer))
+    }
+
+    type StreamEventsStream = EventStream;
+
+    async fn stream_events(
+        &self,
+        request: Request<EventsQuery>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let from = request.into_inner().from_height;
+        // Subscribe before reading history, so no block falls between the two.
+        let mut live = self.app.subscribe();
+        let app = self.app.clone();
+        let stream = async_stream(move |tx| async move {
+            let mut next_height = from;
+            if from > 0 {
+                let committed = app.storage().committed_height().unwrap_or(0);
+                for h in from..=committed {
+                    for e in app.storage().events_at(h).map_err(status)? {
+                        tx.send(Ok(e))
+                            .await
+                            .map_err(|_| Status::cancelled("gone"))?;
+                    }
+                }
+                next_height = committed + 1;
+            }
+            loop {
+                match live.recv().await {
+                    Ok(e) if e.height >= next_height => tx
+                        .send(Ok(e))
+                        .await
+                        .map_err(|_| Status::cancelled("gone"))?,
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(n)) => {
+                        return Err(Status::resource_exhausted(format!(
+                            "subscriber fell {n} events behind; reconnect with from_height"
+                        )));
+                    }
+                    Err(RecvError::Closed) => return Ok(()),
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+impl LedgerService {
+    /// Breadth-first search over unexpired trust statements; returns the identities on a
+    /// shortest path, `from` first.
+    fn trust_path(
+        &self,
+        from: [u8; 32],
+        to: [u8; 32],
+        depth: u32,
+        min_level: u32,
+        block_time: u64,
+        h: u64,
+    ) -> Result<Option<Vec<[u8; 32]>>, Status> {
+        let mut parent: BTreeMap<[u8; 32], [u8; 32]> = BTreeMap::new();
+        let mut queue = VecDeque::from([(from, 0u32)]);
+        parent.insert(from, from);
+        while let Some((node, d)) = queue.pop_front() {
+            if node == to {
+                let mut path = vec![to];
+                let mut cur = to;
+                while cur != from {
+                    cur = parent[&cur];
+                    path.push(cur);
+                }
+                path.reverse();
+                return Ok(Some(path));
+            }
+            if d == depth || parent.len() > MAX_TRUST_VISITS {
+                continue;
+            }
+            let out = self
+                .record::<IdentitySet>(&keys::trust_outgoing(&node), h)?
+                .unwrap_or_default();
+            for next in out.keys {
+                let next = identity_arg(&next, "stored identity")?;
+                if parent.contains_key(&next) {
+                    continue;
+                }
+                let Some(st) = self.record::<TrustStatement>(&keys::trust(&node, &next), h)? else {
+                    continue;
+                };
+                let live = st.expires_at == 0 || st.expires_at > block_time;
+                if live && st.level >= min_level {
+                    parent.insert(next, node);
+                    queue.push_back((next, d + 1));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A stream fed by a task through a small channel; the task ends when the client goes away.
+fn async_stream<F, Fut>(f: F) -> EventStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<LedgerEvent, Status>>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Status>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let fut = f(tx.clone());
+    tokio::spawn(async move {
+        if let Err(e) = fut.await {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

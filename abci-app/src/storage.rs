@@ -1,0 +1,467 @@
+//! Durable, authenticated, versioned state: RocksDB holding a Jellyfish Merkle tree.
+//!
+//! Version `h` of the tree is the state after block `h` (version 0 is genesis) and its root is
+//! the app hash. A block is applied in two steps, as ABCI 2.0 wants: [`Storage::prepare`]
+//! computes the new root in memory (FinalizeBlock must return the app hash), and
+//! [`Storage::commit`] writes the tree nodes, the values, the block's events and the new
+//! committed height in **one** RocksDB write batch, synced to disk. A crash at any moment
+//! therefore leaves either the old or the new height on disk, never a mix, and a restart
+//! reports it through [`Storage::committed`].
+//!
+//! Column families:
+//! - `nodes`: borsh(`NodeKey`) -> borsh(`Node`) — the tree;
+//! - `values`: key hash ‖ version (big-endian) -> 0x00 (deleted) or 0x01 ‖ value, so the value
+//!   of a key at any version is one reverse seek;
+//! - `events`: height (big-endian) -> encoded `LedgerEvents` of that block;
+//! - `meta`: the committed height, app hash and chain id.
+//!
+//! Old versions are never pruned, so every past height stays queryable with proofs.
+
+use std::path::Path;
+use std::sync::RwLock;
+
+use jmt::storage::{LeafNode, Node, NodeKey, TreeReader, TreeUpdateBatch};
+use jmt::{JellyfishMerkleTree, KeyHash, OwnedValue, Version};
+use onionpost_proto::proof::{encode_proof, key_hash};
+use onionpost_proto::v1::{LedgerEvent, ProvenValue};
+use prost::Message;
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
+use sha2::Sha256;
+
+use crate::execute::{ReadError, StateRead, WriteSet};
+
+const CF_NODES: &str = "nodes";
+const CF_VALUES: &str = "values";
+const CF_EVENTS: &str = "events";
+const CF_META: &str = "meta";
+const META_COMMITTED: &[u8] = b"committed";
+
+/// A storage failure, saying what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// RocksDB failed.
+    #[error("RocksDB failed while {doing}: {source}")]
+    Rocks {
+        /// What was being done.
+        doing: &'static str,
+        /// The error.
+        source: rocksdb::Error,
+    },
+    /// The tree failed (a missing node means a corrupt or foreign database).
+    #[error("the state tree failed while {doing}: {message}")]
+    Tree {
+        /// What was being done.
+        doing: &'static str,
+        /// The error.
+        message: String,
+    },
+    /// Stored bytes do not decode.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// A height that is not stored.
+    #[error("height {asked} is not available (committed height is {committed})")]
+    NoSuchHeight {
+        /// Asked for.
+        asked: u64,
+        /// What there is.
+        committed: u64,
+    },
+    /// Nothing committed yet.
+    #[error("the ledger has no state yet: InitChain has not run")]
+    NoGenesis,
+    /// A commit out of order.
+    #[error("cannot commit height {got}: the next height is {want}")]
+    OutOfOrder {
+        /// Expected.
+        want: u64,
+        /// Given.
+        got: u64,
+    },
+}
+
+fn rocks(doing: &'static str) -> impl FnOnce(rocksdb::Error) -> StorageError {
+    move |source| StorageError::Rocks { doing, source }
+}
+
+fn tree(doing: &'static str) -> impl FnOnce(anyhow::Error) -> StorageError {
+    move |e| StorageError::Tree {
+        doing,
+        message: format!("{e:#}"),
+    }
+}
+
+/// The last committed block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// Its height (0 = genesis only).
+    pub height: u64,
+    /// The tree root at that height: the app hash.
+    pub app_hash: [u8; 32],
+    /// The chain id from genesis.
+    pub chain_id: String,
+}
+
+impl Committed {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(40 + self.chain_id.len());
+        v.extend_from_slice(&self.height.to_be_bytes());
+        v.extend_from_slice(&self.app_hash);
+        v.extend_from_slice(self.chain_id.as_bytes());
+        v
+    }
+
+    fn decode(b: &[u8]) -> Result<Self, StorageError> {
+        if b.len() < 40 {
+            return Err(StorageError::Corrupt(
+                "committed-height record is short".into(),
+            ));
+        }
+        Ok(Self {
+            height: u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
+            app_hash: b[8..40].try_into().expect("32 bytes"),
+            chain_id: String::from_utf8(b[40..].to_vec())
+                .map_err(|_| StorageError::Corrupt("chain id is not UTF-8".into()))?,
+        })
+    }
+}
+
+/// A block whose new root is computed but not yet on disk.
+pub struct PreparedBlock {
+    /// The height it will commit as.
+    pub height: u64,
+    /// The new root: the app hash FinalizeBlock reports.
+    pub root: [u8; 32],
+    batch: TreeUpdateBatch,
+}
+
+/// The ledger's database.
+pub struct Storage {
+    db: DB,
+    committed: RwLock<Option<Committed>>,
+}
+
+impl Storage {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs = [CF_NODES, CF_VALUES, CF_EVENTS, CF_META]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(rocks("opening the database"))?;
+        let committed = db
+            .get_cf(cf(&db, CF_META), META_COMMITTED)
+            .map_err(rocks("reading the committed height"))?
+            .map(|b| Committed::decode(&b))
+            .transpose()?;
+        Ok(Self {
+            db,
+            committed: RwLock::new(committed),
+        })
+    }
+
+    /// The last committed block, `None` before genesis.
+    pub fn committed(&self) -> Option<Committed> {
+        self.committed.read().expect("lock poisoned").clone()
+    }
+
+    /// The committed height, or an error before genesis.
+    pub fn committed_height(&self) -> Result<u64, StorageError> {
+        self.committed()
+            .map(|c| c.height)
+            .ok_or(StorageError::NoGenesis)
+    }
+
+    /// A read-only view of the state at `version` (`None`: the empty pre-genesis state).
+    pub fn view(&self, version: Option<u64>) -> StateView<'_> {
+        StateView {
+            storage: self,
+            version,
+        }
+    }
+
+    /// A view of the latest committed state.
+    pub fn latest(&self) -> StateView<'_> {
+        self.view(self.committed().map(|c| c.height))
+    }
+
+    /// Computes the tree root after applying `writes` to the committed state as `height`.
+    pub fn prepare(&self, height: u64, writes: &WriteSet) -> Result<PreparedBlock, StorageError> {
+        let want = self.committed().map_or(0, |c| c.height + 1);
+        if height != want {
+            return Err(StorageError::OutOfOrder { want, got: height });
+        }
+        let reader = Reader { db: &self.db };
+        let (root, batch) = JellyfishMerkleTree::<_, Sha256>::new(&reader)
+            .put_value_set(writes.iter().map(|(k, v)| (key_hash(k), v.clone())), height)
+            .map_err(tree("computing the new root"))?;
+        Ok(PreparedBlock {
+            height,
+            root: root.0,
+            batch,
+        })
+    }
+
+    /// Writes a prepared block, its events and the new committed height atomically and
+    /// durably (fsync), then makes it visible to readers.
+    pub fn commit(
+        &self,
+        block: PreparedBlock,
+        chain_id: &str,
+        events: &[LedgerEvent],
+    ) -> Result<Committed, StorageError> {
+        let want = self.committed().map_or(0, |c| c.height + 1);
+        if block.height != want {
+            return Err(StorageError::OutOfOrder {
+                want,
+                got: block.height,
+            });
+        }
+        let mut wb = WriteBatch::default();
+        let nodes = cf(&self.db, CF_NODES);
+        for (key, node) in block.batch.node_batch.nodes() {
+            wb.put_cf(
+                nodes,
+                borsh::to_vec(key).expect("vec write"),
+                borsh::to_vec(node).expect("vec write"),
+            );
+        }
+        let values = cf(&self.db, CF_VALUES);
+        for ((version, hash), value) in block.batch.node_batch.values() {
+            wb.put_cf(
+                values,
+                value_key(*hash, *version),
+                encode_value(value.as_deref()),
+            );
+        }
+        if !events.is_empty() {
+            let encoded = LedgerEvents {
+                events: events.to_vec(),
+            }
+            .encode_to_vec();
+            wb.put_cf(cf(&self.db, CF_EVENTS), block.height.to_be_bytes(), encoded);
+        }
+        let committed = Committed {
+            height: block.height,
+            app_hash: block.root,
+            chain_id: chain_id.to_owned(),
+        };
+        wb.put_cf(cf(&self.db, CF_META), META_COMMITTED, committed.encode());
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db
+            .write_opt(wb, &opts)
+            .map_err(rocks("committing a block"))?;
+        *self.committed.write().expect("lock poisoned") = Some(committed.clone());
+        Ok(committed)
+    }
+
+    /// The value of `key` at `version`.
+    pub fn get_at(&self, key: &[u8], version: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        Reader { db: &self.db }
+            .get_value_option(version, key_hash(key))
+            .map_err(tree("reading a value"))
+    }
+
+    /// Checks `height` is stored; 0 means the latest committed height.
+    pub fn resolve_height(&self, height: u64) -> Result<u64, StorageError> {
+        let committed = self.committed_height()?;
+        match height {
+            0 => Ok(committed),
+            h if h <= committed => Ok(h),
+            h => Err(StorageError::NoSuchHeight {
+                asked: h,
+                committed,
+            }),
+        }
+    }
+
+    /// The app hash at `height`.
+    pub fn root_at(&self, height: u64) -> Result<[u8; 32], StorageError> {
+        let reader = Reader { db: &self.db };
+        JellyfishMerkleTree::<_, Sha256>::new(&reader)
+            .get_root_hash(height)
+            .map(|r| r.0)
+            .map_err(tree("reading a root"))
+    }
+
+    /// `key`'s value (or absence) at `height` with a proof against [`Storage::root_at`].
+    pub fn prove(&self, key: &[u8], height: u64) -> Result<ProvenValue, StorageError> {
+        let reader = Reader { db: &self.db };
+        let (value, proof) = JellyfishMerkleTree::<_, Sha256>::new(&reader)
+            .get_with_proof(key_hash(key), height)
+            .map_err(tree("building a proof"))?;
+        Ok(ProvenValue {
+            key: key.to_vec(),
+            present: value.is_some(),
+            value: value.unwrap_or_default(),
+            proof: encode_proof(&proof),
+        })
+    }
+
+    /// The events committed at `height`.
+    pub fn events_at(&self, height: u64) -> Result<Vec<LedgerEvent>, StorageError> {
+        match self
+            .db
+            .get_cf(cf(&self.db, CF_EVENTS), height.to_be_bytes())
+            .map_err(rocks("reading events"))?
+        {
+            None => Ok(Vec::new()),
+            Some(b) => LedgerEvents::decode(b.as_slice())
+                .map(|e| e.events)
+                .map_err(|e| StorageError::Corrupt(format!("events of height {height}: {e}"))),
+        }
+    }
+}
+
+/// The events of one block, as stored.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LedgerEvents {
+    #[prost(message, repeated, tag = "1")]
+    events: Vec<LedgerEvent>,
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name)
+        .unwrap_or_else(|| panic!("column family {name} is created at open"))
+}
+
+fn value_key(hash: KeyHash, version: Version) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..32].copy_from_slice(&hash.0);
+    k[32..].copy_from_slice(&version.to_be_bytes());
+    k
+}
+
+fn encode_value(value: Option<&[u8]>) -> Vec<u8> {
+    match value {
+        None => vec![0],
+        Some(v) => {
+            let mut out = Vec::with_capacity(v.len() + 1);
+            out.push(1);
+            out.extend_from_slice(v);
+            out
+        }
+    }
+}
+
+/// jmt's view of the database.
+struct Reader<'a> {
+    db: &'a DB,
+}
+
+impl TreeReader for Reader<'_> {
+    fn get_node_option(&self, node_key: &NodeKey) -> anyhow::Result<Option<Node>> {
+        let key = borsh::to_vec(node_key)?;
+        match self.db.get_cf(cf(self.db, CF_NODES), key)? {
+            None => Ok(None),
+            Some(b) => Ok(Some(borsh::from_slice(&b)?)),
+        }
+    }
+
+    fn get_value_option(
+        &self,
+        max_version: Version,
+        key_hash: KeyHash,
+    ) -> anyhow::Result<Option<OwnedValue>> {
+        let seek = value_key(key_hash, max_version);
+        let mut iter = self.db.iterator_cf(
+            cf(self.db, CF_VALUES),
+            IteratorMode::From(&seek, Direction::Reverse),
+        );
+        match iter.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item?;
+                if k.len() != 40 || k[..32] != key_hash.0 {
+                    return Ok(None);
+                }
+                match v.first() {
+                    Some(1) => Ok(Some(v[1..].to_vec())),
+                    Some(0) => Ok(None),
+                    _ => anyhow::bail!("value record for {key_hash:?} is corrupt"),
+                }
+            }
+        }
+    }
+
+    fn get_rightmost_leaf(&self) -> anyhow::Result<Option<(NodeKey, LeafNode)>> {
+        anyhow::bail!("state-sync restore is not supported by this ledger")
+    }
+}
+
+/// Read-only state at one version, for the state machine.
+pub struct StateView<'a> {
+    storage: &'a Storage,
+    version: Option<u64>,
+}
+
+impl StateRead for StateView<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        match self.version {
+            None => Ok(None),
+            Some(v) => self
+                .storage
+                .get_at(key, v)
+                .map_err(|e| ReadError(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onionpost_proto::proof::verify;
+
+    fn writes(pairs: &[(&str, Option<&str>)]) -> WriteSet {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec())))
+            .collect()
+    }
+
+    #[test]
+    fn versions_stay_readable_and_provable_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = {
+            let s = Storage::open(dir.path()).unwrap();
+            assert!(s.committed().is_none());
+            let b0 = s
+                .prepare(0, &writes(&[("a", Some("1")), ("b", Some("2"))]))
+                .unwrap();
+            let r0 = b0.root;
+            s.commit(b0, "c", &[]).unwrap();
+            let b1 = s
+                .prepare(1, &writes(&[("a", Some("3")), ("b", None)]))
+                .unwrap();
+            let r1 = b1.root;
+            s.commit(b1, "c", &[]).unwrap();
+            assert!(
+                s.prepare(1, &WriteSet::new()).is_err(),
+                "height 1 is committed"
+            );
+            (r0, r1)
+        };
+        let s = Storage::open(dir.path()).unwrap();
+        let c = s.committed().unwrap();
+        assert_eq!(
+            (c.height, c.app_hash, c.chain_id.as_str()),
+            (1, roots.1, "c")
+        );
+        assert_eq!(s.get_at(b"a", 0).unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(s.get_at(b"a", 1).unwrap().as_deref(), Some(&b"3"[..]));
+        assert_eq!(s.get_at(b"b", 0).unwrap().as_deref(), Some(&b"2"[..]));
+        assert_eq!(s.get_at(b"b", 1).unwrap(), None);
+        assert_eq!(s.root_at(0).unwrap(), roots.0);
+
+        let p = s.prove(b"b", 0).unwrap();
+        assert_eq!(verify(&roots.0, b"b", &p).unwrap(), Some(&b"2"[..]));
+        let p = s.prove(b"b", 1).unwrap();
+        assert_eq!(verify(&roots.1, b"b", &p).unwrap(), None);
+        // A proof for one height does not verify against another root.
+        assert!(verify(&roots.0, b"b", &p).is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! The onionpost mail node (in progress).

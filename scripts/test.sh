@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs onionpost's whole test suite on a fresh Debian machine: installs what the tests need
+# (system packages, cargo-nextest), checks formatting and lints, then runs every test.
+# The build directory lives outside the clone (CARGO_TARGET_DIR) so repeated runs reuse it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+
+need_apt=()
+for pkg_bin in "libclang-dev:/usr/lib/llvm-14/lib/libclang.so" "clang:/usr/bin/clang" \
+               "tor:/usr/bin/tor" "swaks:/usr/bin/swaks" "fetchmail:/usr/bin/fetchmail" \
+               "mutt:/usr/bin/mutt" "python3:/usr/bin/python3"; do
+  pkg=${pkg_bin%%:*}; path=${pkg_bin#*:}
+  [ -e "$path" ] || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "==> installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "==> installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "==> cargo nextest run"
+cargo nextest run --workspace --no-fail-fast "$@"

@@ -1,0 +1,497 @@
+//! `onionpost`: the command line for people. Keys, ledger transactions, and queries whose
+//! proofs are verified before anything is printed.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use onionpost::{
+    Membership, TrustedRoot, address, parse_identity, read_key, root_of, verified_identity,
+    verified_key_history, verified_members, verified_membership, write_new_key,
+};
+use onionpost_proto::tx::{action_name, sign};
+use onionpost_proto::v1::ledger_client::LedgerClient;
+use onionpost_proto::v1::{self as pb, tx_body::Action};
+use sha2::Digest;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(
+    name = "onionpost",
+    version,
+    about = "onionpost identities, ledger transactions and verified queries",
+    long_about = "Every query answer carries Merkle proofs; onionpost verifies them before printing. \
+                  Without --trusted-root the proofs are checked against the app hash the server states, \
+                  which shows the answer is consistent with that state; pass --trusted-root HEIGHT:HASH \
+                  (from your own validator or a commit certificate) to check against a root you trust."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or show identity keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Sign a transaction and submit it to the ledger.
+    Tx(TxArgs),
+    /// Read the ledger; every answer's proofs are verified.
+    Query(QueryArgs),
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Generate a new identity key into FILE (mode 0600; never overwrites).
+    New {
+        /// Where to write the key.
+        file: PathBuf,
+    },
+    /// Print a key file's onion address and public key.
+    Show {
+        /// The key file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct Ledger {
+    /// gRPC address of a ledger node.
+    #[arg(
+        long,
+        env = "ONIONPOST_LEDGER",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    ledger: String,
+}
+
+#[derive(Args)]
+struct TxArgs {
+    #[command(flatten)]
+    ledger: Ledger,
+    /// The signer's key file.
+    #[arg(long, env = "ONIONPOST_KEY")]
+    key: PathBuf,
+    /// Return once submitted instead of waiting (up to 30 s) for the transaction to commit.
+    #[arg(long)]
+    no_wait: bool,
+    #[command(subcommand)]
+    action: TxAction,
+}
+
+#[derive(Subcommand)]
+enum TxAction {
+    /// Register the signer as an identity (its first transaction).
+    Register {
+        /// Optional display name.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Bind an OpenPGP public key (binary file) as the signer's end-to-end key.
+    BindKey { file: PathBuf },
+    /// Replace the signer's end-to-end key.
+    RotateKey { file: PathBuf },
+    /// Revoke the signer's active end-to-end key.
+    RevokeKey {
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Name the identities that hold the signer's mail while it is offline.
+    MailboxHosts { hosts: Vec<String> },
+    /// Vouch for an identity (level 1 = marginal, 2 = full).
+    Trust {
+        identity: String,
+        #[arg(long, default_value_t = 1)]
+        level: u32,
+        /// Unix time after which the statement lapses (0 = never).
+        #[arg(long, default_value_t = 0)]
+        expires_at: u64,
+    },
+    /// Withdraw a trust statement.
+    Untrust { identity: String },
+    /// Create a list; the signer becomes its admin.
+    CreateList { list: String },
+    /// Add a member (signer must be a list admin).
+    AddMember { list: String, identity: String },
+    /// Remove a member (an admin, or the member itself).
+    RemoveMember { list: String, identity: String },
+    /// Make a member an admin.
+    AddAdmin { list: String, identity: String },
+    /// Take admin rights away.
+    RemoveAdmin { list: String, identity: String },
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    #[command(flatten)]
+    ledger: Ledger,
+    /// Height to read at (default: latest).
+    #[arg(long, default_value_t = 0)]
+    height: u64,
+    /// Check proofs against this app hash instead of the server's: HEIGHT:HEX.
+    #[arg(long, value_parser = parse_trusted_root)]
+    trusted_root: Option<TrustedRoot>,
+    #[command(subcommand)]
+    what: Query,
+}
+
+#[derive(Subcommand)]
+enum Query {
+    /// Chain id, height and app hash.
+    Status,
+    /// An identity's record.
+    Identity { identity: String },
+    /// Is IDENTITY a member of LIST? Exit status 0 if yes, 1 if not.
+    Member { list: String, identity: String },
+    /// All members of a list.
+    Members { list: String },
+    /// Every binding, rotation and revocation of an identity's end-to-end keys.
+    Keys { identity: String },
+}
+
+fn parse_trusted_root(s: &str) -> Result<TrustedRoot, String> {
+    let (h, r) = s.split_once(':').ok_or("expected HEIGHT:HEX")?;
+    let height = h.parse().map_err(|_| format!("{h:?} is not a height"))?;
+    let root = hex::decode(r)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("the app hash must be 64 hex characters")?;
+    Ok(TrustedRoot { height, root })
+}
+
+async fn connect(l: &Ledger) -> Result<LedgerClient<Channel>> {
+    LedgerClient::connect(l.ledger.clone())
+        .await
+        .with_context(|| format!("cannot reach the ledger at {}", l.ledger))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Key(KeyCommand::New { file }) => {
+            let key = write_new_key(&file)?;
+            let pk = key.verification_key().to_bytes();
+            println!("address    {}", address(&pk));
+            println!("public key {}", hex::encode(pk));
+            println!("key file   {} (keep it secret)", file.display());
+        }
+        Command::Key(KeyCommand::Show { file }) => {
+            let pk = read_key(&file)?.verification_key().to_bytes();
+            println!("address    {}", address(&pk));
+            println!("public key {}", hex::encode(pk));
+        }
+        Command::Tx(args) => run_tx(args).await?,
+        Command::Query(args) => {
+            if !run_query(args).await? {
+                std::process::exit(1);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn e2e_key(file: &PathBuf) -> Result<pb::E2eKey> {
+    let public_key =
+        std::fs::read(file).with_context(|| format!("cannot read key file {}", file.display()))?;
+    Ok(pb::E2eKey {
+        algorithm: "openpgp".into(),
+        public_key,
+    })
+}
+
+fn id_bytes(s: &str) -> Result<Vec<u8>> {
+    Ok(parse_identity(s)?.to_vec())
+}
+
+async fn run_tx(args: TxArgs) -> Result<()> {
+    let key = read_key(&args.key)?;
+    let me = key.verification_key().to_bytes();
+    let action = match args.action {
+        TxAction::Register { name } => {
+            Action::RegisterIdentity(pb::RegisterIdentity { display_name: name })
+        }
+        TxAction::BindKey { file } => Action::BindKey(pb::BindKey {
+            key: Some(e2e_key(&file)?),
+        }),
+        TxAction::RotateKey { file } => Action::RotateKey(pb::RotateKey {
+            new_key: Some(e2e_key(&file)?),
+        }),
+        TxAction::RevokeKey { reason } => Action::RevokeKey(pb::RevokeKey {
+            key_id: vec![],
+            reason,
+        }),
+        TxAction::MailboxHosts { hosts } => Action::SetMailboxHosts(pb::SetMailboxHosts {
+            hosts: hosts.iter().map(|h| id_bytes(h)).collect::<Result<_>>()?,
+        }),
+        TxAction::Trust {
+            identity,
+            level,
+            expires_at,
+        } => Action::SignTrust(pb::SignTrust {
+            target: id_bytes(&identity)?,
+            level,
+            expires_at,
+        }),
+        TxAction::Untrust { identity } => Action::RevokeTrust(pb::RevokeTrust {
+            target: id_bytes(&identity)?,
+        }),
+        TxAction::CreateList { list } => Action::CreateList(pb::CreateList {
+            name: list,
+            policy: None,
+        }),
+        TxAction::AddMember { list, identity } => Action::AddMember(pb::AddMember {
+            list,
+            member: id_bytes(&identity)?,
+        }),
+        TxAction::RemoveMember { list, identity } => Action::RemoveMember(pb::RemoveMember {
+            list,
+            member: id_bytes(&identity)?,
+        }),
+        TxAction::AddAdmin { list, identity } => Action::AddAdmin(pb::AddAdmin {
+            list,
+            admin: id_bytes(&identity)?,
+        }),
+        TxAction::RemoveAdmin { list, identity } => Action::RemoveAdmin(pb::RemoveAdmin {
+            list,
+            admin: id_bytes(&identity)?,
+        }),
+    };
+    let mut client = connect(&args.ledger).await?;
+    let status = client
+        .get_status(pb::GetStatusRequest {})
+        .await?
+        .into_inner();
+    let (root, height) = root_of(status.anchor.as_ref(), None)?;
+    // The next nonce, from the verified identity record.
+    let ans = client
+        .get_identity(pb::IdentityQuery {
+            identity: me.to_vec(),
+            height,
+        })
+        .await?
+        .into_inner();
+    let record = verified_identity(&root, &me, &ans)?;
+    let nonce = record.as_ref().map_or(0, |r| r.next_nonce);
+    let action = match action {
+        // The revocation names the active key, read from the verified record.
+        Action::RevokeKey(mut r) => {
+            let active = record
+                .as_ref()
+                .and_then(|r| r.active_key.as_ref())
+                .context("this identity has no active end-to-end key to revoke")?;
+            r.key_id = sha2::Sha256::digest(&active.public_key).to_vec();
+            Action::RevokeKey(r)
+        }
+        a => a,
+    };
+    let name = action_name(&action);
+    let tx = sign(&key, &status.chain_id, nonce, action);
+    let ans = client.submit_tx(tx).await?.into_inner();
+    if ans.code != 0 {
+        bail!(
+            "the ledger rejected {name} (code {}): {}",
+            ans.code,
+            ans.log
+        );
+    }
+    println!(
+        "submitted {name} as {} nonce {nonce}: tx {}",
+        address(&me),
+        hex::encode(&ans.tx_hash)
+    );
+    if args.no_wait {
+        return Ok(());
+    }
+    // Committed once the signer's nonce moved past this one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = client
+            .get_status(pb::GetStatusRequest {})
+            .await?
+            .into_inner();
+        let (root, height) = root_of(status.anchor.as_ref(), None)?;
+        let ans = client
+            .get_identity(pb::IdentityQuery {
+                identity: me.to_vec(),
+                height,
+            })
+            .await?
+            .into_inner();
+        let next = verified_identity(&root, &me, &ans)?.map_or(0, |r| r.next_nonce);
+        if next > nonce {
+            println!(
+                "committed at height {height} (app hash {})",
+                hex::encode(root)
+            );
+            println!(
+                "note: a committed transaction may still have been rejected by the state machine; query the state to see its effect"
+            );
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("not committed after 30 s; is a block producer running?");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn run_query(args: QueryArgs) -> Result<bool> {
+    let mut client = connect(&args.ledger).await?;
+    let h = args.height;
+    let trusted = args.trusted_root.as_ref();
+    let verified = |root: [u8; 32], height: u64| {
+        println!(
+            "verified: proofs check against app hash {} at height {height}{}",
+            hex::encode(root),
+            if trusted.is_some() {
+                " (trusted root)"
+            } else {
+                " (as stated by the server)"
+            }
+        )
+    };
+    match args.what {
+        Query::Status => {
+            let s = client
+                .get_status(pb::GetStatusRequest {})
+                .await?
+                .into_inner();
+            let (root, height) = root_of(s.anchor.as_ref(), trusted)?;
+            println!(
+                "chain {} height {height} app hash {} mempool {}",
+                s.chain_id,
+                hex::encode(root),
+                s.mempool_size
+            );
+        }
+        Query::Identity { identity } => {
+            let who = parse_identity(&identity)?;
+            let ans = client
+                .get_identity(pb::IdentityQuery {
+                    identity: who.to_vec(),
+                    height: h,
+                })
+                .await?
+                .into_inner();
+            let (root, height) = root_of(ans.anchor.as_ref(), trusted)?;
+            match verified_identity(&root, &who, &ans)? {
+                None => {
+                    println!("{} is not registered", address(&who));
+                    verified(root, height);
+                    return Ok(false);
+                }
+                Some(r) => {
+                    println!("identity   {}", address(&who));
+                    println!("name       {:?}", r.display_name);
+                    println!("registered height {}", r.registered_height);
+                    println!("next nonce {}", r.next_nonce);
+                    println!(
+                        "e2e key    {}",
+                        if r.active_key.is_some() {
+                            "bound"
+                        } else {
+                            "none"
+                        }
+                    );
+                    for m in &r.mailbox_hosts {
+                        println!(
+                            "mailbox host {}",
+                            address(&m.as_slice().try_into().context("bad host key")?)
+                        );
+                    }
+                }
+            }
+            verified(root, height);
+        }
+        Query::Member { list, identity } => {
+            let who = parse_identity(&identity)?;
+            let ans = client
+                .check_membership(pb::MembershipQuery {
+                    list: list.clone(),
+                    identity: who.to_vec(),
+                    height: h,
+                })
+                .await?
+                .into_inner();
+            let (root, height) = root_of(ans.anchor.as_ref(), trusted)?;
+            let m = verified_membership(&root, &list, &who, &ans)?;
+            match &m {
+                Membership::UnknownList => println!("no list named {list:?}"),
+                Membership::NotMember => println!("{} is NOT a member of {list}", address(&who)),
+                Membership::Member(r) => println!(
+                    "{} is a member of {list} since height {}",
+                    address(&who),
+                    r.added_height
+                ),
+            }
+            verified(root, height);
+            return Ok(matches!(m, Membership::Member(_)));
+        }
+        Query::Members { list } => {
+            let ans = client
+                .list_members(pb::ListQuery {
+                    list: list.clone(),
+                    height: h,
+                })
+                .await?
+                .into_inner();
+            let (root, height) = root_of(ans.anchor.as_ref(), trusted)?;
+            match verified_members(&root, &list, &ans)? {
+                None => {
+                    println!("no list named {list:?}");
+                    verified(root, height);
+                    return Ok(false);
+                }
+                Some((rec, members)) => {
+                    println!(
+                        "list {} ({} members, {} admins)",
+                        rec.name,
+                        members.len(),
+                        rec.admins.len()
+                    );
+                    for m in members {
+                        let admin = rec.admins.iter().any(|a| a.as_slice() == m);
+                        println!("  {}{}", address(&m), if admin { "  (admin)" } else { "" });
+                    }
+                }
+            }
+            verified(root, height);
+        }
+        Query::Keys { identity } => {
+            let who = parse_identity(&identity)?;
+            let ans = client
+                .get_key_history(pb::IdentityQuery {
+                    identity: who.to_vec(),
+                    height: h,
+                })
+                .await?
+                .into_inner();
+            let (root, height) = root_of(ans.anchor.as_ref(), trusted)?;
+            let entries = verified_key_history(&root, &who, &ans)?;
+            println!(
+                "{} key history entries for {}",
+                entries.len(),
+                address(&who)
+            );
+            for e in entries {
+                let kind =
+                    pb::key_history_entry::Kind::try_from(e.kind).map_or("?", |k| k.as_str_name());
+                println!(
+                    "  #{} {kind} key {} at height {}{}",
+                    e.seq,
+                    hex::encode(&e.key_id),
+                    e.height,
+                    if e.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", e.reason)
+                    }
+                );
+            }
+            verified(root, height);
+        }
+    }
+    Ok(true)
+}

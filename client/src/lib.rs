@@ -185,12 +185,21 @@ pub fn verified_key_history(
         .collect()
 }
 
+/// A list and all its members, verified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedList {
+    /// The list's record.
+    pub record: pb::ListRecord,
+    /// Every member, sorted.
+    pub members: Vec<[u8; 32]>,
+}
+
 /// Verifies a ListMembers answer; `None` if the list does not exist.
 pub fn verified_members(
     root: &[u8; 32],
     list: &str,
     ans: &pb::ListMembersAnswer,
-) -> Result<Option<(pb::ListRecord, Vec<[u8; 32]>)>, ProofError> {
+) -> Result<Option<VerifiedList>, ProofError> {
     let missing = || ProofError::Malformed("answer lacks a proof".into());
     let Some(rec) = verify_record::<pb::ListRecord>(
         root,
@@ -215,7 +224,10 @@ pub fn verified_members(
                 .map_err(|_| ProofError::Malformed("member key is not 32 bytes".into()))
         })
         .collect::<Result<_, _>>()?;
-    Ok(Some((rec, members)))
+    Ok(Some(VerifiedList {
+        record: rec,
+        members,
+    }))
 }
 
 #[cfg(test)]

@@ -444,7 +444,10 @@ async fn run_query(args: QueryArgs) -> Result<bool> {
                     verified(root, height);
                     return Ok(false);
                 }
-                Some((rec, members)) => {
+                Some(onionpost::VerifiedList {
+                    record: rec,
+                    members,
+                }) => {
                     println!(
                         "list {} ({} members, {} admins)",
                         rec.name,

@@ -1,0 +1,200 @@
+//! The node's configuration file (TOML), given to `onionpost-node run --config FILE`.
+//!
+//! ```toml
+//! [smtp]                      # inbound SMTP (onion port 25; a loopback port for tests)
+//! listen = "127.0.0.1:2525"
+//! [submission]                # loopback only, AUTH PLAIN required
+//! listen = "127.0.0.1:2587"
+//! [imap]                      # loopback only
+//! listen = "127.0.0.1:2143"
+//! [limits]
+//! max_message_size = 26214400
+//! max_recipients = 100
+//! idle_timeout_secs = 300
+//! [queue]
+//! retry_base_secs = 30
+//! retry_max_secs = 3600
+//! retry_window_secs = 432000
+//! [transport]
+//! kind = "direct"
+//! [transport.direct]          # onion host -> loopback socket address (tests only)
+//! "abc...xyz.onion" = "127.0.0.1:2526"
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Errors loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {0}: {1}")]
+    Read(String, std::io::Error),
+    /// The file is not valid TOML for this schema.
+    #[error("parsing {0}: {1}")]
+    Parse(String, toml::de::Error),
+    /// A client-facing listener on a non-loopback address.
+    #[error("{0} must listen on a loopback address, not {1}")]
+    NotLoopback(&'static str, SocketAddr),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Inbound SMTP listener.
+    #[serde(default)]
+    pub smtp: Listener,
+    /// Submission listener for local mail clients.
+    #[serde(default)]
+    pub submission: Listener,
+    /// IMAP listener for local mail clients.
+    #[serde(default)]
+    pub imap: Listener,
+    /// Protocol limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Outbound queue timing.
+    #[serde(default)]
+    pub queue: QueueConfig,
+    /// How outbound connections reach onion addresses.
+    #[serde(default)]
+    pub transport: TransportConfig,
+}
+
+/// One optional TCP listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Socket address to bind; absent disables the listener.
+    pub listen: Option<SocketAddr>,
+}
+
+/// SMTP and IMAP limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest accepted message in bytes (SMTP 552, IMAP APPEND NO).
+    pub max_message_size: usize,
+    /// Most recipients per message (SMTP 452).
+    pub max_recipients: usize,
+    /// Longest command or text line in bytes, CRLF included (SMTP 500).
+    pub max_line_length: usize,
+    /// Seconds of client silence before the server closes (SMTP 421).
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            max_line_length: 1000,
+            idle_timeout_secs: 300,
+        }
+    }
+}
+
+impl Limits {
+    /// The idle timeout as a [`Duration`].
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+}
+
+/// Retry schedule of the outbound queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// First retry delay; doubles after every failed attempt.
+    pub retry_base_secs: f64,
+    /// Longest delay between two attempts.
+    pub retry_max_secs: f64,
+    /// After this long undelivered, the message bounces to its sender.
+    pub retry_window_secs: f64,
+    /// Concurrent outbound deliveries.
+    pub concurrency: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            retry_base_secs: 30.0,
+            retry_max_secs: 3600.0,
+            retry_window_secs: 5.0 * 86400.0,
+            concurrency: 16,
+        }
+    }
+}
+
+/// Which transport carries outbound SMTP.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportConfig {
+    /// `"direct"` (loopback map, for tests); the onion transport comes later.
+    #[serde(default)]
+    pub kind: TransportKind,
+    /// Onion host name -> socket address, for the direct transport.
+    #[serde(default)]
+    pub direct: BTreeMap<String, SocketAddr>,
+}
+
+/// Transport kinds.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// A fixed map from onion names to loopback ports.
+    #[default]
+    Direct,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(name.clone(), e))?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse(_, e) => ConfigError::Parse(name, e),
+            other => other,
+        })
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(String::new(), e))?;
+        for (what, l) in [("submission", &cfg.submission), ("imap", &cfg.imap)] {
+            if let Some(addr) = l.listen
+                && !addr.ip().is_loopback()
+            {
+                return Err(ConfigError::NotLoopback(what, addr));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects_public_imap() {
+        let cfg = Config::parse(
+            "[smtp]\nlisten = \"127.0.0.1:2525\"\n[queue]\nretry_base_secs = 0.5\n\
+             [transport.direct]\n\"x.onion\" = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.queue.retry_base_secs, 0.5);
+        assert_eq!(cfg.limits.max_recipients, 100);
+        assert_eq!(cfg.transport.direct.len(), 1);
+        assert!(matches!(
+            Config::parse("[imap]\nlisten = \"0.0.0.0:143\"\n"),
+            Err(ConfigError::NotLoopback("imap", _))
+        ));
+        assert!(Config::parse("[bogus]\n").is_err());
+    }
+}

@@ -1,0 +1,1067 @@
+//! The IMAP4rev1 server session as a sans-I/O state machine.
+//!
+//! Bytes from the client go into [`Session::receive`]; bytes for the client come out of
+//! [`Session::take_output`]. Framing (lines and literals) uses imap-codec's `Fragmentizer`,
+//! commands are parsed with imap-codec's `CommandCodec`. While the client is in IDLE, the edge
+//! calls [`Session::mailbox_changed`] when the store changes. Storage is a [`Maildir`] handed
+//! out by [`Accounts::login`].
+
+use std::sync::Arc;
+
+use base64::Engine;
+use imap_codec::CommandCodec;
+use imap_codec::decode::Decoder;
+use imap_codec::fragmentizer::{FragmentInfo, Fragmentizer, LiteralAnnouncement};
+use imap_codec::imap_types::auth::AuthMechanism;
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::core::LiteralMode;
+use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName, Section};
+use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
+use imap_codec::imap_types::search::SearchKey;
+use imap_codec::imap_types::sequence::SequenceSet;
+use imap_codec::imap_types::status::StatusDataItemName;
+use mail_parser::MessageParser;
+
+use super::fetch;
+use super::search::{self, Candidate};
+use crate::maildir::{Flags, Maildir, MessageMeta};
+
+/// Looks up local accounts.
+pub trait Accounts {
+    /// Checks credentials; returns the account's mailbox.
+    fn login(&self, user: &str, password: &str) -> Option<Arc<Maildir>>;
+}
+
+const CAPABILITIES: &str = "IMAP4rev1 AUTH=PLAIN IDLE LITERAL+ UNSELECT UIDPLUS";
+const ALL_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
+/// After this many BAD/NO answers in a row the session ends.
+const MAX_ERRORS: u32 = 50;
+
+struct Selected {
+    read_only: bool,
+    /// Message sequence number - 1 -> metadata, as this client knows it.
+    messages: Vec<MessageMeta>,
+}
+
+/// One IMAP conversation.
+pub struct Session<A> {
+    accounts: A,
+    frag: Fragmentizer,
+    out: Vec<u8>,
+    mailbox: Option<Arc<Maildir>>,
+    selected: Option<Selected>,
+    /// Tag of an AUTHENTICATE waiting for its response line.
+    auth_tag: Option<String>,
+    /// Tag of the running IDLE.
+    idle_tag: Option<String>,
+    max_literal: u32,
+    errors: u32,
+    closed: bool,
+}
+
+impl<A: Accounts> Session<A> {
+    /// A new session; the greeting is already in the output.
+    pub fn new(accounts: A, max_literal: u32) -> Self {
+        let mut s = Self {
+            accounts,
+            frag: Fragmentizer::new(max_literal.saturating_add(64 * 1024)),
+            out: Vec::new(),
+            mailbox: None,
+            selected: None,
+            auth_tag: None,
+            idle_tag: None,
+            max_literal,
+            errors: 0,
+            closed: false,
+        };
+        s.line(&format!(
+            "* OK [CAPABILITY {CAPABILITIES}] onionpost IMAP ready"
+        ));
+        s
+    }
+
+    /// Bytes to send to the client.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Whether the connection should be closed (after sending the output).
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Whether the client is in IDLE (the edge should then watch the mailbox).
+    pub fn is_idling(&self) -> bool {
+        self.idle_tag.is_some()
+    }
+
+    /// The authenticated mailbox, if any.
+    pub fn mailbox(&self) -> Option<&Arc<Maildir>> {
+        self.mailbox.as_ref()
+    }
+
+    /// The idle timeout fired: say BYE and close.
+    pub fn timeout(&mut self) {
+        self.line("* BYE Autologout; idle for too long");
+        self.closed = true;
+    }
+
+    /// The mailbox changed while idling: report new, removed and re-flagged messages.
+    pub fn mailbox_changed(&mut self) {
+        if self.idle_tag.is_some() {
+            self.sync(true);
+        }
+    }
+
+    fn line(&mut self, s: &str) {
+        self.out.extend_from_slice(s.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    fn ok(&mut self, tag: &str, text: &str) {
+        self.errors = 0;
+        self.line(&format!("{tag} OK {text}"));
+    }
+
+    fn no(&mut self, tag: &str, text: &str) {
+        self.errors += 1;
+        self.line(&format!("{tag} NO {text}"));
+    }
+
+    fn bad(&mut self, tag: &str, text: &str) {
+        self.errors += 1;
+        self.line(&format!("{tag} BAD {text}"));
+    }
+
+    /// Feeds bytes from the client.
+    pub fn receive(&mut self, bytes: &[u8]) {
+        if self.closed {
+            return;
+        }
+        self.frag.enqueue_bytes(bytes);
+        while let Some(info) = self.frag.progress() {
+            if let FragmentInfo::Line {
+                announcement: Some(LiteralAnnouncement { mode, length }),
+                ..
+            } = info
+            {
+                if length > self.max_literal {
+                    let tag = self.frag.decode_tag().map(|t| t.inner().to_string());
+                    if mode == LiteralMode::Sync {
+                        self.frag.skip_message();
+                    } else {
+                        self.frag.poison_message();
+                    }
+                    self.no(tag.as_deref().unwrap_or("*"), "[TOOBIG] Literal too large");
+                    continue;
+                } else if mode == LiteralMode::Sync {
+                    self.line("+ Ready for literal data");
+                }
+            }
+            if !self.frag.is_message_complete() {
+                continue;
+            }
+            let msg = self.frag.message_bytes().to_vec();
+            let poisoned =
+                self.frag.is_message_poisoned() || self.frag.is_max_message_size_exceeded();
+            let tag = self.frag.decode_tag().map(|t| t.inner().to_string());
+            if poisoned {
+                if self.idle_tag.is_none() && self.auth_tag.is_none() {
+                    self.bad(tag.as_deref().unwrap_or("*"), "Command too long");
+                }
+            } else {
+                self.message(&msg, tag);
+            }
+            if self.errors >= MAX_ERRORS {
+                self.line("* BYE Too many errors");
+                self.closed = true;
+            }
+            if self.closed {
+                return;
+            }
+        }
+    }
+
+    fn message(&mut self, msg: &[u8], tag: Option<String>) {
+        if let Some(tag) = self.idle_tag.take() {
+            if msg.trim_ascii().eq_ignore_ascii_case(b"DONE") {
+                self.ok(&tag, "IDLE terminated");
+            } else {
+                self.bad(&tag, "Expected DONE");
+            }
+            return;
+        }
+        if let Some(tag) = self.auth_tag.take() {
+            let line = String::from_utf8_lossy(msg);
+            let line = line.trim();
+            if line == "*" {
+                self.bad(&tag, "AUTHENTICATE cancelled");
+            } else {
+                match base64::engine::general_purpose::STANDARD.decode(line) {
+                    Ok(raw) => self.auth_plain(&tag, &raw),
+                    Err(_) => self.bad(&tag, "Invalid base64"),
+                }
+            }
+            return;
+        }
+        match CommandCodec::default().decode(msg) {
+            Ok((b"", cmd)) => self.command(cmd),
+            _ => {
+                let tag = tag.unwrap_or_else(|| "*".into());
+                self.bad(&tag, "Syntax error or unknown command");
+            }
+        }
+    }
+
+    fn auth_plain(&mut self, tag: &str, raw: &[u8]) {
+        let parts: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
+        if parts.len() != 3 {
+            return self.bad(
+                tag,
+                "AUTHENTICATE PLAIN wants authzid NUL user NUL password",
+            );
+        }
+        let user = String::from_utf8_lossy(parts[1]).into_owned();
+        let pass = String::from_utf8_lossy(parts[2]).into_owned();
+        self.login(tag, &user, &pass);
+    }
+
+    fn login(&mut self, tag: &str, user: &str, pass: &str) {
+        match self.accounts.login(user, pass) {
+            Some(mb) => {
+                self.mailbox = Some(mb);
+                self.ok(tag, &format!("[CAPABILITY {CAPABILITIES}] Logged in"));
+            }
+            None => self.no(tag, "[AUTHENTICATIONFAILED] Invalid credentials"),
+        }
+    }
+
+    fn command(&mut self, cmd: Command<'_>) {
+        let tag = cmd.tag.inner().to_string();
+        let tag = tag.as_str();
+        // Any-state commands.
+        match &cmd.body {
+            CommandBody::Capability => {
+                self.line(&format!("* CAPABILITY {CAPABILITIES}"));
+                return self.ok(tag, "CAPABILITY completed");
+            }
+            CommandBody::Noop | CommandBody::Check => {
+                if self.selected.is_some() {
+                    self.sync(true);
+                }
+                return self.ok(tag, "NOOP completed");
+            }
+            CommandBody::Logout => {
+                self.line("* BYE Logging out");
+                self.ok(tag, "LOGOUT completed");
+                self.closed = true;
+                return;
+            }
+            _ => {}
+        }
+        if self.mailbox.is_none() {
+            return match cmd.body {
+                CommandBody::Login { username, password } => {
+                    let u = String::from_utf8_lossy(username.as_ref()).into_owned();
+                    let p = String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
+                    self.login(tag, &u, &p)
+                }
+                CommandBody::Authenticate {
+                    mechanism,
+                    initial_response,
+                } => {
+                    if mechanism != AuthMechanism::Plain {
+                        return self.no(tag, "Only AUTHENTICATE PLAIN is supported");
+                    }
+                    match initial_response {
+                        Some(r) => self.auth_plain(tag, r.declassify()),
+                        None => {
+                            self.auth_tag = Some(tag.to_string());
+                            self.line("+ ");
+                        }
+                    }
+                }
+                _ => self.bad(tag, "Log in first (LOGIN or AUTHENTICATE PLAIN)"),
+            };
+        }
+        let mb = self.mailbox.clone().expect("authenticated");
+        match cmd.body {
+            CommandBody::Login { .. } | CommandBody::Authenticate { .. } => {
+                self.bad(tag, "Already authenticated")
+            }
+            CommandBody::Select { mailbox, .. } => self.select(tag, &mb, &mailbox, false),
+            CommandBody::Examine { mailbox, .. } => self.select(tag, &mb, &mailbox, true),
+            CommandBody::List {
+                reference,
+                mailbox_wildcard,
+            } => self.list(tag, "LIST", &reference, &mailbox_wildcard),
+            CommandBody::Lsub {
+                reference,
+                mailbox_wildcard,
+            } => self.list(tag, "LSUB", &reference, &mailbox_wildcard),
+            CommandBody::Status {
+                mailbox,
+                item_names,
+            } => {
+                if !is_inbox(&mailbox) {
+                    return self.no(tag, "[NONEXISTENT] Only INBOX exists");
+                }
+                let snap = mb.snapshot();
+                let items: Vec<String> = item_names
+                    .iter()
+                    .filter_map(|i| match i {
+                        StatusDataItemName::Messages => {
+                            Some(format!("MESSAGES {}", snap.messages.len()))
+                        }
+                        StatusDataItemName::Recent => Some("RECENT 0".into()),
+                        StatusDataItemName::UidNext => Some(format!("UIDNEXT {}", snap.uidnext)),
+                        StatusDataItemName::UidValidity => {
+                            Some(format!("UIDVALIDITY {}", snap.uidvalidity))
+                        }
+                        StatusDataItemName::Unseen => Some(format!(
+                            "UNSEEN {}",
+                            snap.messages
+                                .iter()
+                                .filter(|m| !m.flags.contains(Flags::SEEN))
+                                .count()
+                        )),
+                        _ => None,
+                    })
+                    .collect();
+                self.line(&format!("* STATUS INBOX ({})", items.join(" ")));
+                self.ok(tag, "STATUS completed")
+            }
+            CommandBody::Create { .. }
+            | CommandBody::Delete { .. }
+            | CommandBody::Rename { .. } => self.no(tag, "[CANNOT] This server has only INBOX"),
+            CommandBody::Subscribe { .. } | CommandBody::Unsubscribe { .. } => self.ok(tag, "Done"),
+            CommandBody::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } => {
+                if !is_inbox(&mailbox) {
+                    return self.no(tag, "[TRYCREATE] Only INBOX exists");
+                }
+                let data = match &message {
+                    LiteralOrLiteral8::Literal(l) => l.data(),
+                    LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
+                };
+                let date = date.map(|d| d.as_ref().timestamp());
+                match mb.deliver(data, to_flags(&flags), date) {
+                    Ok(uid) => {
+                        if self.selected.is_some() {
+                            self.sync(false);
+                        }
+                        let v = mb.snapshot().uidvalidity;
+                        self.ok(tag, &format!("[APPENDUID {v} {uid}] APPEND completed"))
+                    }
+                    Err(e) => self.no(tag, &format!("[SERVERBUG] Cannot store: {e}")),
+                }
+            }
+            CommandBody::Idle => {
+                self.idle_tag = Some(tag.to_string());
+                self.line("+ idling");
+                if self.selected.is_some() {
+                    self.sync(true);
+                }
+            }
+            body => {
+                if self.selected.is_none() {
+                    return self.bad(tag, "No mailbox selected (SELECT first) or unknown command");
+                }
+                self.selected_command(tag, &mb, body)
+            }
+        }
+    }
+
+    fn selected_command(&mut self, tag: &str, mb: &Arc<Maildir>, body: CommandBody<'_>) {
+        let read_only = self.selected.as_ref().is_some_and(|s| s.read_only);
+        match body {
+            CommandBody::Close => {
+                if !read_only {
+                    let deleted = self.deleted_uids();
+                    if let Err(e) = mb.expunge(&deleted) {
+                        return self.no(tag, &format!("[SERVERBUG] {e}"));
+                    }
+                }
+                self.selected = None;
+                self.ok(tag, "CLOSE completed")
+            }
+            CommandBody::Unselect => {
+                self.selected = None;
+                self.ok(tag, "UNSELECT completed")
+            }
+            CommandBody::Expunge => {
+                if read_only {
+                    return self.no(tag, "[READ-ONLY] Mailbox is read-only");
+                }
+                let deleted = self.deleted_uids();
+                match mb.expunge(&deleted) {
+                    Ok(_) => {
+                        self.sync(true);
+                        self.ok(tag, "EXPUNGE completed")
+                    }
+                    Err(e) => self.no(tag, &format!("[SERVERBUG] {e}")),
+                }
+            }
+            CommandBody::ExpungeUid { sequence_set } => {
+                if read_only {
+                    return self.no(tag, "[READ-ONLY] Mailbox is read-only");
+                }
+                let max_uid = self.max_uid();
+                let uids: Vec<u32> = self
+                    .selected_messages()
+                    .iter()
+                    .filter(|m| {
+                        m.flags.contains(Flags::DELETED)
+                            && search::set_contains(&sequence_set, m.uid, max_uid)
+                    })
+                    .map(|m| m.uid)
+                    .collect();
+                match mb.expunge(&uids) {
+                    Ok(_) => {
+                        self.sync(true);
+                        self.ok(tag, "UID EXPUNGE completed")
+                    }
+                    Err(e) => self.no(tag, &format!("[SERVERBUG] {e}")),
+                }
+            }
+            CommandBody::Search {
+                charset,
+                criteria,
+                uid,
+            } => {
+                if let Some(cs) = charset {
+                    let cs = cs.as_ref().to_ascii_uppercase();
+                    if cs != "UTF-8" && cs != "US-ASCII" {
+                        return self.no(tag, "[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
+                    }
+                }
+                let key = SearchKey::And(criteria);
+                let hits = self.search(mb, &key, uid);
+                let list: Vec<String> = hits.iter().map(u32::to_string).collect();
+                self.line(&format!(
+                    "* SEARCH{}{}",
+                    if list.is_empty() { "" } else { " " },
+                    list.join(" ")
+                ));
+                self.ok(tag, "SEARCH completed")
+            }
+            CommandBody::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+                ..
+            } => {
+                let items = match macro_or_item_names {
+                    MacroOrMessageDataItemNames::Macro(m) => m
+                        .expand()
+                        .into_iter()
+                        .map(|i| i.into_static_owned())
+                        .collect(),
+                    MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
+                };
+                self.fetch(mb, &sequence_set, &items, uid);
+                if uid {
+                    self.sync(false);
+                }
+                self.ok(tag, "FETCH completed")
+            }
+            CommandBody::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+                ..
+            } => {
+                if read_only {
+                    return self.no(tag, "[READ-ONLY] Mailbox is read-only");
+                }
+                let change = to_flags(&flags);
+                let targets = self.resolve(&sequence_set, uid);
+                for (seq, meta) in targets {
+                    let new = match kind {
+                        StoreType::Replace => change,
+                        StoreType::Add => meta.flags.with(change),
+                        StoreType::Remove => meta.flags.without(change),
+                    };
+                    if let Err(e) = mb.set_flags(meta.uid, new) {
+                        return self.no(tag, &format!("[SERVERBUG] {e}"));
+                    }
+                    if let Some(sel) = self.selected.as_mut() {
+                        sel.messages[seq as usize - 1].flags = new;
+                    }
+                    if response == StoreResponse::Answer {
+                        let uid_part = if uid {
+                            format!("UID {} ", meta.uid)
+                        } else {
+                            String::new()
+                        };
+                        self.line(&format!(
+                            "* {seq} FETCH ({uid_part}FLAGS ({}))",
+                            new.to_imap()
+                        ));
+                    }
+                }
+                self.ok(tag, "STORE completed")
+            }
+            CommandBody::Copy {
+                sequence_set,
+                mailbox,
+                uid,
+            }
+            | CommandBody::Move {
+                sequence_set,
+                mailbox,
+                uid,
+            } => {
+                if !is_inbox(&mailbox) {
+                    return self.no(tag, "[TRYCREATE] Only INBOX exists");
+                }
+                for (_, meta) in self.resolve(&sequence_set, uid) {
+                    let copied = mb
+                        .read(meta.uid)
+                        .and_then(|d| mb.deliver(&d, meta.flags, Some(meta.internal_date)));
+                    if let Err(e) = copied {
+                        return self.no(tag, &format!("[SERVERBUG] {e}"));
+                    }
+                }
+                self.sync(false);
+                self.ok(tag, "COPY completed")
+            }
+            _ => self.bad(tag, "Command not supported"),
+        }
+    }
+
+    fn selected_messages(&self) -> &[MessageMeta] {
+        self.selected
+            .as_ref()
+            .map(|s| s.messages.as_slice())
+            .unwrap_or(&[])
+    }
+
+    fn max_uid(&self) -> u32 {
+        self.selected_messages().last().map(|m| m.uid).unwrap_or(0)
+    }
+
+    fn deleted_uids(&self) -> Vec<u32> {
+        self.selected_messages()
+            .iter()
+            .filter(|m| m.flags.contains(Flags::DELETED))
+            .map(|m| m.uid)
+            .collect()
+    }
+
+    /// Messages addressed by a sequence set: (sequence number, metadata).
+    fn resolve(&self, set: &SequenceSet, uid: bool) -> Vec<(u32, MessageMeta)> {
+        let msgs = self.selected_messages();
+        let max_seq = msgs.len() as u32;
+        let max_uid = self.max_uid();
+        msgs.iter()
+            .enumerate()
+            .map(|(i, m)| (i as u32 + 1, m))
+            .filter(|(seq, m)| {
+                if uid {
+                    search::set_contains(set, m.uid, max_uid)
+                } else {
+                    search::set_contains(set, *seq, max_seq)
+                }
+            })
+            .map(|(s, m)| (s, m.clone()))
+            .collect()
+    }
+
+    fn select(&mut self, tag: &str, mb: &Arc<Maildir>, mailbox: &Mailbox<'_>, read_only: bool) {
+        self.selected = None;
+        if !is_inbox(mailbox) {
+            return self.no(tag, "[NONEXISTENT] Only INBOX exists");
+        }
+        let snap = mb.snapshot();
+        self.line(&format!("* FLAGS ({ALL_FLAGS})"));
+        if read_only {
+            self.line("* OK [PERMANENTFLAGS ()] Read-only mailbox");
+        } else {
+            self.line(&format!(
+                "* OK [PERMANENTFLAGS ({ALL_FLAGS})] Flags permitted"
+            ));
+        }
+        self.line(&format!("* {} EXISTS", snap.messages.len()));
+        self.line("* 0 RECENT");
+        if let Some(i) = snap
+            .messages
+            .iter()
+            .position(|m| !m.flags.contains(Flags::SEEN))
+        {
+            self.line(&format!("* OK [UNSEEN {}] First unseen", i + 1));
+        }
+        self.line(&format!(
+            "* OK [UIDVALIDITY {}] UIDs valid",
+            snap.uidvalidity
+        ));
+        self.line(&format!(
+            "* OK [UIDNEXT {}] Predicted next UID",
+            snap.uidnext
+        ));
+        self.selected = Some(Selected {
+            read_only,
+            messages: snap.messages,
+        });
+        let mode = if read_only { "READ-ONLY" } else { "READ-WRITE" };
+        let cmd = if read_only { "EXAMINE" } else { "SELECT" };
+        self.ok(tag, &format!("[{mode}] {cmd} completed"))
+    }
+
+    fn list(&mut self, tag: &str, cmd: &str, _reference: &Mailbox<'_>, pattern: &ListMailbox<'_>) {
+        let pat = match pattern {
+            ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
+            ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
+        };
+        if pat.is_empty() {
+            self.line(&format!("* {cmd} (\\Noselect) \"/\" \"\""));
+        } else if glob(&pat.to_ascii_uppercase(), "INBOX") {
+            self.line(&format!("* {cmd} (\\HasNoChildren) \"/\" INBOX"));
+        }
+        self.ok(tag, &format!("{cmd} completed"))
+    }
+
+    /// Brings this client's view up to date: EXPUNGE (if allowed), EXISTS, flag changes.
+    fn sync(&mut self, allow_expunge: bool) {
+        let Some(mb) = self.mailbox.clone() else {
+            return;
+        };
+        let Some(sel) = self.selected.as_mut() else {
+            return;
+        };
+        let snap = mb.snapshot();
+        let mut lines = Vec::new();
+        if allow_expunge {
+            let mut i = sel.messages.len();
+            while i > 0 {
+                i -= 1;
+                let uid = sel.messages[i].uid;
+                if snap.messages.binary_search_by_key(&uid, |m| m.uid).is_err() {
+                    sel.messages.remove(i);
+                    lines.push(format!("* {} EXPUNGE", i + 1));
+                }
+            }
+        }
+        for (i, m) in sel.messages.iter_mut().enumerate() {
+            if let Ok(j) = snap.messages.binary_search_by_key(&m.uid, |x| x.uid)
+                && snap.messages[j].flags != m.flags
+            {
+                m.flags = snap.messages[j].flags;
+                lines.push(format!("* {} FETCH (FLAGS ({}))", i + 1, m.flags.to_imap()));
+            }
+        }
+        let max = sel.messages.last().map(|m| m.uid).unwrap_or(0);
+        let before = sel.messages.len();
+        sel.messages
+            .extend(snap.messages.iter().filter(|m| m.uid > max).cloned());
+        if sel.messages.len() != before {
+            lines.push(format!("* {} EXISTS", sel.messages.len()));
+        }
+        for l in lines {
+            self.line(&l);
+        }
+    }
+
+    fn search(&mut self, mb: &Arc<Maildir>, key: &SearchKey<'_>, uid: bool) -> Vec<u32> {
+        let msgs = self.selected_messages().to_vec();
+        let max_seq = msgs.len() as u32;
+        let max_uid = self.max_uid();
+        let mut hits = Vec::new();
+        for (i, m) in msgs.iter().enumerate() {
+            let load = || mb.read(m.uid).unwrap_or_default();
+            let c = Candidate {
+                seq: i as u32 + 1,
+                meta: m,
+                max_seq,
+                max_uid,
+                load: &load,
+                raw: Default::default(),
+            };
+            if search::matches(key, &c) {
+                hits.push(if uid { m.uid } else { i as u32 + 1 });
+            }
+        }
+        hits
+    }
+
+    fn fetch(
+        &mut self,
+        mb: &Arc<Maildir>,
+        set: &SequenceSet,
+        items: &[MessageDataItemName<'_>],
+        uid: bool,
+    ) {
+        let read_only = self.selected.as_ref().is_some_and(|s| s.read_only);
+        let needs_text = items.iter().any(|i| {
+            !matches!(
+                i,
+                MessageDataItemName::Flags
+                    | MessageDataItemName::Uid
+                    | MessageDataItemName::InternalDate
+                    | MessageDataItemName::Rfc822Size
+            )
+        });
+        // MIME parsing only for items that need the structure; BODY[] and headers do not.
+        let needs_mime = items.iter().any(|i| match i {
+            MessageDataItemName::Envelope
+            | MessageDataItemName::BodyStructure
+            | MessageDataItemName::Body => true,
+            MessageDataItemName::BodyExt { section, .. } => matches!(
+                section,
+                Some(
+                    Section::Part(_)
+                        | Section::Mime(_)
+                        | Section::Header(Some(_))
+                        | Section::Text(Some(_))
+                        | Section::HeaderFields(Some(_), _)
+                        | Section::HeaderFieldsNot(Some(_), _)
+                )
+            ),
+            _ => false,
+        });
+        for (seq, meta) in self.resolve(set, uid) {
+            let raw = if needs_text {
+                match mb.read(meta.uid) {
+                    Ok(r) => r,
+                    Err(_) => continue, // expunged meanwhile
+                }
+            } else {
+                Vec::new()
+            };
+            let parsed = if needs_mime {
+                MessageParser::default().parse(&raw)
+            } else {
+                None
+            };
+            let mut parts: Vec<Vec<u8>> = Vec::new();
+            let mut flags = meta.flags;
+            let mut sets_seen = false;
+            let mut want_flags = false;
+            if uid && !items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
+                parts.push(format!("UID {}", meta.uid).into_bytes());
+            }
+            for item in items {
+                let mut out = Vec::new();
+                match item {
+                    MessageDataItemName::Uid => {
+                        out.extend_from_slice(format!("UID {}", meta.uid).as_bytes())
+                    }
+                    MessageDataItemName::Flags => {
+                        want_flags = true;
+                        continue;
+                    }
+                    MessageDataItemName::InternalDate => out.extend_from_slice(
+                        format!(
+                            "INTERNALDATE \"{}\"",
+                            fetch::internal_date(meta.internal_date)
+                        )
+                        .as_bytes(),
+                    ),
+                    MessageDataItemName::Rfc822Size => {
+                        out.extend_from_slice(format!("RFC822.SIZE {}", meta.size).as_bytes())
+                    }
+                    MessageDataItemName::Envelope => {
+                        out.extend_from_slice(b"ENVELOPE ");
+                        match &parsed {
+                            Some(p) => fetch::envelope(&mut out, p, &raw),
+                            None => {
+                                out.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)")
+                            }
+                        }
+                    }
+                    MessageDataItemName::BodyStructure | MessageDataItemName::Body => {
+                        out.extend_from_slice(if matches!(item, MessageDataItemName::Body) {
+                            b"BODY "
+                        } else {
+                            b"BODYSTRUCTURE "
+                        });
+                        match &parsed {
+                            Some(p) => fetch::body_structure(&mut out, p),
+                            None => out.extend_from_slice(
+                                b"(\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 0 0)",
+                            ),
+                        }
+                    }
+                    MessageDataItemName::BodyExt {
+                        section,
+                        partial,
+                        peek,
+                    } => {
+                        let bytes = fetch::section_bytes(&raw, parsed.as_ref(), section.as_ref());
+                        let name = fetch::section_name(section.as_ref());
+                        let (bytes, origin) = match partial {
+                            Some((start, len)) => {
+                                let s = (*start as usize).min(bytes.len());
+                                let e = s.saturating_add(len.get() as usize).min(bytes.len());
+                                (bytes[s..e].to_vec(), format!("<{start}>"))
+                            }
+                            None => (bytes, String::new()),
+                        };
+                        out.extend_from_slice(format!("BODY[{name}]{origin} ").as_bytes());
+                        fetch::literal(&mut out, &bytes);
+                        sets_seen |= !peek;
+                    }
+                    MessageDataItemName::Rfc822 => {
+                        out.extend_from_slice(b"RFC822 ");
+                        fetch::literal(&mut out, &raw);
+                        sets_seen = true;
+                    }
+                    MessageDataItemName::Rfc822Header => {
+                        out.extend_from_slice(b"RFC822.HEADER ");
+                        let h = fetch::section_bytes(
+                            &raw,
+                            None,
+                            Some(&imap_codec::imap_types::fetch::Section::Header(None)),
+                        );
+                        fetch::literal(&mut out, &h);
+                    }
+                    MessageDataItemName::Rfc822Text => {
+                        out.extend_from_slice(b"RFC822.TEXT ");
+                        let t = fetch::section_bytes(
+                            &raw,
+                            None,
+                            Some(&imap_codec::imap_types::fetch::Section::Text(None)),
+                        );
+                        fetch::literal(&mut out, &t);
+                        sets_seen = true;
+                    }
+                    _ => continue,
+                }
+                parts.push(out);
+            }
+            if sets_seen && !read_only && !flags.contains(Flags::SEEN) {
+                flags = flags.with(Flags::SEEN);
+                if mb.set_flags(meta.uid, flags).is_ok() {
+                    if let Some(sel) = self.selected.as_mut() {
+                        sel.messages[seq as usize - 1].flags = flags;
+                    }
+                    want_flags = true;
+                }
+            }
+            if want_flags {
+                parts.push(format!("FLAGS ({})", flags.to_imap()).into_bytes());
+            }
+            self.out
+                .extend_from_slice(format!("* {seq} FETCH (").as_bytes());
+            for (i, p) in parts.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(b' ');
+                }
+                self.out.extend_from_slice(p);
+            }
+            self.out.extend_from_slice(b")\r\n");
+        }
+    }
+}
+
+fn is_inbox(m: &Mailbox<'_>) -> bool {
+    match m {
+        Mailbox::Inbox => true,
+        Mailbox::Other(o) => o.as_ref().eq_ignore_ascii_case(b"INBOX"),
+    }
+}
+
+fn to_flags(flags: &[Flag<'_>]) -> Flags {
+    flags.iter().fold(Flags::default(), |acc, f| {
+        acc.with(match f {
+            Flag::Seen => Flags::SEEN,
+            Flag::Answered => Flags::ANSWERED,
+            Flag::Flagged => Flags::FLAGGED,
+            Flag::Deleted => Flags::DELETED,
+            Flag::Draft => Flags::DRAFT,
+            _ => Flags::default(),
+        })
+    })
+}
+
+/// IMAP LIST pattern match: `*` matches anything, `%` anything but the delimiter.
+fn glob(pattern: &str, name: &str) -> bool {
+    match pattern.chars().next() {
+        None => name.is_empty(),
+        Some('*') | Some('%') => (0..=name.len()).any(|i| glob(&pattern[1..], &name[i..])),
+        Some(c) => name.starts_with(c) && glob(&pattern[c.len_utf8()..], &name[c.len_utf8()..]),
+    }
+}
+
+trait IntoStaticOwned {
+    fn into_static_owned(self) -> MessageDataItemName<'static>;
+}
+
+impl IntoStaticOwned for MessageDataItemName<'_> {
+    fn into_static_owned(self) -> MessageDataItemName<'static> {
+        use imap_codec::imap_types::IntoStatic;
+        self.into_static()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct One(Arc<Maildir>);
+    impl Accounts for One {
+        fn login(&self, user: &str, password: &str) -> Option<Arc<Maildir>> {
+            (user == "bob" && password == "pw").then(|| self.0.clone())
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, Arc<Maildir>, Session<One>) {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Arc::new(Maildir::open(dir.path()).unwrap());
+        let s = Session::new(One(md.clone()), 1000);
+        (dir, md, s)
+    }
+
+    fn talk(s: &mut Session<One>, input: &str) -> String {
+        s.receive(input.as_bytes());
+        String::from_utf8(s.take_output()).unwrap()
+    }
+
+    const MSG: &str = "From: Ann <ann@a.onion>\r\nTo: bob@b.onion\r\nSubject: Lunch\r\nDate: Tue, 24 Nov 2026 12:00:00 +0000\r\n\r\nSee you at noon.\r\n";
+
+    #[test]
+    fn unauthenticated_and_malformed_commands_get_clear_errors() {
+        let (_d, _md, mut s) = setup();
+        assert!(talk(&mut s, "").starts_with("* OK [CAPABILITY IMAP4rev1"));
+        assert_eq!(
+            talk(&mut s, "a1 SELECT INBOX\r\n"),
+            "a1 BAD Log in first (LOGIN or AUTHENTICATE PLAIN)\r\n"
+        );
+        assert!(talk(&mut s, "a2 FROB\r\n").starts_with("a2 BAD"));
+        assert!(talk(&mut s, "garbage\r\n").starts_with("* BAD") || !s.is_closed());
+        assert!(talk(&mut s, "a3 LOGIN bob nope\r\n").starts_with("a3 NO [AUTHENTICATIONFAILED]"));
+        assert!(talk(&mut s, "a4 AUTHENTICATE CRAM-MD5\r\n").starts_with("a4 NO"));
+        assert_eq!(talk(&mut s, "a5 AUTHENTICATE PLAIN\r\n"), "+ \r\n");
+        // "\0bob\0pw"
+        assert!(talk(&mut s, "AGJvYgBwdw==\r\n").starts_with("a5 OK"));
+        assert!(talk(&mut s, "a6 LOGIN bob pw\r\n").starts_with("a6 BAD Already"));
+        assert!(talk(&mut s, "a7 FETCH 1 FLAGS\r\n").starts_with("a7 BAD No mailbox selected"));
+        assert!(talk(&mut s, "a8 SELECT Other\r\n").starts_with("a8 NO [NONEXISTENT]"));
+        let out = talk(&mut s, "a9 LOGOUT\r\n");
+        assert!(out.starts_with("* BYE") && out.ends_with("a9 OK LOGOUT completed\r\n"));
+        assert!(s.is_closed());
+    }
+
+    #[test]
+    fn append_select_fetch_store_search_expunge() {
+        let (_d, md, mut s) = setup();
+        talk(&mut s, "");
+        assert!(talk(&mut s, "1 LOGIN bob pw\r\n").starts_with("1 OK"));
+        let out = talk(
+            &mut s,
+            &format!("2 APPEND INBOX (\\Flagged) {{{}}}\r\n", MSG.len()),
+        );
+        assert_eq!(out, "+ Ready for literal data\r\n");
+        assert!(talk(&mut s, &format!("{MSG}\r\n")).starts_with("2 OK [APPENDUID"));
+        // Non-synchronizing literal (LITERAL+): no continuation.
+        let out = talk(
+            &mut s,
+            &format!("3 APPEND INBOX {{{}+}}\r\n{MSG}\r\n", MSG.len()),
+        );
+        assert!(out.starts_with("3 OK [APPENDUID"), "{out}");
+        // Too big: refused, and the session goes on.
+        assert!(talk(&mut s, "4 APPEND INBOX {5000}\r\n").starts_with("4 NO [TOOBIG]"));
+        assert!(talk(&mut s, "5 NOOP\r\n").starts_with("5 OK"));
+
+        let out = talk(&mut s, "6 SELECT INBOX\r\n");
+        assert!(
+            out.contains("* 2 EXISTS\r\n") && out.contains("[UNSEEN 1]"),
+            "{out}"
+        );
+        assert!(out.ends_with("6 OK [READ-WRITE] SELECT completed\r\n"));
+        let out = talk(
+            &mut s,
+            "7 FETCH 1 (FLAGS ENVELOPE BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n",
+        );
+        assert!(
+            out.contains("ENVELOPE (\"Tue, 24 Nov 2026 12:00:00 +0000\" \"Lunch\""),
+            "{out}"
+        );
+        assert!(
+            out.contains("BODY[HEADER.FIELDS (SUBJECT)] {18}\r\nSubject: Lunch\r\n\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("FLAGS (\\Flagged)"), "{out}");
+        let out = talk(&mut s, "8 UID FETCH 2 (BODY[TEXT])\r\n");
+        assert!(
+            out.contains(
+                "* 2 FETCH (UID 2 BODY[TEXT] {18}\r\nSee you at noon.\r\n FLAGS (\\Seen))"
+            ),
+            "{out}"
+        );
+        assert_eq!(
+            talk(&mut s, "9 SEARCH UNSEEN\r\n"),
+            "* SEARCH 1\r\n9 OK SEARCH completed\r\n"
+        );
+        assert_eq!(
+            talk(&mut s, "10 UID SEARCH FROM ann SUBJECT lunch BODY noon\r\n"),
+            "* SEARCH 1 2\r\n10 OK SEARCH completed\r\n"
+        );
+        assert_eq!(
+            talk(
+                &mut s,
+                "11 SEARCH SINCE 1-Jan-2020 NOT SUBJECT dinner 2:*\r\n"
+            ),
+            "* SEARCH 2\r\n11 OK SEARCH completed\r\n"
+        );
+        assert_eq!(
+            talk(&mut s, "12 SEARCH BEFORE 1-Jan-2000\r\n"),
+            "* SEARCH\r\n12 OK SEARCH completed\r\n"
+        );
+        let out = talk(&mut s, "13 STORE 1 +FLAGS (\\Deleted)\r\n");
+        assert_eq!(
+            out,
+            "* 1 FETCH (FLAGS (\\Flagged \\Deleted))\r\n13 OK STORE completed\r\n"
+        );
+        assert_eq!(
+            talk(&mut s, "14 EXPUNGE\r\n"),
+            "* 1 EXPUNGE\r\n14 OK EXPUNGE completed\r\n"
+        );
+        assert_eq!(md.snapshot().messages.len(), 1);
+        let out = talk(&mut s, "15 FETCH 1:* (UID RFC822.SIZE)\r\n");
+        assert_eq!(
+            out,
+            format!(
+                "* 1 FETCH (UID 2 RFC822.SIZE {})\r\n15 OK FETCH completed\r\n",
+                MSG.len()
+            )
+        );
+        assert!(talk(&mut s, "16 FETCH 1 (BODYSTRUCTURE)\r\n").contains(
+            "BODYSTRUCTURE (\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 18 1)"
+        ));
+        assert!(
+            talk(&mut s, "17 LIST \"\" *\r\n")
+                .starts_with("* LIST (\\HasNoChildren) \"/\" INBOX\r\n")
+        );
+        assert!(talk(&mut s, "18 CLOSE\r\n").starts_with("18 OK"));
+    }
+
+    #[test]
+    fn idle_reports_new_mail() {
+        let (_d, md, mut s) = setup();
+        talk(&mut s, "1 LOGIN bob pw\r\n2 SELECT INBOX\r\n");
+        assert_eq!(talk(&mut s, "3 IDLE\r\n"), "+ idling\r\n");
+        assert!(s.is_idling());
+        md.deliver(MSG.as_bytes(), Flags::default(), None).unwrap();
+        s.mailbox_changed();
+        assert_eq!(
+            String::from_utf8(s.take_output()).unwrap(),
+            "* 1 EXISTS\r\n"
+        );
+        assert_eq!(talk(&mut s, "DONE\r\n"), "3 OK IDLE terminated\r\n");
+        assert!(!s.is_idling());
+        // EXAMINE is read-only: STORE is refused, FETCH BODY[] does not set \Seen.
+        assert!(talk(&mut s, "4 EXAMINE INBOX\r\n").contains("[READ-ONLY]"));
+        assert!(talk(&mut s, "5 STORE 1 +FLAGS (\\Seen)\r\n").starts_with("5 NO"));
+        let out = talk(&mut s, "6 FETCH 1 BODY[]\r\n");
+        assert!(!out.contains("\\Seen"), "{out}");
+    }
+}

@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures::Stream;
 use onionpost_proto::keys;
@@ -36,12 +38,25 @@ pub const MAX_TRUST_VISITS: usize = 20_000;
 #[derive(Clone)]
 pub struct LedgerService {
     app: LedgerApp,
+    moniker: String,
+    peers: Arc<AtomicU32>,
 }
 
 impl LedgerService {
     /// A service answering from `app`.
     pub fn new(app: LedgerApp) -> Self {
-        Self { app }
+        Self {
+            app,
+            moniker: String::new(),
+            peers: Arc::default(),
+        }
+    }
+
+    /// Names the node in status answers and reports its live consensus peer count.
+    pub fn with_node_info(mut self, moniker: String, peers: Arc<AtomicU32>) -> Self {
+        self.moniker = moniker;
+        self.peers = peers;
+        self
     }
 
     /// The tonic server wrapper.
@@ -120,6 +135,8 @@ impl Ledger for LedgerService {
                 root: committed.app_hash.to_vec(),
             }),
             mempool_size: self.app.mempool().len() as u64,
+            peers: self.peers.load(Ordering::Relaxed),
+            moniker: self.moniker.clone(),
         }))
     }
 

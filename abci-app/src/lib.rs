@@ -17,6 +17,7 @@ pub mod grpc;
 pub mod mempool;
 pub mod storage;
 pub mod testkit;
+pub mod validator;
 
 pub use app::LedgerApp;
 pub use error::TxError;

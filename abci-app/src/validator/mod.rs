@@ -1,0 +1,3 @@
+//! Running the ledger as a validator of a permissioned network.
+
+pub mod config;

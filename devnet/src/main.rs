@@ -1,0 +1,163 @@
+//! `onionpost-devnet`: create, start, inspect and stop a local onionpost validator network.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use onionpost_devnet::{
+    InitOptions, init, load, start_validator, status, stop_validator, wait_ready,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "onionpost-devnet",
+    version,
+    about = "A local onionpost validator network on 127.0.0.x"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create validator keys, a genesis and configs in DIR.
+    Init {
+        /// Number of validators.
+        #[arg(long, default_value_t = 4)]
+        validators: usize,
+        /// Number of initial admins of the governing list (their keys: DIR/admin-<i>.key).
+        #[arg(long, default_value_t = 1)]
+        admins: usize,
+        /// Directory of the devnet.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Chain id.
+        #[arg(long, default_value = "onionpost-devnet")]
+        chain_id: String,
+        /// Validator i listens on 127.0.0.(10+i): BASE_PORT (consensus) and BASE_PORT+1 (gRPC).
+        #[arg(long, default_value_t = 26600)]
+        base_port: u16,
+        /// Target milliseconds between blocks.
+        #[arg(long, default_value_t = 100)]
+        block_ms: u64,
+    },
+    /// Start every validator in the background and wait until each answers.
+    Up {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Height, app hash and peers of every validator.
+    Status {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every validator.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Init {
+            validators,
+            admins,
+            dir,
+            chain_id,
+            base_port,
+            block_ms,
+        } => {
+            let m = init(
+                &dir,
+                &InitOptions {
+                    validators,
+                    admins,
+                    chain_id,
+                    base_port,
+                    block_ms,
+                },
+            )?;
+            println!("devnet {} in {}", m.chain_id, dir.display());
+            for v in &m.validators {
+                println!(
+                    "  {}  consensus {}  gRPC {}  home {}",
+                    v.moniker,
+                    v.p2p,
+                    v.grpc,
+                    v.home.display()
+                );
+            }
+            for k in &m.admin_keys {
+                println!("  admin key {}", k.display());
+            }
+            println!("next: onionpost-devnet up --dir {}", dir.display());
+        }
+        Command::Up { dir } => {
+            let m = load(&dir)?;
+            for v in &m.validators {
+                stop_validator(v)?;
+                let child = start_validator(v)?;
+                println!("started {} (pid {})", v.moniker, child.id());
+            }
+            wait_ready(&m, Duration::from_secs(60)).await?;
+            for v in &m.validators {
+                println!("{} gRPC at http://{}", v.moniker, v.grpc);
+            }
+        }
+        Command::Status { dir, json } => {
+            let m = load(&dir)?;
+            let mut rows = Vec::new();
+            for v in &m.validators {
+                let row = match status(v).await {
+                    Ok(s) => {
+                        let a = s.anchor.unwrap_or_default();
+                        serde_json::json!({"moniker": v.moniker, "up": true, "height": a.height,
+                            "app_hash": hex::encode(&a.root), "peers": s.peers, "mempool": s.mempool_size, "grpc": v.grpc})
+                    }
+                    Err(e) => {
+                        serde_json::json!({"moniker": v.moniker, "up": false, "error": format!("{e:#}"), "grpc": v.grpc})
+                    }
+                };
+                rows.push(row);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for r in rows {
+                    if r["up"] == true {
+                        println!(
+                            "{:<14} height {:>6}  app hash {}  peers {}  mempool {}",
+                            r["moniker"].as_str().unwrap_or(""),
+                            r["height"],
+                            r["app_hash"].as_str().unwrap_or(""),
+                            r["peers"],
+                            r["mempool"]
+                        );
+                    } else {
+                        println!(
+                            "{:<14} DOWN ({})",
+                            r["moniker"].as_str().unwrap_or(""),
+                            r["error"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+            }
+        }
+        Command::Down { dir } => {
+            let m = load(&dir)?;
+            for v in &m.validators {
+                if stop_validator(v)? {
+                    println!("stopped {}", v.moniker);
+                }
+            }
+        }
+    }
+    Ok(())
+}

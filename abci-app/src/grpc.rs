@@ -14,10 +14,10 @@ use futures::Stream;
 use onionpost_proto::keys;
 use onionpost_proto::v1::ledger_server::{Ledger, LedgerServer};
 use onionpost_proto::v1::{
-    Anchor, BlockInfo, EventsQuery, GetStatusRequest, IdentityAnswer, IdentityQuery,
-    IdentityRecord, IdentitySet, KeyHistoryAnswer, LedgerEvent, ListAnswer, ListMembersAnswer,
-    ListQuery, MembershipAnswer, MembershipQuery, SignedTx, StatusAnswer, SubmitAnswer,
-    TrustAnswer, TrustPathAnswer, TrustPathQuery, TrustQuery, TrustStatement,
+    Anchor, BlockInfo, CommitAnswer, CommitQuery, EventsQuery, GetStatusRequest, IdentityAnswer,
+    IdentityQuery, IdentityRecord, IdentitySet, KeyHistoryAnswer, LedgerEvent, ListAnswer,
+    ListMembersAnswer, ListQuery, MembershipAnswer, MembershipQuery, SignedTx, StatusAnswer,
+    SubmitAnswer, TrustAnswer, TrustPathAnswer, TrustPathQuery, TrustQuery, TrustStatement,
     trust_query::Direction,
 };
 use prost::Message;
@@ -34,12 +34,29 @@ pub const DEFAULT_TRUST_DEPTH: u32 = 4;
 /// Most identities a trust-path search visits before giving up.
 pub const MAX_TRUST_VISITS: usize = 20_000;
 
+/// Where decided blocks and their commit certificates come from (validators only).
+pub trait CommitSource: Send + Sync {
+    /// The decided block of `height` (0 = latest) with its certificate, if stored.
+    fn commit(&self, height: u64) -> Result<Option<CommitAnswer>, String>;
+}
+
+/// Forwards transactions this node accepted to the other validators.
+pub trait TxRelay: Send + Sync {
+    /// Called once per transaction accepted from a client (not for relayed ones).
+    fn relay(&self, tx: SignedTx);
+}
+
+/// Metadata key marking a SubmitTx as relayed by another validator (so it is not relayed again).
+pub const RELAYED_HEADER: &str = "x-onionpost-relayed";
+
 /// The service over one ledger.
 #[derive(Clone)]
 pub struct LedgerService {
     app: LedgerApp,
     moniker: String,
     peers: Arc<AtomicU32>,
+    commits: Option<Arc<dyn CommitSource>>,
+    relay: Option<Arc<dyn TxRelay>>,
 }
 
 impl LedgerService {
@@ -49,7 +66,20 @@ impl LedgerService {
             app,
             moniker: String::new(),
             peers: Arc::default(),
+            commits: None,
+            relay: None,
         }
+    }
+
+    /// Serves GetCommit from `commits` and relays submitted transactions through `relay`.
+    pub fn with_consensus(
+        mut self,
+        commits: Arc<dyn CommitSource>,
+        relay: Arc<dyn TxRelay>,
+    ) -> Self {
+        self.commits = Some(commits);
+        self.relay = Some(relay);
+        self
     }
 
     /// Names the node in status answers and reports its live consensus peer count.
@@ -296,14 +326,21 @@ impl Ledger for LedgerService {
         &self,
         request: Request<SignedTx>,
     ) -> Result<Response<SubmitAnswer>, Status> {
-        let tx = request.into_inner().encode_to_vec();
+        let relayed = request.metadata().contains_key(RELAYED_HEADER);
+        let signed = request.into_inner();
+        let tx = signed.encode_to_vec();
         let hash = onionpost_proto::tx::tx_hash(&tx);
         let answer = match self.app.submit(tx) {
-            Ok(_) => SubmitAnswer {
-                tx_hash: hash.to_vec(),
-                code: 0,
-                log: "accepted into the mempool".into(),
-            },
+            Ok(_) => {
+                if let (false, Some(relay)) = (relayed, &self.relay) {
+                    relay.relay(signed);
+                }
+                SubmitAnswer {
+                    tx_hash: hash.to_vec(),
+                    code: 0,
+                    log: "accepted into the mempool".into(),
+                }
+            }
             Err((code, log)) => SubmitAnswer {
                 tx_hash: hash.to_vec(),
                 code,
@@ -311,6 +348,24 @@ impl Ledger for LedgerService {
             },
         };
         Ok(Response::new(answer))
+    }
+
+    async fn get_commit(
+        &self,
+        request: Request<CommitQuery>,
+    ) -> Result<Response<CommitAnswer>, Status> {
+        let Some(commits) = &self.commits else {
+            return Err(Status::unimplemented(
+                "this node does not run consensus; ask a validator for commit certificates",
+            ));
+        };
+        let height = request.into_inner().height;
+        match commits.commit(height).map_err(Status::internal)? {
+            Some(answer) => Ok(Response::new(answer)),
+            None => Err(Status::not_found(format!(
+                "no decided block at height {height}"
+            ))),
+        }
     }
 
     type StreamEventsStream = EventStream;

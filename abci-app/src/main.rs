@@ -41,6 +41,14 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         grpc: SocketAddr,
     },
+    /// Run as a validator: the Malachite consensus engine drives this ledger in-process and
+    /// the gRPC Ledger service (with commit certificates) runs beside it. HOME holds
+    /// config.toml, genesis.json and validator.key (see `onionpost-devnet init`).
+    Validator {
+        /// The validator's home directory.
+        #[arg(long, env = "ONIONPOST_LEDGER_HOME")]
+        home: PathBuf,
+    },
     /// Development mode without consensus: this process alone turns its mempool into blocks
     /// (FinalizeBlock + Commit through the same ABCI application) and serves gRPC. Not fault
     /// tolerant; use a validator set for anything shared.
@@ -73,6 +81,11 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Abci { home, listen, grpc } => run_abci(home, listen, grpc),
+        Command::Validator { home } => {
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            rt.block_on(onionpost_ledger::validator::node::run(&home))
+                .with_context(|| format!("validator in {}", home.display()))
+        }
         Command::Solo {
             home,
             genesis,

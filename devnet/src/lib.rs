@@ -157,6 +157,11 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<Manifest> {
                 .map(|o| o.p2p)
                 .collect(),
             grpc_listen: e.grpc,
+            peer_grpc: entries
+                .iter()
+                .filter(|o| o.grpc != e.grpc)
+                .map(|o| o.grpc)
+                .collect(),
             block_ms: opts.block_ms,
         }
         .save(&e.home)?;

@@ -28,6 +28,9 @@ pub struct ValidatorConfig {
     pub persistent_peers: Vec<SocketAddr>,
     /// Where the gRPC `Ledger` service listens.
     pub grpc_listen: SocketAddr,
+    /// The other validators' gRPC addresses: transactions submitted here are relayed there.
+    #[serde(default)]
+    pub peer_grpc: Vec<SocketAddr>,
     /// Target time between blocks, in milliseconds (the engine may be slower, never faster).
     #[serde(default = "default_block_ms")]
     pub block_ms: u64,

@@ -192,6 +192,41 @@ fn write_key(path: &Path) -> Result<ed25519_consensus::SigningKey> {
     Ok(key)
 }
 
+/// Adds a validator home to an existing devnet: a new key, the chain's genesis and a config
+/// peering with every existing validator. It is *not* in the validator set until a
+/// `propose_validator_update` approved by the governing admins adds it; until then it follows
+/// the chain. Returns its entry (also appended to the manifest).
+pub fn add_validator(dir: &Path) -> Result<ValidatorEntry> {
+    let mut m = load(dir)?;
+    let i = m.validators.len();
+    let first = m.validators.first().context("the devnet has no validators")?;
+    let base_port = first.p2p.port();
+    let home = dir.join(format!("validator-{i}"));
+    std::fs::create_dir_all(&home).with_context(|| format!("cannot create {}", home.display()))?;
+    let key = vconfig::create_key(&home)?;
+    ChainGenesis::load(&first.home)?.save(&home)?;
+    let ip = validator_ip(i);
+    let entry = ValidatorEntry {
+        moniker: format!("validator-{i}"),
+        home: home.clone(),
+        p2p: SocketAddr::new(ip, base_port),
+        grpc: SocketAddr::new(ip, base_port + 1),
+        pub_key: hex::encode(key.verification_key().to_bytes()),
+    };
+    ValidatorConfig {
+        moniker: entry.moniker.clone(),
+        p2p_listen: entry.p2p,
+        persistent_peers: m.validators.iter().map(|v| v.p2p).collect(),
+        grpc_listen: entry.grpc,
+        peer_grpc: m.validators.iter().map(|v| v.grpc).collect(),
+        block_ms: ValidatorConfig::load(&first.home)?.block_ms,
+    }
+    .save(&home)?;
+    m.validators.push(entry.clone());
+    std::fs::write(dir.join(MANIFEST), serde_json::to_vec_pretty(&m)?)?;
+    Ok(entry)
+}
+
 /// Reads a devnet's manifest.
 pub fn load(dir: &Path) -> Result<Manifest> {
     let path = dir.join(MANIFEST);

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ed25519_consensus::SigningKey;
-use onionpost_devnet::{InitOptions, Manifest, ValidatorEntry, add_validator, init, start_validator, status, wait_ready};
+use onionpost_devnet::{
+    InitOptions, Manifest, ValidatorEntry, add_validator, init, start_validator, status, wait_ready,
+};
 use onionpost_ledger::testkit::Signer;
 use onionpost_proto::consensus::{validator_address, verify_commit};
 use onionpost_proto::v1::ledger_client::LedgerClient;
@@ -23,8 +25,17 @@ const CHAIN: &str = "fault-chain";
 /// this test's directory; cargo builds workspace binaries before workspace tests).
 fn ledger_bin() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("onionpost-ledger");
-    assert!(bin.exists(), "{} is missing: run the workspace's tests (cargo nextest run --workspace)", bin.display());
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("onionpost-ledger");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the workspace's tests (cargo nextest run --workspace)",
+        bin.display()
+    );
     bin
 }
 
@@ -41,10 +52,20 @@ impl Net {
         let base_port = 20_000 + (std::process::id() % 20_000) as u16 * 2;
         let m = init(
             dir.path(),
-            &InitOptions { validators: n, admins: 1, chain_id: CHAIN.into(), base_port, block_ms: 100 },
+            &InitOptions {
+                validators: n,
+                admins: 1,
+                chain_id: CHAIN.into(),
+                base_port,
+                block_ms: 100,
+            },
         )
         .unwrap();
-        let children = m.validators.iter().map(|v| Some(start_validator(v).unwrap())).collect();
+        let children = m
+            .validators
+            .iter()
+            .map(|v| Some(start_validator(v).unwrap()))
+            .collect();
         let net = Net { dir, m, children };
         wait_ready(&net.m, Duration::from_secs(60)).await.unwrap();
         net
@@ -62,11 +83,18 @@ impl Net {
     }
 
     fn alive(&self) -> Vec<usize> {
-        (0..self.children.len()).filter(|i| self.children[*i].is_some()).collect()
+        (0..self.children.len())
+            .filter(|i| self.children[*i].is_some())
+            .collect()
     }
 
     async fn height(&self, i: usize) -> u64 {
-        status(&self.m.validators[i]).await.unwrap().anchor.unwrap().height
+        status(&self.m.validators[i])
+            .await
+            .unwrap()
+            .anchor
+            .unwrap()
+            .height
     }
 
     /// Waits until validator `i` reaches `h`.
@@ -77,7 +105,10 @@ impl Net {
             if now >= h {
                 return;
             }
-            assert!(Instant::now() < deadline, "validator-{i} stuck at {now}, wanted {h}");
+            assert!(
+                Instant::now() < deadline,
+                "validator-{i} stuck at {now}, wanted {h}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -87,7 +118,14 @@ impl Net {
         let mut c = client(&self.m.validators[i]).await;
         let mut out = Vec::new();
         for h in 1..=up_to {
-            let a = c.get_list(pb::ListQuery { list: "govern".into(), height: h }).await.unwrap().into_inner();
+            let a = c
+                .get_list(pb::ListQuery {
+                    list: "govern".into(),
+                    height: h,
+                })
+                .await
+                .unwrap()
+                .into_inner();
             out.push(a.anchor.unwrap().root);
         }
         out
@@ -105,16 +143,26 @@ impl Drop for Net {
 }
 
 async fn wait_one(v: &ValidatorEntry) {
-    let m = Manifest { chain_id: CHAIN.into(), validators: vec![v.clone()], admin_keys: vec![] };
+    let m = Manifest {
+        chain_id: CHAIN.into(),
+        validators: vec![v.clone()],
+        admin_keys: vec![],
+    };
     wait_ready(&m, Duration::from_secs(60)).await.unwrap();
 }
 
 async fn client(v: &ValidatorEntry) -> LedgerClient<tonic::transport::Channel> {
-    LedgerClient::connect(format!("http://{}", v.grpc)).await.unwrap()
+    LedgerClient::connect(format!("http://{}", v.grpc))
+        .await
+        .unwrap()
 }
 
 /// Submits fresh registrations to live validators until stopped; counts accepted ones.
-fn load(targets: Vec<ValidatorEntry>, alive: Arc<Vec<AtomicBool>>, stop: Arc<AtomicBool>) -> (tokio::task::JoinHandle<()>, Arc<AtomicU64>) {
+fn load(
+    targets: Vec<ValidatorEntry>,
+    alive: Arc<Vec<AtomicBool>>,
+    stop: Arc<AtomicBool>,
+) -> (tokio::task::JoinHandle<()>, Arc<AtomicU64>) {
     let accepted = Arc::new(AtomicU64::new(0));
     let count = accepted.clone();
     let task = tokio::spawn(async move {
@@ -127,9 +175,15 @@ fn load(targets: Vec<ValidatorEntry>, alive: Arc<Vec<AtomicBool>>, stop: Arc<Ato
             }
             let mut seed = [0x42u8; 32];
             seed[..8].copy_from_slice(&i.to_be_bytes());
-            let tx = Signer::new(SigningKey::from(seed), CHAIN, 0).sign(Action::RegisterIdentity(Default::default()));
-            if let Ok(mut c) = LedgerClient::connect(format!("http://{}", targets[target].grpc)).await {
-                if let Ok(a) = c.submit_tx(pb::SignedTx::decode(tx.as_slice()).unwrap()).await {
+            let tx = Signer::new(SigningKey::from(seed), CHAIN, 0)
+                .sign(Action::RegisterIdentity(Default::default()));
+            if let Ok(mut c) =
+                LedgerClient::connect(format!("http://{}", targets[target].grpc)).await
+            {
+                if let Ok(a) = c
+                    .submit_tx(pb::SignedTx::decode(tx.as_slice()).unwrap())
+                    .await
+                {
                     if a.into_inner().code == 0 {
                         count.fetch_add(1, Ordering::Relaxed);
                     }
@@ -162,7 +216,11 @@ async fn validators_survive_crashes_and_halt_without_quorum() {
     net.wait_height(3, target, Duration::from_secs(60)).await;
     let reference = net.hashes(0, target).await;
     for i in 1..4 {
-        assert_eq!(net.hashes(i, target).await, reference, "validator-{i} diverged below height {target}");
+        assert_eq!(
+            net.hashes(i, target).await,
+            reference,
+            "validator-{i} diverged below height {target}"
+        );
     }
 
     // Two of four killed: no quorum, so no new blocks, and the survivors agree.
@@ -180,7 +238,8 @@ async fn validators_survive_crashes_and_halt_without_quorum() {
     // One back: three of four is a quorum again.
     net.restart(2).await;
     alive[2].store(true, Ordering::Relaxed);
-    net.wait_height(0, stalled + 10, Duration::from_secs(90)).await;
+    net.wait_height(0, stalled + 10, Duration::from_secs(90))
+        .await;
     stop.store(true, Ordering::Relaxed);
     loader.await.unwrap();
 
@@ -192,10 +251,16 @@ async fn validators_survive_crashes_and_halt_without_quorum() {
     let mut registered = 0;
     for h in 1..=top {
         if let Ok(commit) = c.get_commit(pb::CommitQuery { height: h }).await {
-            registered += pb::Block::decode(commit.into_inner().block.as_slice()).unwrap().txs.len();
+            registered += pb::Block::decode(commit.into_inner().block.as_slice())
+                .unwrap()
+                .txs
+                .len();
         }
     }
-    assert!(registered as u64 >= accepted / 2, "{registered} transactions in blocks, {accepted} accepted");
+    assert!(
+        registered as u64 >= accepted / 2,
+        "{registered} transactions in blocks, {accepted} accepted"
+    );
     for i in net.alive() {
         let h = net.height(i).await;
         assert!(h >= stalled + 5, "validator-{i} at {h}");
@@ -215,14 +280,22 @@ async fn a_fifth_validator_joins_by_admin_quorum() {
 
     // The sole genesis admin proposes it: one of one admins is a quorum.
     let admin_key = std::fs::read_to_string(&net.m.admin_keys[0]).unwrap();
-    let admin_key = SigningKey::from(<[u8; 32]>::try_from(hex::decode(admin_key.trim()).unwrap()).unwrap());
+    let admin_key =
+        SigningKey::from(<[u8; 32]>::try_from(hex::decode(admin_key.trim()).unwrap()).unwrap());
     let mut admin = Signer::new(admin_key, CHAIN, 0);
     let fifth_key: [u8; 32] = hex::decode(&fifth.pub_key).unwrap().try_into().unwrap();
     let tx = admin.sign(Action::ProposeValidatorUpdate(pb::ProposeValidatorUpdate {
-        updates: vec![pb::ValidatorUpdate { pub_key: fifth_key.to_vec(), power: 10 }],
+        updates: vec![pb::ValidatorUpdate {
+            pub_key: fifth_key.to_vec(),
+            power: 10,
+        }],
     }));
     let mut c = client(&net.m.validators[0]).await;
-    let ans = c.submit_tx(pb::SignedTx::decode(tx.as_slice()).unwrap()).await.unwrap().into_inner();
+    let ans = c
+        .submit_tx(pb::SignedTx::decode(tx.as_slice()).unwrap())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(ans.code, 0, "{}", ans.log);
 
     // Find a later block whose certificate the fifth validator signed, and verify the
@@ -230,9 +303,14 @@ async fn a_fifth_validator_joins_by_admin_quorum() {
     let fifth_addr = validator_address(&fifth_key);
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        assert!(Instant::now() < deadline, "the fifth validator never signed a commit");
+        assert!(
+            Instant::now() < deadline,
+            "the fifth validator never signed a commit"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let Ok(commit) = c.get_commit(pb::CommitQuery { height: 0 }).await else { continue };
+        let Ok(commit) = c.get_commit(pb::CommitQuery { height: 0 }).await else {
+            continue;
+        };
         let commit = commit.into_inner();
         let cert = commit.certificate.clone().unwrap();
         if commit.validators.len() == 5 && cert.signatures.iter().any(|s| s.address == fifth_addr) {

@@ -177,17 +177,13 @@ fn load(
             seed[..8].copy_from_slice(&i.to_be_bytes());
             let tx = Signer::new(SigningKey::from(seed), CHAIN, 0)
                 .sign(Action::RegisterIdentity(Default::default()));
+            let tx = pb::SignedTx::decode(tx.as_slice()).unwrap();
             if let Ok(mut c) =
                 LedgerClient::connect(format!("http://{}", targets[target].grpc)).await
+                && let Ok(a) = c.submit_tx(tx).await
+                && a.into_inner().code == 0
             {
-                if let Ok(a) = c
-                    .submit_tx(pb::SignedTx::decode(tx.as_slice()).unwrap())
-                    .await
-                {
-                    if a.into_inner().code == 0 {
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                count.fetch_add(1, Ordering::Relaxed);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -18,38 +18,43 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-echo "==> building (the first build takes a while: RocksDB is compiled from source)"
-cargo build --quiet -p onionpost-ledger -p onionpost -p onionpost-node --bins
+echo "==> building (the first build takes a while: RocksDB and libp2p are compiled from source)"
+cargo build --quiet -p onionpost-ledger -p onionpost -p onionpost-node -p onionpost-devnet --bins
 BIN=$CARGO_TARGET_DIR/debug
 WORK=$(mktemp -d /tmp/onionpost-demo.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+cleanup() {
+  "$BIN/onionpost-devnet" down --dir "$WORK/devnet" >/dev/null 2>&1 || true
+  [ -f "$WORK/pids" ] && xargs -r kill < "$WORK/pids" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 step() { printf '\n==> %s\n' "$*"; }
-op() { echo "\$ onionpost $*"; "$BIN/onionpost" "$@"; }
+run() { echo "\$ $(basename "$1") ${*:2}"; "$@"; }
+op() { run "$BIN/onionpost" "$@"; }
+BASE=$(python3 -c 'import random; print(random.randrange(21000, 60000, 2))')
 
-step "identity keys: an admin, alice and bob (the onion address is the public key)"
-for who in admin alice bob; do op key new "$WORK/$who.key"; done
-ADMIN_PK=$("$BIN/onionpost" key show "$WORK/admin.key" | awk '/public key/ {print $3}')
+step "a ledger network: 4 validators running Malachite (Tendermint) consensus on 127.0.0.10-13"
+run "$BIN/onionpost-devnet" init --validators 4 --dir "$WORK/devnet" --base-port "$BASE"
+run "$BIN/onionpost-devnet" up --dir "$WORK/devnet"
+export ONIONPOST_LEDGER="http://127.0.0.11:$((BASE + 1))"
+ADMIN_KEY=$WORK/devnet/admin-0.key
+sleep 1
+run "$BIN/onionpost-devnet" status --dir "$WORK/devnet"
+
+step "identity keys for alice and bob (the onion address is the public key)"
+for who in alice bob; do op key new "$WORK/$who.key"; done
 ALICE=$("$BIN/onionpost" key show "$WORK/alice.key" | awk '/address/ {print $2}')
 BOB=$("$BIN/onionpost" key show "$WORK/bob.key" | awk '/address/ {print $2}')
 
-step "start the ledger (solo development mode: one process makes the blocks)"
-printf '{"governing_list":"govern","admins":[{"public_key":"%s","display_name":"admin"}]}\n' "$ADMIN_PK" > "$WORK/genesis.json"
-"$BIN/onionpost-ledger" solo --home "$WORK/ledger" --genesis "$WORK/genesis.json" \
-  --grpc 127.0.0.1:0 --block-ms 100 > "$WORK/ledger.out" 2> "$WORK/ledger.log" &
-PIDS+=($!)
-for _ in $(seq 100); do grep -q listening "$WORK/ledger.out" && break; sleep 0.1; done
-export ONIONPOST_LEDGER="http://$(sed -n 's/^listening grpc=//p' "$WORK/ledger.out")"
-echo "ledger gRPC at $ONIONPOST_LEDGER"
-
-step "alice and bob register; the admin creates a list and adds alice"
+step "alice and bob register; the governing list's admin creates a list and adds alice"
 op tx --key "$WORK/alice.key" register --name alice
 op tx --key "$WORK/bob.key" register --name bob
-op tx --key "$WORK/admin.key" create-list friends
-op tx --key "$WORK/admin.key" add-member friends "$ALICE"
+op tx --key "$ADMIN_KEY" create-list friends
+op tx --key "$ADMIN_KEY" add-member friends "$ALICE"
 
-step "membership, with Merkle proofs verified by the client"
+step "membership, with Merkle proofs verified by the client (asked of another validator)"
+export ONIONPOST_LEDGER="http://127.0.0.13:$((BASE + 1))"
 op query member friends "$ALICE"
 op query member friends "$BOB" || echo "(exit status $?: bob is provably not a member)"
 op query members friends
@@ -63,8 +68,14 @@ op tx --key "$WORK/alice.key" bind-key "$WORK/k1.pgp"
 op tx --key "$WORK/alice.key" rotate-key "$WORK/k2.pgp"
 op query keys "$ALICE"
 
-if [ -x scripts/demo-mail.sh ]; then
-  step "mail between two mail nodes"
-  scripts/demo-mail.sh "$BIN" "$WORK"
-fi
+step "a commit certificate: more than two thirds of the validators signed the latest block"
+op query commit
+
+step "kill -9 one validator: the other three keep deciding blocks"
+kill -9 "$(cat "$WORK/devnet/validator-3/validator.pid")"
+sleep 4
+run "$BIN/onionpost-devnet" status --dir "$WORK/devnet"
+
+step "mail between two mail nodes"
+scripts/demo-mail.sh "$BIN" "$WORK"
 step "done"

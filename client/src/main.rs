@@ -149,6 +149,13 @@ enum Query {
     Members { list: String },
     /// Every binding, rotation and revocation of an identity's end-to-end keys.
     Keys { identity: String },
+    /// A decided block and its commit certificate (validators only), verified: more than two
+    /// thirds of the voting power signed it. The block names the app hash of the height
+    /// before it, so this certifies that app hash for --trusted-root.
+    Commit {
+        /// Height of the block (default: the latest decided one).
+        height: Option<u64>,
+    },
 }
 
 fn parse_trusted_root(s: &str) -> Result<TrustedRoot, String> {
@@ -289,6 +296,7 @@ async fn run_tx(args: TxArgs) -> Result<()> {
     let name = action_name(&action);
     let tx = sign(&key, &status.chain_id, nonce, action);
     let ans = client.submit_tx(tx).await?.into_inner();
+    let ans_hash = ans.tx_hash.clone();
     if ans.code != 0 {
         bail!(
             "the ledger rejected {name} (code {}): {}",
@@ -304,6 +312,7 @@ async fn run_tx(args: TxArgs) -> Result<()> {
     if args.no_wait {
         return Ok(());
     }
+    let submitted_at = root_of(status.anchor.as_ref(), None)?.1;
     // Committed once the signer's nonce moved past this one.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -325,15 +334,42 @@ async fn run_tx(args: TxArgs) -> Result<()> {
                 "committed at height {height} (app hash {})",
                 hex::encode(root)
             );
-            println!(
-                "note: a committed transaction may still have been rejected by the state machine; query the state to see its effect"
-            );
-            return Ok(());
+            // Applied transactions leave an event; a rejected one only spends its nonce.
+            return if applied(&mut client, &ans_hash, submitted_at + 1, height).await? {
+                println!("applied");
+                Ok(())
+            } else {
+                bail!(
+                    "{name} was included at or before height {height} but the state machine rejected it (its nonce is spent); query the state to see why"
+                )
+            };
         }
         if Instant::now() > deadline {
             bail!("not committed after 30 s; is a block producer running?");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether the transaction `hash` produced an event in heights `from..=to`.
+async fn applied(
+    client: &mut LedgerClient<Channel>,
+    hash: &[u8],
+    from: u64,
+    to: u64,
+) -> Result<bool> {
+    let mut events = client
+        .stream_events(pb::EventsQuery { from_height: from })
+        .await?
+        .into_inner();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), events.message()).await {
+            Ok(Ok(Some(e))) if e.tx_hash == hash => return Ok(true),
+            Ok(Ok(Some(e))) if e.height > to => return Ok(false),
+            Ok(Ok(Some(_))) => continue,
+            // Stream ended or no later event within 3 s: every height up to `to` was replayed.
+            _ => return Ok(false),
+        }
     }
 }
 
@@ -353,6 +389,53 @@ async fn run_query(args: QueryArgs) -> Result<bool> {
         )
     };
     match args.what {
+        Query::Commit { height } => {
+            let ans = client
+                .get_commit(pb::CommitQuery {
+                    height: height.unwrap_or(0),
+                })
+                .await?
+                .into_inner();
+            let cert = ans
+                .certificate
+                .as_ref()
+                .context("the answer has no certificate")?;
+            let block = onionpost_proto::consensus::verify_commit(
+                &ans.chain_id,
+                &ans.validators,
+                &ans.block,
+                cert,
+            )?;
+            let total: u64 = ans.validators.iter().map(|v| v.power).sum();
+            println!(
+                "block {} of chain {} decided in round {}: {} of {} validators signed (total power {total})",
+                block.height,
+                ans.chain_id,
+                cert.round,
+                cert.signatures.len(),
+                ans.validators.len()
+            );
+            println!(
+                "block hash {}  txs {}  time {}",
+                hex::encode(&cert.block_hash),
+                block.txs.len(),
+                block.time
+            );
+            println!(
+                "certified: app hash of height {} is {}",
+                block.height.saturating_sub(1),
+                hex::encode(&block.last_app_hash)
+            );
+            println!(
+                "use it: onionpost query --height {} --trusted-root {}:{} ...",
+                block.height.saturating_sub(1),
+                block.height.saturating_sub(1),
+                hex::encode(&block.last_app_hash)
+            );
+            println!(
+                "note: the validator set is the one the server reports for that height; it is the ledger's validators record two heights earlier"
+            );
+        }
         Query::Status => {
             let s = client
                 .get_status(pb::GetStatusRequest {})

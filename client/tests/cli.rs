@@ -116,6 +116,7 @@ fn cli_registers_lists_and_verifies_membership() {
 
     let out = ok(tx(&alice_key, &["register", "--name", "alice"]));
     assert!(out.contains("committed at height"), "{out}");
+    assert!(out.contains("applied"), "{out}");
     ok(tx(&admin_key, &["create-list", "friends"]));
     ok(tx(
         &admin_key,
@@ -141,6 +142,11 @@ fn cli_registers_lists_and_verifies_membership() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("code 11") || err.contains("code 9"), "{err}");
+
+    // A solo ledger runs no consensus: no commit certificates, and it says so.
+    let out = q(&["commit"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not run consensus"));
 
     // A trusted root that disagrees with the server makes every query fail.
     let out = q(&[

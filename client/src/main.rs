@@ -266,20 +266,7 @@ async fn run_tx(args: TxArgs) -> Result<()> {
         }),
     };
     let mut client = connect(&args.ledger).await?;
-    let status = client
-        .get_status(pb::GetStatusRequest {})
-        .await?
-        .into_inner();
-    let (root, height) = root_of(status.anchor.as_ref(), None)?;
-    // The next nonce, from the verified identity record.
-    let ans = client
-        .get_identity(pb::IdentityQuery {
-            identity: me.to_vec(),
-            height,
-        })
-        .await?
-        .into_inner();
-    let record = verified_identity(&root, &me, &ans)?;
+    let (chain_id, submitted_at, record) = own_record(&mut client, &me).await?;
     let nonce = record.as_ref().map_or(0, |r| r.next_nonce);
     let action = match action {
         // The revocation names the active key, read from the verified record.
@@ -294,7 +281,7 @@ async fn run_tx(args: TxArgs) -> Result<()> {
         a => a,
     };
     let name = action_name(&action);
-    let tx = sign(&key, &status.chain_id, nonce, action);
+    let tx = sign(&key, &chain_id, nonce, action);
     let ans = client.submit_tx(tx).await?.into_inner();
     let ans_hash = ans.tx_hash.clone();
     if ans.code != 0 {
@@ -312,28 +299,13 @@ async fn run_tx(args: TxArgs) -> Result<()> {
     if args.no_wait {
         return Ok(());
     }
-    let submitted_at = root_of(status.anchor.as_ref(), None)?.1;
     // Committed once the signer's nonce moved past this one.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let status = client
-            .get_status(pb::GetStatusRequest {})
-            .await?
-            .into_inner();
-        let (root, height) = root_of(status.anchor.as_ref(), None)?;
-        let ans = client
-            .get_identity(pb::IdentityQuery {
-                identity: me.to_vec(),
-                height,
-            })
-            .await?
-            .into_inner();
-        let next = verified_identity(&root, &me, &ans)?.map_or(0, |r| r.next_nonce);
+        let (_, height, record) = own_record(&mut client, &me).await?;
+        let next = record.map_or(0, |r| r.next_nonce);
         if next > nonce {
-            println!(
-                "committed at height {height} (app hash {})",
-                hex::encode(root)
-            );
+            println!("committed at height {height}");
             // Applied transactions leave an event; a rejected one only spends its nonce.
             return if applied(&mut client, &ans_hash, submitted_at + 1, height).await? {
                 println!("applied");
@@ -349,6 +321,27 @@ async fn run_tx(args: TxArgs) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The chain id, the latest height, and `me`'s identity record at that height (verified
+/// against the height's app hash).
+async fn own_record(
+    client: &mut LedgerClient<Channel>,
+    me: &[u8; 32],
+) -> Result<(String, u64, Option<pb::IdentityRecord>)> {
+    let status = client
+        .get_status(pb::GetStatusRequest {})
+        .await?
+        .into_inner();
+    let (root, height) = root_of(status.anchor.as_ref(), None)?;
+    let ans = client
+        .get_identity(pb::IdentityQuery {
+            identity: me.to_vec(),
+            height,
+        })
+        .await?
+        .into_inner();
+    Ok((status.chain_id, height, verified_identity(&root, me, &ans)?))
 }
 
 /// Whether the transaction `hash` produced an event in heights `from..=to`.

@@ -231,7 +231,7 @@ fn main() {
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(svc)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .serve_with_incoming(onionpost_ledger::grpc::incoming(listener))
                 .await
                 .unwrap();
         });

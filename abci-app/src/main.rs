@@ -99,7 +99,7 @@ fn main() -> Result<()> {
 async fn serve_grpc(app: LedgerApp, listener: tokio::net::TcpListener) -> Result<()> {
     tonic::transport::Server::builder()
         .add_service(LedgerService::new(app).into_server())
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .serve_with_incoming(onionpost_ledger::grpc::incoming(listener))
         .await
         .context("gRPC server failed")
 }

@@ -45,7 +45,7 @@ impl Net {
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(svc)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .serve_with_incoming(onionpost_ledger::grpc::incoming(listener))
                 .await
                 .unwrap();
         });

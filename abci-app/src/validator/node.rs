@@ -206,7 +206,7 @@ pub async fn run(home: &Path) -> Result<(), StartError> {
     tokio::spawn(async move {
         if let Err(e) = tonic::transport::Server::builder()
             .add_service(service.into_server())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming(crate::grpc::incoming(listener))
             .await
         {
             warn!("gRPC server stopped: {e}");

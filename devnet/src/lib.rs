@@ -8,6 +8,8 @@
 //! - `validator-<i>/`: each validator's home (`config.toml`, `genesis.json`,
 //!   `validator.key`, `data/`, `validator.log`, `validator.pid`).
 
+pub mod tor;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -199,7 +201,10 @@ fn write_key(path: &Path) -> Result<ed25519_consensus::SigningKey> {
 pub fn add_validator(dir: &Path) -> Result<ValidatorEntry> {
     let mut m = load(dir)?;
     let i = m.validators.len();
-    let first = m.validators.first().context("the devnet has no validators")?;
+    let first = m
+        .validators
+        .first()
+        .context("the devnet has no validators")?;
     let base_port = first.p2p.port();
     let home = dir.join(format!("validator-{i}"));
     std::fs::create_dir_all(&home).with_context(|| format!("cannot create {}", home.display()))?;

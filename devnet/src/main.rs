@@ -61,6 +61,35 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// A private Tor network on 127.0.0.1 for onion-transport nodes.
+    Tor {
+        #[command(subcommand)]
+        command: TorCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TorCommand {
+    /// Start 3 authorities and the relays, wait for a full consensus, write DIR/network.json
+    /// and DIR/node-transport.toml (for `onionpost-node` configs), then supervise in the
+    /// foreground until interrupted, `tor down`, or a tor dies (all tors stop with it).
+    Up {
+        /// Directory for this run's data (recreated).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Non-authority relays.
+        #[arg(long, default_value_t = 3)]
+        relays: usize,
+        /// Key cache kept between runs (default: $ONIONPOST_TOR_KEYS or
+        /// /var/tmp/onionpost-tor-keys-v1).
+        #[arg(long)]
+        keys: Option<PathBuf>,
+    },
+    /// Stop the network that `tor up --dir DIR` supervises.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -157,6 +186,72 @@ async fn main() -> Result<()> {
                     println!("stopped {}", v.moniker);
                 }
             }
+        }
+        Command::Tor { command } => tor_command(command).await?,
+    }
+    Ok(())
+}
+
+async fn tor_command(command: TorCommand) -> Result<()> {
+    use anyhow::Context;
+    use onionpost_devnet::tor::{TorNetwork, TorNetworkConfig};
+    match command {
+        TorCommand::Up { dir, relays, keys } => {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("clearing {}", dir.display()))?;
+            }
+            let mut cfg = TorNetworkConfig::new(&dir);
+            cfg.relays = relays;
+            if let Some(k) = keys {
+                cfg.key_cache = k;
+            }
+            let mut net = tokio::task::spawn_blocking(move || TorNetwork::start(&cfg))
+                .await?
+                .context("starting the private Tor network")?;
+            let snippet = dir.join("node-transport.toml");
+            std::fs::write(
+                &snippet,
+                format!("[transport]\nkind = \"onion\"\n{}", net.node_config_toml()),
+            )
+            .with_context(|| format!("writing {}", snippet.display()))?;
+            std::fs::write(dir.join("supervisor.pid"), std::process::id().to_string())
+                .context("writing supervisor.pid")?;
+            println!(
+                "private Tor network ready in {:.1} s: {} nodes; node transport config in {}",
+                net.info().bootstrap_secs,
+                net.info().nodes.len(),
+                snippet.display()
+            );
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = term.recv() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => net.check()?,
+                }
+            }
+            drop(net);
+            let _ = std::fs::remove_file(dir.join("supervisor.pid"));
+            println!("private Tor network stopped");
+        }
+        TorCommand::Down { dir } => {
+            let pidfile = dir.join("supervisor.pid");
+            let pid = std::fs::read_to_string(&pidfile)
+                .with_context(|| format!("no running network: reading {}", pidfile.display()))?;
+            let status = std::process::Command::new("kill")
+                .arg(pid.trim())
+                .status()
+                .context("running kill")?;
+            anyhow::ensure!(status.success(), "kill {} failed", pid.trim());
+            for _ in 0..50 {
+                if !pidfile.exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            println!("stopped the private Tor network in {}", dir.display());
         }
     }
     Ok(())

@@ -20,10 +20,25 @@
 //! [transport.direct]          # onion host -> loopback socket address (tests only)
 //! "abc...xyz.onion" = "127.0.0.1:2526"
 //! ```
+//!
+//! The onion transport (arti) instead: every identity publishes its own onion service, and
+//! outbound mail goes to `<onion>.onion:25` over Tor. Without `[transport.onion.private]` it
+//! uses the public Tor network; with it, a private network (as `onionpost-devnet tor up`
+//! prints):
+//!
+//! ```toml
+//! [transport]
+//! kind = "onion"
+//! [transport.onion]
+//! state_dir = "/var/lib/onionpost/arti"     # default: <home>/arti
+//! [transport.onion.private]
+//! authorities = [ { v3ident = "<40 hex>", dir = "127.0.0.1:7001" } ]
+//! fallbacks = [ { rsa_identity = "<40 hex>", ed_identity = "<base64>", orport = "127.0.0.1:7000" } ]
+//! ```
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -135,12 +150,57 @@ impl Default for QueueConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransportConfig {
-    /// `"direct"` (loopback map, for tests); the onion transport comes later.
+    /// `"direct"` (loopback map, for tests) or `"onion"` (Tor, via arti).
     #[serde(default)]
     pub kind: TransportKind,
     /// Onion host name -> socket address, for the direct transport.
     #[serde(default)]
     pub direct: BTreeMap<String, SocketAddr>,
+    /// Settings of the onion transport.
+    #[serde(default)]
+    pub onion: OnionConfig,
+}
+
+/// Settings of the onion transport.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnionConfig {
+    /// arti's state (keystore, guards) and cache directory; default `<home>/arti`.
+    pub state_dir: Option<PathBuf>,
+    /// A private Tor network; absent means the public Tor network.
+    pub private: Option<PrivateNetwork>,
+}
+
+/// A private Tor network: its directory authorities and the caches to bootstrap from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivateNetwork {
+    /// The directory authorities.
+    pub authorities: Vec<AuthorityEntry>,
+    /// Where to fetch the first consensus (usually the authorities' OR ports).
+    pub fallbacks: Vec<FallbackEntry>,
+}
+
+/// One directory authority.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityEntry {
+    /// Its v3 identity (the fingerprint of its authority certificate), 40 hex digits.
+    pub v3ident: String,
+    /// Its directory port.
+    pub dir: SocketAddr,
+}
+
+/// One fallback directory cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackEntry {
+    /// RSA identity fingerprint, 40 hex digits.
+    pub rsa_identity: String,
+    /// Ed25519 identity, base64.
+    pub ed_identity: String,
+    /// Its OR port.
+    pub orport: SocketAddr,
 }
 
 /// Transport kinds.
@@ -150,6 +210,8 @@ pub enum TransportKind {
     /// A fixed map from onion names to loopback ports.
     #[default]
     Direct,
+    /// Tor onion services through arti.
+    Onion,
 }
 
 impl Config {

@@ -12,6 +12,7 @@ pub mod imap;
 pub mod maildir;
 pub mod message;
 pub mod node;
+pub mod onion;
 pub mod smtp;
 pub mod spool;
 pub mod transport;

@@ -132,6 +132,17 @@ fn status(home: &std::path::Path) -> anyhow::Result<()> {
                 println!("  {k}: {v}");
             }
             println!("queue: {} message(s)", s.queue_length);
+            if let Some(t) = &s.tor {
+                println!("tor: {} network, bootstrap {}", t.network, t.bootstrap);
+                println!(
+                    "  outbound onion connections: {} ok, {} failed",
+                    t.outbound_ok, t.outbound_failed
+                );
+                for (onion, state) in &t.services {
+                    let inbound = t.inbound_streams.get(onion).copied().unwrap_or(0);
+                    println!("  onion service {onion}: {state}, {inbound} inbound stream(s)");
+                }
+            }
         }
         None => {
             if !home.exists() {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::config::Config;
+use crate::config::{Config, TransportKind};
 use crate::identity::{Identity, IdentityError, IdentityStore};
 use crate::maildir::Maildir;
 use crate::spool::Spool;
@@ -31,6 +31,9 @@ pub enum NodeError {
     /// Bad transport configuration.
     #[error("transport: {0}")]
     Transport(String),
+    /// The onion transport did not start.
+    #[error(transparent)]
+    Onion(#[from] crate::onion::OnionError),
 }
 
 /// An identity this node hosts, with its open mailbox.
@@ -133,6 +136,9 @@ pub struct Status {
     pub queue_length: usize,
     /// Unix time of this snapshot.
     pub updated: f64,
+    /// Tor bootstrap and onion services (onion transport only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tor: Option<crate::onion::TorStatus>,
 }
 
 /// The status file path under a home directory.
@@ -152,7 +158,10 @@ async fn bind(what: &str, addr: Option<SocketAddr>) -> Result<Option<TcpListener
 
 /// Runs the node until the process is stopped: listeners, queue runner, status file.
 pub async fn run(node: Arc<Node>) -> Result<(), NodeError> {
-    let transport = Arc::new(node.direct_transport()?);
+    let direct = match node.config.transport.kind {
+        TransportKind::Direct => Some(Arc::new(node.direct_transport()?)),
+        TransportKind::Onion => None,
+    };
     let mut listeners = BTreeMap::new();
     let cfg = node.config.clone();
     if let Some(l) = bind("smtp", cfg.smtp.listen).await? {
@@ -188,7 +197,17 @@ pub async fn run(node: Arc<Node>) -> Result<(), NodeError> {
         tokio::spawn(imap::server::serve(l, node.clone()));
     }
     tracing::info!(?listeners, identities = node.hosted.len(), "node running");
-    tokio::spawn(delivery::run_queue(node.clone(), transport));
+    let tor = match direct {
+        Some(transport) => {
+            tokio::spawn(delivery::run_queue(node.clone(), transport));
+            None
+        }
+        None => {
+            let t = crate::onion::OnionTransport::start(node.clone(), &cfg.transport.onion).await?;
+            tokio::spawn(delivery::run_queue(node.clone(), t.clone()));
+            Some(t)
+        }
+    };
     let identities: Vec<String> = node.hosted.iter().map(|h| h.identity.address()).collect();
     loop {
         let status = Status {
@@ -197,6 +216,7 @@ pub async fn run(node: Arc<Node>) -> Result<(), NodeError> {
             listeners: listeners.clone(),
             queue_length: node.spool.len().unwrap_or(0),
             updated: crate::spool::now(),
+            tor: tor.as_ref().map(|t| t.status()),
         };
         let json = serde_json::to_vec_pretty(&status).expect("status serializes");
         if let Err(e) = crate::fsutil::write_durable(&status_path(&node.home), &json) {

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use super::session::{DeliveryFailure, Envelope, Mode, Output, Policy, Session, SessionConfig};
@@ -33,7 +33,15 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, mode: Mode) {
                 let span = tracing::info_span!("smtp", ?mode, %peer);
                 tokio::spawn(
                     async move {
-                        if let Err(e) = handle(stream, node, mode).await {
+                        if let Err(e) = stream.set_nodelay(true) {
+                            tracing::debug!("set_nodelay: {e}");
+                        }
+                        // Never the host's name; the same for every node.
+                        let hostname = match mode {
+                            Mode::Inbound => "onion",
+                            Mode::Submission => "localhost",
+                        };
+                        if let Err(e) = handle(stream, node, mode, hostname.into()).await {
                             tracing::debug!("connection ended: {e}");
                         }
                     }
@@ -48,17 +56,21 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, mode: Mode) {
     }
 }
 
-async fn handle(mut stream: TcpStream, node: Arc<Node>, mode: Mode) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
+/// Runs one SMTP session over any byte stream (a TCP connection, or an onion-service stream
+/// whose greeting names the identity's own onion as `hostname`).
+pub async fn handle<S>(
+    mut stream: S,
+    node: Arc<Node>,
+    mode: Mode,
+    hostname: String,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let limits = node.config.limits.clone();
     let cfg = SessionConfig {
         mode,
-        // Never the host's name; the same for every node. (Per-identity onion services name
-        // their own onion in the greeting once the onion transport exists.)
-        hostname: match mode {
-            Mode::Inbound => "onion".into(),
-            Mode::Submission => "localhost".into(),
-        },
+        hostname,
         max_message_size: limits.max_message_size,
         max_recipients: limits.max_recipients,
         max_line_length: limits.max_line_length,
@@ -75,10 +87,12 @@ async fn handle(mut stream: TcpStream, node: Arc<Node>, mode: Mode) -> std::io::
                     Output::Reply(r) => out.extend_from_slice(r.as_bytes()),
                     Output::Close => {
                         stream.write_all(&out).await?;
+                        stream.flush().await?;
                         return Ok(());
                     }
                     Output::Deliver(env) => {
                         stream.write_all(&out).await?;
+                        stream.flush().await?;
                         out.clear();
                         let result = accept_message(&node, mode, env).await;
                         pending.extend(session.delivered(result));
@@ -86,6 +100,8 @@ async fn handle(mut stream: TcpStream, node: Arc<Node>, mode: Mode) -> std::io::
                 }
             }
             stream.write_all(&out).await?;
+            // Onion streams buffer writes until flushed.
+            stream.flush().await?;
         }
         let n = match tokio::time::timeout(limits.idle_timeout(), stream.read(&mut buf)).await {
             Ok(r) => r?,
@@ -164,6 +180,7 @@ mod tests {
     use crate::identity::IdentityStore;
     use std::time::Duration;
     use tokio::io::AsyncBufReadExt;
+    use tokio::net::TcpStream;
 
     async fn start(idle_secs: u64) -> (tempfile::TempDir, Arc<Node>, std::net::SocketAddr, String) {
         let home = tempfile::tempdir().unwrap();

@@ -1,0 +1,442 @@
+//! End-to-end tests through real onion services: `onionpost-node` processes with the onion
+//! transport (arti, in process) on a private Tor network on loopback (Debian's C `tor`,
+//! started by `onionpost_devnet::tor`). Needs `tor`, `tor-gencert` and `python3`; a missing
+//! program fails the test (the CI script installs them).
+//!
+//! All scenarios share one Tor network and run in one `#[test]`, so the network is started
+//! once per test binary even under nextest's process-per-test model. First connections are
+//! retried for up to ~90 s (see shared/tor-testnet.md: an arti service can be unreachable for
+//! about a minute after a hidden-service time-period rotation); the node's queue does that.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use onionpost_devnet::tor::TorNetwork;
+
+const BIN: &str = env!("CARGO_BIN_EXE_onionpost-node");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One node with one identity, using the onion transport on the shared network.
+struct Node {
+    _dir: tempfile::TempDir,
+    home: PathBuf,
+    name: String,
+    address: String,
+    password: String,
+    submission: u16,
+    imap: u16,
+    queue: String,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn new(name: &str, queue: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let (address, password) = new_identity(&home, name);
+        Node {
+            _dir: dir,
+            home,
+            name: name.into(),
+            address,
+            password,
+            submission: free_port(),
+            imap: free_port(),
+            queue: queue.into(),
+            child: None,
+        }
+    }
+
+    fn start(&mut self, net: &TorNetwork) -> Instant {
+        let cfg = format!(
+            "[submission]\nlisten = \"127.0.0.1:{}\"\n[imap]\nlisten = \"127.0.0.1:{}\"\n\
+             [queue]\n{}\n[transport]\nkind = \"onion\"\n{}",
+            self.submission,
+            self.imap,
+            self.queue,
+            net.node_config_toml()
+        );
+        let cfg_path = self.home.join("node.toml");
+        fs::write(&cfg_path, cfg).unwrap();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home.join("node.log"))
+            .unwrap();
+        let started = Instant::now();
+        let child = Command::new(BIN)
+            .args(["--home", self.home.to_str().unwrap(), "run", "--config"])
+            .arg(&cfg_path)
+            .env("RUST_LOG", "info,onionpost_node=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_for(Duration::from_secs(20), "node listening", || {
+            std::net::TcpStream::connect(("127.0.0.1", self.imap)).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", self.submission)).is_ok()
+        });
+        started
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn status(&self) -> String {
+        let out = Command::new(BIN)
+            .args(["--home", self.home.to_str().unwrap(), "status"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Messages in the Maildir whose text contains `needle`.
+    fn count_in_maildir(&self, needle: &str) -> usize {
+        let cur = self
+            .home
+            .join("identities")
+            .join(&self.name)
+            .join("Maildir/cur");
+        fs::read_dir(cur)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter(|e| {
+                        fs::read(e.path())
+                            .map(|b| String::from_utf8_lossy(&b).contains(needle))
+                            .unwrap_or(false)
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.home.join("node.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            // The node's own lines (arti's are many and mostly expected warnings).
+            let log = self.log();
+            let ours: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("onionpost_node") || l.contains("tor_hs"))
+                .collect();
+            eprintln!("--- last lines of {}'s log ---", self.name);
+            for l in &ours[ours.len().saturating_sub(40)..] {
+                eprintln!("{l}");
+            }
+            let keep = std::env::temp_dir().join(format!("onion_e2e-{}.log", self.name));
+            if fs::write(&keep, &log).is_ok() {
+                eprintln!("--- whole log kept in {} ---", keep.display());
+            }
+        }
+    }
+}
+
+/// Creates an identity in `home`; returns its address and password.
+fn new_identity(home: &std::path::Path, name: &str) -> (String, String) {
+    let out = Command::new(BIN)
+        .args(["--home", home.to_str().unwrap(), "identity", "new", name])
+        .output()
+        .expect("run onionpost-node");
+    assert!(out.status.success(), "identity new: {out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| panic!("no {k} in {text}"))
+    };
+    (field("address:"), field("password:"))
+}
+
+fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+fn python(script: &str, args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 must be installed");
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const SUBMIT: &str = r#"
+import smtplib, sys
+from email.message import EmailMessage
+port, user, pw, to, subject, body = sys.argv[1:]
+m = EmailMessage()
+m['From'] = user
+m['To'] = to
+m['Subject'] = subject
+m.set_content(body)
+with smtplib.SMTP('127.0.0.1', int(port)) as s:
+    s.login(user, pw)
+    s.send_message(m)
+print('sent')
+"#;
+
+fn submit(node: &Node, to: &str, subject: &str, body: &str) {
+    let port = node.submission.to_string();
+    python(
+        SUBMIT,
+        &[&port, &node.address, &node.password, to, subject, body],
+    );
+}
+
+const IMAP_READ: &str = r#"
+import imaplib, sys, email, email.policy
+port, user, pw = sys.argv[1:]
+M = imaplib.IMAP4('127.0.0.1', int(port))
+M.login(user, pw)
+typ, data = M.select('INBOX')
+assert typ == 'OK', data
+typ, data = M.search(None, 'ALL')
+for num in data[0].split():
+    typ, msg = M.fetch(num, '(RFC822)')
+    m = email.message_from_bytes(msg[0][1], policy=email.policy.default)
+    print('FROM=' + str(m['From']))
+    print('SUBJECT=' + str(m['Subject']))
+    body = m.get_body(('plain',))
+    print('BODY=' + (body.get_content().strip() if body else '').replace('\r', '').replace('\n', '|'))
+M.logout()
+"#;
+
+fn imap_read(node: &Node) -> String {
+    python(
+        IMAP_READ,
+        &[&node.imap.to_string(), &node.address, &node.password],
+    )
+}
+
+/// alice@A -> bob@B over onion services, read at B over IMAP; B killed, mail queued, B
+/// restarted, mail delivered; carol@C -> an onion that was never published bounces with a
+/// readable DSN after C's short retry window.
+#[test]
+fn mail_travels_between_onion_services() {
+    let net = TorNetwork::shared();
+    eprintln!(
+        "private Tor network ready in {:.1} s",
+        net.info().bootstrap_secs
+    );
+    // Long window for alice (B's downtime must not bounce); short retries so B's return is
+    // noticed quickly. Carol's window is short: her mail to nowhere bounces within the test.
+    let fast = "retry_base_secs = 1.0\nretry_max_secs = 4.0\nretry_window_secs = 600.0";
+    let mut a = Node::new("alice", fast);
+    let mut b = Node::new("bob", fast);
+    let mut c = Node::new(
+        "carol",
+        "retry_base_secs = 1.0\nretry_max_secs = 4.0\nretry_window_secs = 20.0",
+    );
+    let nowhere_home = tempfile::tempdir().unwrap();
+    let (nobody, _) = new_identity(&nowhere_home.path().join("home"), "nobody");
+
+    a.start(net);
+    let b_started = b.start(net);
+    c.start(net);
+
+    // Bounce scenario runs in the background of the others.
+    submit(&c, &nobody, "Into the void", "nobody is there");
+
+    // 1. alice -> bob, first circuit (includes B's service publication).
+    let t0 = Instant::now();
+    submit(&a, &b.address, "Hello over Tor", "onion to onion");
+    let first = wait_for(Duration::from_secs(120), "first delivery to bob", || {
+        b.count_in_maildir("Hello over Tor") == 1
+    });
+    eprintln!(
+        "first delivery: {:.2} s after submission, {:.2} s after B started",
+        first.as_secs_f64(),
+        b_started.elapsed().as_secs_f64() - (t0.elapsed() - first).as_secs_f64()
+    );
+    let read = imap_read(&b);
+    assert!(read.contains("SUBJECT=Hello over Tor"), "{read}");
+    assert!(read.contains("BODY=onion to onion"), "{read}");
+    assert!(read.contains(&format!("FROM={}", a.address)), "{read}");
+    let status = a.status();
+    assert!(status.contains("tor: private network"), "{status}");
+    assert!(
+        status.contains(&format!(
+            "onion service {}",
+            a.address.split('@').nth(1).unwrap()
+        )),
+        "{status}"
+    );
+    // The status file is rewritten every 500 ms.
+    wait_for(Duration::from_secs(5), "outbound count in status", || {
+        !a.status().contains("outbound onion connections: 0 ok")
+    });
+
+    // Warm circuit.
+    submit(&a, &b.address, "Second hello", "warm circuit");
+    let warm = wait_for(Duration::from_secs(60), "warm delivery", || {
+        b.count_in_maildir("Second hello") == 1
+    });
+    eprintln!(
+        "warm delivery: {:.2} s after submission",
+        warm.as_secs_f64()
+    );
+
+    // 2. B down: the message waits in A's queue; B back: it arrives.
+    b.kill9();
+    let failures = || a.log().matches("temporary failure").count();
+    let before = failures();
+    submit(&a, &b.address, "While you were away", "queued at alice");
+    wait_for(
+        Duration::from_secs(120),
+        "a failed attempt while B is down",
+        || failures() > before,
+    );
+    assert_eq!(b.count_in_maildir("While you were away"), 0);
+    assert!(a.status().contains("queue: 1 message(s)"));
+    let b_back = b.start(net);
+    let back = wait_for(
+        Duration::from_secs(150),
+        "delivery after B returned",
+        || b.count_in_maildir("While you were away") == 1,
+    );
+    eprintln!(
+        "delivered {:.2} s after B restarted",
+        b_back.elapsed().as_secs_f64().min(back.as_secs_f64())
+    );
+    let read = imap_read(&b);
+    assert!(read.contains("SUBJECT=While you were away"), "{read}");
+
+    // 3. The mail to an onion that does not exist came back to carol as a DSN.
+    wait_for(Duration::from_secs(120), "bounce at carol", || {
+        c.count_in_maildir("delivery-status") == 1
+    });
+    let read = imap_read(&c);
+    assert!(
+        read.contains("SUBJECT=Undelivered Mail Returned to Sender"),
+        "{read}"
+    );
+    let dsn = fs::read_dir(c.home.join("identities/carol/Maildir/cur"))
+        .unwrap()
+        .map(|e| fs::read_to_string(e.unwrap().path()).unwrap())
+        .find(|t| t.contains("delivery-status"))
+        .unwrap();
+    assert!(
+        dsn.contains(&format!("Final-Recipient: rfc822; {nobody}")),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Action: failed"), "{dsn}");
+    assert!(dsn.contains("Subject: Into the void"), "{dsn}");
+    wait_for(Duration::from_secs(20), "queues drained", || {
+        a.status().contains("queue: 0 message(s)") && c.status().contains("queue: 0 message(s)")
+    });
+}
+
+/// Figures for BENCHMARKS.md (not part of the suite): node start to onion reachable, first and
+/// warm delivery latency, and messages per second with several senders delivering at once.
+/// `cargo bench -p onionpost-node --bench onion` runs it (`benches/onion.rs` includes this file).
+#[allow(dead_code)]
+pub fn onion_figures() {
+    const SENDERS: usize = 4;
+    const PER_SENDER: usize = 10;
+    let t_net = Instant::now();
+    let net = TorNetwork::shared();
+    eprintln!(
+        "FIGURE network bootstrap: {:.1} s (call: {:.1} s)",
+        net.info().bootstrap_secs,
+        t_net.elapsed().as_secs_f64()
+    );
+    let fast = "retry_base_secs = 0.5\nretry_max_secs = 2.0\nretry_window_secs = 600.0";
+    let mut a = Node::new("s0", fast);
+    let mut extra = Vec::new();
+    for i in 1..SENDERS {
+        extra.push(new_identity(&a.home, &format!("s{i}")));
+    }
+    let mut b = Node::new("bob", fast);
+    a.start(net);
+    let b_started = b.start(net);
+    // Reachability: the first message's delivery after B started.
+    submit(&a, &b.address, "probe-1", "first");
+    wait_for(Duration::from_secs(120), "first delivery", || {
+        b.count_in_maildir("probe-1") == 1
+    });
+    eprintln!(
+        "FIGURE node start to onion reachable (first delivery): {:.2} s",
+        b_started.elapsed().as_secs_f64()
+    );
+    for i in 2..=6 {
+        let subject = format!("probe-{i}");
+        submit(&a, &b.address, &subject, "warm");
+        let d = wait_for(Duration::from_secs(60), "warm delivery", || {
+            b.count_in_maildir(&subject) == 1
+        });
+        eprintln!("FIGURE warm delivery {i}: {:.3} s", d.as_secs_f64());
+    }
+    // Throughput: SENDERS identities, PER_SENDER messages each, submitted up front.
+    let mut senders = vec![(a.address.clone(), a.password.clone())];
+    senders.extend(extra);
+    let submit_many = r#"
+import smtplib, sys
+from email.message import EmailMessage
+port, user, pw, to, n = sys.argv[1:]
+with smtplib.SMTP('127.0.0.1', int(port)) as s:
+    s.login(user, pw)
+    for i in range(int(n)):
+        m = EmailMessage()
+        m['From'] = user
+        m['To'] = to
+        m['Subject'] = 'bulk %s %d' % (user.split('@')[0], i)
+        m.set_content('x' * 2000)
+        s.send_message(m)
+"#;
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        for (addr, pw) in &senders {
+            let port = a.submission.to_string();
+            let to = b.address.clone();
+            let n = PER_SENDER.to_string();
+            s.spawn(move || python(submit_many, &[&port, addr, pw, &to, &n]));
+        }
+    });
+    let submitted = t0.elapsed();
+    let total = SENDERS * PER_SENDER;
+    let d = wait_for(Duration::from_secs(300), "bulk delivery", || {
+        b.count_in_maildir("Subject: bulk") == total
+    });
+    eprintln!(
+        "FIGURE {total} messages from {SENDERS} identities: submitted in {:.2} s, all delivered \
+         after {:.2} s: {:.1} msg/s",
+        submitted.as_secs_f64(),
+        d.as_secs_f64(),
+        total as f64 / d.as_secs_f64()
+    );
+    eprintln!("{}", a.status());
+}

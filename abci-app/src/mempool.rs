@@ -90,6 +90,11 @@ impl Mempool {
         self.inner.lock().expect("lock poisoned").queue.len()
     }
 
+    /// Whether it is at capacity.
+    pub fn is_full(&self) -> bool {
+        self.len() >= self.capacity
+    }
+
     /// Whether none wait.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -106,6 +111,7 @@ mod tests {
         m.insert([1; 32], vec![1; 10]).unwrap();
         assert_eq!(m.insert([1; 32], vec![1; 10]), Err(MempoolError::Duplicate));
         m.insert([2; 32], vec![2; 10]).unwrap();
+        assert!(m.is_full());
         assert_eq!(m.insert([3; 32], vec![3]), Err(MempoolError::Full(2)));
         assert_eq!(m.peek(15), vec![vec![1; 10]]);
         m.remove(&[[1; 32]]);

@@ -480,6 +480,17 @@ async fn submit_checks_transactions_and_events_stream() {
         (2, "add_member", GOVERNING_LIST)
     );
 
+    // A full mempool refuses at once, with its own code, and says what to do.
+    let small_dir = tempfile::tempdir().unwrap();
+    let small = LedgerApp::open_with_mempool(small_dir.path(), 1).unwrap();
+    small.init_chain(init_chain_request(CHAIN, &[key(1)], &[key(99)]));
+    let mut one = Signer::new(key(20), CHAIN, 0);
+    let mut two = Signer::new(key(21), CHAIN, 0);
+    small.submit(one.sign(register("one"))).unwrap();
+    let (code, log) = small.submit(two.sign(register("two"))).unwrap_err();
+    assert_eq!(code, 15, "{log}");
+    assert!(log.contains("full") && log.contains("retry"), "{log}");
+
     // A late subscriber replays history from height 1.
     let mut late = n
         .client

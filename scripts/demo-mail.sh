@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Mail part of the demo (called by scripts/demo.sh with the binary directory and a work
-# directory): two mail nodes on loopback, alice at node A and bob at node B; alice submits a
-# message with swaks, node A queues it durably and delivers it by SMTP to node B, and bob
-# reads it over IMAP with Python's imaplib. Nodes here use the direct loopback transport;
-# `onionpost-node` with `[transport] kind = "onion"` carries the same SMTP over Tor.
+# directory): two mail nodes, alice at node A and bob at node B; alice submits a message with
+# swaks, node A queues it durably and delivers it by SMTP to bob's onion service over a
+# private Tor network on 127.0.0.1 (3 authorities + 3 relays, Debian's tor, arti in the
+# nodes), and bob reads it over IMAP with Python's imaplib.
+# ONIONPOST_DEMO_TRANSPORT=direct uses the direct loopback transport instead (no Tor).
 set -euo pipefail
 BIN=$1; WORK=$2
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -17,6 +18,18 @@ done
 A_ADDR=$(field address: < "$WORK/node-a.id"); A_PW=$(field password: < "$WORK/node-a.id")
 B_ADDR=$(field address: < "$WORK/node-b.id"); B_PW=$(field password: < "$WORK/node-b.id")
 A_SMTP=$(port); A_SUB=$(port); A_IMAP=$(port); B_SMTP=$(port); B_SUB=$(port); B_IMAP=$(port)
+if [ "${ONIONPOST_DEMO_TRANSPORT:-onion}" = onion ]; then
+  echo; echo "==> a private Tor network on 127.0.0.1 (onionpost-devnet tor up)"
+  "$BIN/onionpost-devnet" tor up --dir "$WORK/tor" > "$WORK/tor.out" 2>&1 &
+  echo $! >> "$WORK/pids"
+  for _ in $(seq 600); do [ -f "$WORK/tor/node-transport.toml" ] && break; sleep 0.1; done
+  [ -f "$WORK/tor/node-transport.toml" ] || { cat "$WORK/tor.out"; exit 1; }
+  cat "$WORK/tor.out"
+  TRANSPORT_A=$(cat "$WORK/tor/node-transport.toml"); TRANSPORT_B=$TRANSPORT_A
+else
+  TRANSPORT_A=$(printf '[transport.direct]\n"%s" = "127.0.0.1:%s"' "${B_ADDR#*@}" "$B_SMTP")
+  TRANSPORT_B=$(printf '[transport.direct]\n"%s" = "127.0.0.1:%s"' "${A_ADDR#*@}" "$A_SMTP")
+fi
 cat > "$WORK/node-a.toml" <<TOML
 [smtp]
 listen = "127.0.0.1:$A_SMTP"
@@ -24,8 +37,10 @@ listen = "127.0.0.1:$A_SMTP"
 listen = "127.0.0.1:$A_SUB"
 [imap]
 listen = "127.0.0.1:$A_IMAP"
-[transport.direct]
-"${B_ADDR#*@}" = "127.0.0.1:$B_SMTP"
+[queue]
+retry_base_secs = 1
+retry_max_secs = 5
+$TRANSPORT_A
 TOML
 cat > "$WORK/node-b.toml" <<TOML
 [smtp]
@@ -34,8 +49,10 @@ listen = "127.0.0.1:$B_SMTP"
 listen = "127.0.0.1:$B_SUB"
 [imap]
 listen = "127.0.0.1:$B_IMAP"
-[transport.direct]
-"${A_ADDR#*@}" = "127.0.0.1:$A_SMTP"
+[queue]
+retry_base_secs = 1
+retry_max_secs = 5
+$TRANSPORT_B
 TOML
 for n in a b; do
   "$BIN/onionpost-node" --home "$WORK/node-$n" run --config "$WORK/node-$n.toml" 2> "$WORK/node-$n.log" &
@@ -50,11 +67,11 @@ swaks --silent 1 --server 127.0.0.1:$A_SUB --auth PLAIN --auth-user "$A_ADDR" --
   --from "$A_ADDR" --to "$B_ADDR" --header "Subject: hello from the onionpost demo" \
   --body "Serverless mail: no provider between alice and bob." && echo "accepted by node A"
 
-echo; echo "==> bob reads his INBOX over IMAP (Python imaplib)"
+echo; echo "==> bob reads his INBOX over IMAP (Python imaplib); over Tor the first delivery waits for bob's onion service"
 python3 - "$B_IMAP" "$B_ADDR" "$B_PW" <<'PY'
 import imaplib, sys, time, email, email.policy
 port, user, pw = sys.argv[1:]
-for _ in range(100):
+for _ in range(1800):
     M = imaplib.IMAP4('127.0.0.1', int(port)); M.login(user, pw); M.select('INBOX')
     typ, data = M.search(None, 'ALL')
     if data[0].split(): break

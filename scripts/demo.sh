@@ -12,6 +12,7 @@ need=()
 command -v clang >/dev/null || need+=(clang)
 command -v python3 >/dev/null || need+=(python3)
 command -v swaks >/dev/null || need+=(swaks)
+command -v tor >/dev/null || need+=(tor)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -76,6 +77,6 @@ kill -9 "$(cat "$WORK/devnet/validator-3/validator.pid")"
 sleep 4
 run "$BIN/onionpost-devnet" status --dir "$WORK/devnet"
 
-step "mail between two mail nodes"
+step "mail between two mail nodes, over onion services"
 scripts/demo-mail.sh "$BIN" "$WORK"
 step "done"

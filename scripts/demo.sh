@@ -72,6 +72,9 @@ op query keys "$ALICE"
 step "a commit certificate: more than two thirds of the validators signed the latest block"
 op query commit
 
+step "an auditor with only genesis.json verifies every certificate from height 1"
+op audit --genesis "$WORK/devnet/validator-0/genesis.json"
+
 step "kill -9 one validator: the other three keep deciding blocks"
 kill -9 "$(cat "$WORK/devnet/validator-3/validator.pid")"
 sleep 4

@@ -14,11 +14,11 @@ use futures::Stream;
 use onionpost_proto::keys;
 use onionpost_proto::v1::ledger_server::{Ledger, LedgerServer};
 use onionpost_proto::v1::{
-    Anchor, BlockInfo, CommitAnswer, CommitQuery, EventsQuery, GetStatusRequest, IdentityAnswer,
-    IdentityQuery, IdentityRecord, IdentitySet, KeyHistoryAnswer, LedgerEvent, ListAnswer,
-    ListMembersAnswer, ListQuery, MembershipAnswer, MembershipQuery, SignedTx, StatusAnswer,
-    SubmitAnswer, TrustAnswer, TrustPathAnswer, TrustPathQuery, TrustQuery, TrustStatement,
-    trust_query::Direction,
+    Anchor, BlockInfo, CommitAnswer, CommitQuery, EventsQuery, GetStatusRequest, HeightQuery,
+    IdentityAnswer, IdentityQuery, IdentityRecord, IdentitySet, KeyHistoryAnswer, LedgerEvent,
+    ListAnswer, ListMembersAnswer, ListQuery, MembershipAnswer, MembershipQuery, SignedTx,
+    StatusAnswer, SubmitAnswer, TrustAnswer, TrustPathAnswer, TrustPathQuery, TrustQuery,
+    TrustStatement, ValidatorSetAnswer, trust_query::Direction,
 };
 use prost::Message;
 use tokio::sync::broadcast::error::RecvError;
@@ -372,6 +372,17 @@ impl Ledger for LedgerService {
                 "no decided block at height {height}"
             ))),
         }
+    }
+
+    async fn get_validator_set(
+        &self,
+        request: Request<HeightQuery>,
+    ) -> Result<Response<ValidatorSetAnswer>, Status> {
+        let anchor = self.anchor(request.into_inner().height)?;
+        Ok(Response::new(ValidatorSetAnswer {
+            validators: Some(self.prove(&keys::validators(), anchor.height)?),
+            anchor: Some(anchor),
+        }))
     }
 
     type StreamEventsStream = EventStream;

@@ -5,6 +5,8 @@
 //! root, checks each proof with [`onionpost_proto::proof`], and returns typed records. A
 //! server that lies about a value, hides one, or answers about another key is caught.
 
+pub mod audit;
+
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};

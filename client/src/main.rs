@@ -40,6 +40,19 @@ enum Command {
     Tx(TxArgs),
     /// Read the ledger; every answer's proofs are verified.
     Query(QueryArgs),
+    /// Audit a validator network from its genesis: verify every block's commit certificate
+    /// against validator sets derived from genesis and proven state (never the server's
+    /// word), and print the certified app hashes.
+    Audit {
+        #[command(flatten)]
+        ledger: Ledger,
+        /// The chain's genesis.json (chain id and initial validators).
+        #[arg(long)]
+        genesis: PathBuf,
+        /// Last height to audit (default: the latest decided one).
+        #[arg(long)]
+        to: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -190,6 +203,37 @@ async fn main() -> Result<()> {
             println!("public key {}", hex::encode(pk));
         }
         Command::Tx(args) => run_tx(args).await?,
+        Command::Audit {
+            ledger,
+            genesis,
+            to,
+        } => {
+            let text = std::fs::read(&genesis)
+                .with_context(|| format!("cannot read {}", genesis.display()))?;
+            let genesis = onionpost::audit::AuditGenesis::from_json(&text)?;
+            let mut client = connect(&ledger).await?;
+            let started = Instant::now();
+            let report = onionpost::audit::audit(&mut client, &genesis, to, |h| {
+                if h % 500 == 0 {
+                    eprintln!("audited {h} heights ({:.0?})", started.elapsed());
+                }
+            })
+            .await?;
+            println!(
+                "audited heights 1..={} of chain {}: every block is certified by more than two thirds of a validator set derived from genesis and proven state",
+                report.height, genesis.chain_id
+            );
+            for (h, n) in &report.set_changes {
+                println!("validator set changed at height {h}: {n} validators");
+            }
+            if let Some((h, root)) = report.certified_roots.last_key_value() {
+                println!("certified app hash of height {h}: {}", hex::encode(root));
+                println!(
+                    "use it: onionpost query --height {h} --trusted-root {h}:{} ...",
+                    hex::encode(root)
+                );
+            }
+        }
         Command::Query(args) => {
             if !run_query(args).await? {
                 std::process::exit(1);

@@ -323,4 +323,36 @@ async fn a_fifth_validator_joins_by_admin_quorum() {
     let h = net.height(0).await;
     net.wait_height(4, h, Duration::from_secs(30)).await;
     assert_eq!(net.hashes(4, h).await, net.hashes(0, h).await);
+
+    // An auditor with only genesis.json verifies every certificate up to here, including the
+    // change to five validators, with sets it derived from proven state; the roots it
+    // certifies are the app hashes the validators report.
+    let genesis = std::fs::read(net.m.validators[0].home.join("genesis.json")).unwrap();
+    let genesis = onionpost::audit::AuditGenesis::from_json(&genesis).unwrap();
+    let mut c4 = client(&net.m.validators[4]).await;
+    let report = onionpost::audit::audit(&mut c4, &genesis, Some(h), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.height, h);
+    assert_eq!(report.set_changes.len(), 1, "{:?}", report.set_changes);
+    assert_eq!(report.set_changes[0].1, 5);
+    let reported = net.hashes(0, h - 1).await;
+    for (height, root) in &report.certified_roots {
+        if *height > 0 {
+            assert_eq!(
+                root.to_vec(),
+                reported[*height as usize - 1],
+                "height {height}"
+            );
+        }
+    }
+    // A genesis naming other validators makes the audit fail at the first block.
+    let mut forged = genesis.clone();
+    forged.validators[0].pub_key = hex::encode([7u8; 32]);
+    forged.validators.truncate(1);
+    assert!(
+        onionpost::audit::audit(&mut c4, &forged, Some(3), |_| {})
+            .await
+            .is_err()
+    );
 }

@@ -4,20 +4,15 @@
 //! CI script installs them); a missing tool fails the test.
 
 use std::fs;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{free_port, python, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_onionpost-node");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One node: a home directory, an identity, ports, and maybe a running process.
 struct Node {
@@ -146,84 +141,19 @@ impl Drop for Node {
     }
 }
 
-fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Runs a Python script with arguments; returns stdout, failing on a non-zero exit.
-fn python(script: &str, args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python3 must be installed");
-    assert!(
-        out.status.success(),
-        "python failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-const SUBMIT: &str = r#"
-import smtplib, sys
-from email.message import EmailMessage
-port, user, pw, to, subject, body = sys.argv[1:]
-m = EmailMessage()
-m['From'] = user
-m['To'] = to
-m['Subject'] = subject
-m['User-Agent'] = 'LeakyClient/1.0 (my-laptop.example)'
-m['X-Originating-IP'] = '192.0.2.7'
-m['Message-ID'] = '<abc@my-laptop.example>'
-m.set_content(body)
-with smtplib.SMTP('127.0.0.1', int(port)) as s:
-    s.login(user, pw)
-    s.send_message(m)
-print('sent')
-"#;
-
 fn submit(node: &Node, to: &str, subject: &str, body: &str) {
-    let port = node.submission.to_string();
-    python(
-        SUBMIT,
-        &[&port, &node.address, &node.password, to, subject, body],
+    support::submit(
+        node.submission,
+        &node.address,
+        &node.password,
+        to,
+        subject,
+        body,
     );
 }
-
-const IMAP_READ: &str = r#"
-import imaplib, sys, email, email.policy
-port, user, pw = sys.argv[1:]
-M = imaplib.IMAP4('127.0.0.1', int(port))
-M.login(user, pw)
-typ, data = M.select('INBOX')
-assert typ == 'OK', data
-typ, data = M.search(None, 'ALL')
-for num in data[0].split():
-    typ, msg = M.fetch(num, '(RFC822)')
-    m = email.message_from_bytes(msg[0][1], policy=email.policy.default)
-    print('SUBJECT=' + str(m['Subject']))
-    print('MESSAGE-ID=' + str(m['Message-ID']))
-    print('DATE=' + str(m['Date']))
-    print('HEADERS=' + ','.join(m.keys()))
-    body = m.get_body(('plain',))
-    print('BODY=' + (body.get_content().strip() if body else '').replace('\r', '').replace('\n', '|'))
-typ, data = M.search(None, 'UNSEEN')
-print('UNSEEN=' + data[0].decode())
-M.logout()
-"#;
 
 fn imap_read(node: &Node) -> String {
-    python(
-        IMAP_READ,
-        &[&node.imap.to_string(), &node.address, &node.password],
-    )
+    support::imap_read(node.imap, &node.address, &node.password)
 }
 
 fn fetchmail(node: &Node) -> String {

@@ -9,22 +9,17 @@
 //! about a minute after a hidden-service time-period rotation); the node's queue does that.
 
 use std::fs;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use onionpost_devnet::tor::TorNetwork;
 
-const BIN: &str = env!("CARGO_BIN_EXE_onionpost-node");
+#[path = "support/mod.rs"]
+mod support;
+use support::{free_port, python, wait_for};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+const BIN: &str = env!("CARGO_BIN_EXE_onionpost-node");
 
 /// One node with one identity, using the onion transport on the shared network.
 struct Node {
@@ -169,77 +164,19 @@ fn new_identity(home: &std::path::Path, name: &str) -> (String, String) {
     (field("address:"), field("password:"))
 }
 
-fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    start.elapsed()
-}
-
-fn python(script: &str, args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python3 must be installed");
-    assert!(
-        out.status.success(),
-        "python failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-const SUBMIT: &str = r#"
-import smtplib, sys
-from email.message import EmailMessage
-port, user, pw, to, subject, body = sys.argv[1:]
-m = EmailMessage()
-m['From'] = user
-m['To'] = to
-m['Subject'] = subject
-m.set_content(body)
-with smtplib.SMTP('127.0.0.1', int(port)) as s:
-    s.login(user, pw)
-    s.send_message(m)
-print('sent')
-"#;
-
 fn submit(node: &Node, to: &str, subject: &str, body: &str) {
-    let port = node.submission.to_string();
-    python(
-        SUBMIT,
-        &[&port, &node.address, &node.password, to, subject, body],
+    support::submit(
+        node.submission,
+        &node.address,
+        &node.password,
+        to,
+        subject,
+        body,
     );
 }
-
-const IMAP_READ: &str = r#"
-import imaplib, sys, email, email.policy
-port, user, pw = sys.argv[1:]
-M = imaplib.IMAP4('127.0.0.1', int(port))
-M.login(user, pw)
-typ, data = M.select('INBOX')
-assert typ == 'OK', data
-typ, data = M.search(None, 'ALL')
-for num in data[0].split():
-    typ, msg = M.fetch(num, '(RFC822)')
-    m = email.message_from_bytes(msg[0][1], policy=email.policy.default)
-    print('FROM=' + str(m['From']))
-    print('SUBJECT=' + str(m['Subject']))
-    body = m.get_body(('plain',))
-    print('BODY=' + (body.get_content().strip() if body else '').replace('\r', '').replace('\n', '|'))
-M.logout()
-"#;
 
 fn imap_read(node: &Node) -> String {
-    python(
-        IMAP_READ,
-        &[&node.imap.to_string(), &node.address, &node.password],
-    )
+    support::imap_read(node.imap, &node.address, &node.password)
 }
 
 /// alice@A -> bob@B over onion services, read at B over IMAP; B killed, mail queued, B

@@ -1,0 +1,100 @@
+//! Helpers shared by the node's end-to-end tests (and the onion bench, which includes
+//! `onion_e2e.rs`): free ports, waiting, and the Python smtplib / imaplib clients.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every 50 ms until it holds; fails the test after `limit`. Returns the wait.
+pub fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+/// Runs a Python script with arguments; returns stdout, failing on a non-zero exit.
+pub fn python(script: &str, args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 must be installed");
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// smtplib submission with AUTH; adds client-identifying headers the node must strip.
+const SUBMIT: &str = r#"
+import smtplib, sys
+from email.message import EmailMessage
+port, user, pw, to, subject, body = sys.argv[1:]
+m = EmailMessage()
+m['From'] = user
+m['To'] = to
+m['Subject'] = subject
+m['User-Agent'] = 'LeakyClient/1.0 (my-laptop.example)'
+m['X-Originating-IP'] = '192.0.2.7'
+m['Message-ID'] = '<abc@my-laptop.example>'
+m.set_content(body)
+with smtplib.SMTP('127.0.0.1', int(port)) as s:
+    s.login(user, pw)
+    s.send_message(m)
+print('sent')
+"#;
+
+/// Submits one message as `user` through the submission port.
+pub fn submit(port: u16, user: &str, password: &str, to: &str, subject: &str, body: &str) {
+    python(
+        SUBMIT,
+        &[&port.to_string(), user, password, to, subject, body],
+    );
+}
+
+/// imaplib: every INBOX message as KEY=value lines, then the UNSEEN list.
+const IMAP_READ: &str = r#"
+import imaplib, sys, email, email.policy
+port, user, pw = sys.argv[1:]
+M = imaplib.IMAP4('127.0.0.1', int(port))
+M.login(user, pw)
+typ, data = M.select('INBOX')
+assert typ == 'OK', data
+typ, data = M.search(None, 'ALL')
+for num in data[0].split():
+    typ, msg = M.fetch(num, '(RFC822)')
+    m = email.message_from_bytes(msg[0][1], policy=email.policy.default)
+    print('FROM=' + str(m['From']))
+    print('SUBJECT=' + str(m['Subject']))
+    print('MESSAGE-ID=' + str(m['Message-ID']))
+    print('DATE=' + str(m['Date']))
+    print('HEADERS=' + ','.join(m.keys()))
+    body = m.get_body(('plain',))
+    print('BODY=' + (body.get_content().strip() if body else '').replace('\r', '').replace('\n', '|'))
+typ, data = M.search(None, 'UNSEEN')
+print('UNSEEN=' + data[0].decode())
+M.logout()
+"#;
+
+/// Reads `user`'s INBOX over IMAP.
+pub fn imap_read(port: u16, user: &str, password: &str) -> String {
+    python(IMAP_READ, &[&port.to_string(), user, password])
+}

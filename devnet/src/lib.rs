@@ -109,7 +109,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<Manifest> {
     let mut admins = Vec::new();
     for i in 0..opts.admins {
         let path = dir.join(format!("admin-{i}.key"));
-        let key = write_key(&path)?;
+        let key = vconfig::create_key_file(&path)?;
         admins.push(GenesisIdentity {
             public_key: hex::encode(key.verification_key().to_bytes()),
             display_name: format!("admin-{i}"),
@@ -178,20 +178,6 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<Manifest> {
     std::fs::write(&path, serde_json::to_vec_pretty(&manifest)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(manifest)
-}
-
-fn write_key(path: &Path) -> Result<ed25519_consensus::SigningKey> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let key = ed25519_consensus::SigningKey::new(rand_core::OsRng);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    writeln!(f, "{}", hex::encode(key.to_bytes()))?;
-    Ok(key)
 }
 
 /// Adds a validator home to an existing devnet: a new key, the chain's genesis and a config

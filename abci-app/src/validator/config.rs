@@ -165,17 +165,22 @@ pub fn load_key(home: &Path) -> Result<SigningKey, ConfigError> {
 
 /// Writes a new `HOME/validator.key` (mode 0600, never overwriting).
 pub fn create_key(home: &Path) -> Result<SigningKey, ConfigError> {
+    create_key_file(&home.join(KEY_FILE))
+}
+
+/// Writes a new ed25519 key to `path` as a hex seed (mode 0600, never overwriting): the
+/// format of validator keys and of client key files.
+pub fn create_key_file(path: &Path) -> Result<SigningKey, ConfigError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let path = home.join(KEY_FILE);
     let key = SigningKey::new(rand_core::OsRng);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
-        .map_err(io(&path))?;
-    writeln!(f, "{}", hex::encode(key.to_bytes())).map_err(io(&path))?;
-    f.sync_all().map_err(io(&path))?;
+        .open(path)
+        .map_err(io(path))?;
+    writeln!(f, "{}", hex::encode(key.to_bytes())).map_err(io(path))?;
+    f.sync_all().map_err(io(path))?;
     Ok(key)
 }

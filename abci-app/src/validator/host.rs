@@ -603,7 +603,8 @@ impl Host {
     }
 
     /// FinalizeBlock + Commit of a decided block (idempotent: a replayed decision of a
-    /// height already committed is acknowledged and nothing else).
+    /// height already committed is acknowledged and nothing else). The block is always among
+    /// the stored proposals: they are pruned only at `Finalized`, after the commit.
     fn decide(
         &mut self,
         certificate: malachitebft_core_types::CommitCertificate<LedgerContext>,
@@ -615,21 +616,6 @@ impl Host {
         let stored = self
             .store
             .proposal(height, &certificate.value_id)?
-            .or_else(|| {
-                self.store
-                    .decided(height)
-                    .ok()
-                    .flatten()
-                    .filter(|d| d.certificate.value_id == certificate.value_id)
-                    .map(|d| StoredProposal {
-                        round: certificate.round,
-                        pol_round: Round::Nil,
-                        proposer: self.address,
-                        valid: true,
-                        signature: None,
-                        block: d.block,
-                    })
-            })
             .ok_or_else(|| {
                 HostError::Ledger(format!(
                     "decided block {} of height {height} is not stored",

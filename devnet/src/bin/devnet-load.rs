@@ -48,6 +48,15 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// The committed height of a validator.
+async fn tip(client: &mut LedgerClient<tonic::transport::Channel>) -> Result<u64> {
+    let status = client
+        .get_status(pb::GetStatusRequest {})
+        .await?
+        .into_inner();
+    Ok(status.anchor.unwrap_or_default().height)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -83,13 +92,7 @@ async fn main() -> Result<()> {
         .map(|p| p.trim().to_owned())
         .collect();
     let cpu_before: Vec<f64> = pids.iter().map(|p| cpu_seconds(p).unwrap_or(0.0)).collect();
-    let start_height = clients[0]
-        .get_status(pb::GetStatusRequest {})
-        .await?
-        .into_inner()
-        .anchor
-        .unwrap_or_default()
-        .height;
+    let start_height = tip(&mut clients[0]).await?;
 
     // Commit times from validator 0's events. A subscriber that falls behind the server's
     // broadcast buffer is cut off; it then resubscribes from the last height it saw, which
@@ -168,13 +171,7 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let cpu_after: Vec<f64> = pids.iter().map(|p| cpu_seconds(p).unwrap_or(0.0)).collect();
-    let end_height = clients[0]
-        .get_status(pb::GetStatusRequest {})
-        .await?
-        .into_inner()
-        .anchor
-        .unwrap_or_default()
-        .height;
+    let end_height = tip(&mut clients[0]).await?;
 
     let s = submitted.lock().await;
     let c = committed.lock().await;

@@ -26,13 +26,16 @@ if [ "${ONIONPOST_DEMO_TRANSPORT:-onion}" = onion ]; then
   [ -f "$WORK/tor/node-transport.toml" ] || { cat "$WORK/tor.out"; exit 1; }
   cat "$WORK/tor.out"
   TRANSPORT_A=$(cat "$WORK/tor/node-transport.toml"); TRANSPORT_B=$TRANSPORT_A
+  # Over Tor, mail arrives on each identity's onion service: no inbound TCP listener at all.
+  SMTP_A=""; SMTP_B=""
 else
-  TRANSPORT_A=$(printf '[transport.direct]\n"%s" = "127.0.0.1:%s"' "${B_ADDR#*@}" "$B_SMTP")
-  TRANSPORT_B=$(printf '[transport.direct]\n"%s" = "127.0.0.1:%s"' "${A_ADDR#*@}" "$A_SMTP")
+  SMTP_A=$(printf '[smtp]\nlisten = "127.0.0.1:%s"' "$A_SMTP")
+  SMTP_B=$(printf '[smtp]\nlisten = "127.0.0.1:%s"' "$B_SMTP")
+  TRANSPORT_A=$(printf '[transport]\nkind = "direct"\n[transport.direct]\n"%s" = "127.0.0.1:%s"' "${B_ADDR#*@}" "$B_SMTP")
+  TRANSPORT_B=$(printf '[transport]\nkind = "direct"\n[transport.direct]\n"%s" = "127.0.0.1:%s"' "${A_ADDR#*@}" "$A_SMTP")
 fi
 cat > "$WORK/node-a.toml" <<TOML
-[smtp]
-listen = "127.0.0.1:$A_SMTP"
+$SMTP_A
 [submission]
 listen = "127.0.0.1:$A_SUB"
 [imap]
@@ -43,8 +46,7 @@ retry_max_secs = 5
 $TRANSPORT_A
 TOML
 cat > "$WORK/node-b.toml" <<TOML
-[smtp]
-listen = "127.0.0.1:$B_SMTP"
+$SMTP_B
 [submission]
 listen = "127.0.0.1:$B_SUB"
 [imap]

@@ -1,7 +1,7 @@
 //! The node's configuration file (TOML), given to `onionpost-node run --config FILE`.
 //!
 //! ```toml
-//! [smtp]                      # inbound SMTP (onion port 25; a loopback port for tests)
+//! [smtp]                      # a loopback inbound listener, for the direct transport (tests)
 //! listen = "127.0.0.1:2525"
 //! [submission]                # loopback only, AUTH PLAIN required
 //! listen = "127.0.0.1:2587"
@@ -11,18 +11,22 @@
 //! max_message_size = 26214400
 //! max_recipients = 100
 //! idle_timeout_secs = 300
+//! session_timeout_secs = 600
+//! max_connections = 64
+//! mailbox_quota_bytes = 2147483648   # 0: no limit
 //! [queue]
 //! retry_base_secs = 30
 //! retry_max_secs = 3600
 //! retry_window_secs = 432000
+//! retry_jitter = 0.5
 //! [transport]
-//! kind = "direct"
-//! [transport.direct]          # onion host -> loopback socket address (tests only)
+//! kind = "direct"             # tests only; the default is "onion"
+//! [transport.direct]          # onion host -> loopback socket address
 //! "abc...xyz.onion" = "127.0.0.1:2526"
 //! ```
 //!
-//! The onion transport (arti) instead: every identity publishes its own onion service, and
-//! outbound mail goes to `<onion>.onion:25` over Tor. Without `[transport.onion.private]` it
+//! The onion transport (arti, the default): every identity publishes its own onion service
+//! from its own Tor client, and outbound mail goes to `<onion>.onion:25` over Tor. Without `[transport.onion.private]` it
 //! uses the public Tor network; with it, a private network (as `onionpost-devnet tor up`
 //! prints):
 //!
@@ -97,10 +101,19 @@ pub struct Limits {
     pub max_message_size: usize,
     /// Most recipients per message (SMTP 452).
     pub max_recipients: usize,
-    /// Longest command or text line in bytes, CRLF included (SMTP 500).
+    /// Longest command line in bytes, CRLF included (SMTP 500).
     pub max_line_length: usize,
     /// Seconds of client silence before the server closes (SMTP 421).
     pub idle_timeout_secs: u64,
+    /// Longest SMTP session in seconds, however busy: a client that drips bytes to stay
+    /// under the idle timeout is closed at this point (SMTP 421).
+    pub session_timeout_secs: u64,
+    /// Most concurrent connections per listener, and per identity's onion service; one more
+    /// is told to come back later (SMTP 421, IMAP BYE).
+    pub max_connections: usize,
+    /// Most bytes one identity's mailbox may hold; mail beyond it is deferred (SMTP 452
+    /// 4.2.2, the sender retries) and APPEND refused. 0 means no limit.
+    pub mailbox_quota_bytes: u64,
 }
 
 impl Default for Limits {
@@ -110,6 +123,9 @@ impl Default for Limits {
             max_recipients: 100,
             max_line_length: 1000,
             idle_timeout_secs: 300,
+            session_timeout_secs: 600,
+            max_connections: 64,
+            mailbox_quota_bytes: 2 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -118,6 +134,16 @@ impl Limits {
     /// The idle timeout as a [`Duration`].
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// The whole-session deadline as a [`Duration`].
+    pub fn session_timeout(&self) -> Duration {
+        Duration::from_secs(self.session_timeout_secs)
+    }
+
+    /// The mailbox quota, `None` for no limit.
+    pub fn mailbox_quota(&self) -> Option<u64> {
+        (self.mailbox_quota_bytes > 0).then_some(self.mailbox_quota_bytes)
     }
 }
 
@@ -131,6 +157,10 @@ pub struct QueueConfig {
     pub retry_max_secs: f64,
     /// After this long undelivered, the message bounces to its sender.
     pub retry_window_secs: f64,
+    /// Relative random spread of each retry delay (0 to 1; 0.5 spreads a delay `d` over
+    /// `[0.75 d, 1.25 d)`), drawn per message so that two identities' retries never leave
+    /// in lock-step.
+    pub retry_jitter: f64,
     /// Concurrent outbound deliveries.
     pub concurrency: usize,
 }
@@ -141,6 +171,7 @@ impl Default for QueueConfig {
             retry_base_secs: 30.0,
             retry_max_secs: 3600.0,
             retry_window_secs: 5.0 * 86400.0,
+            retry_jitter: 0.5,
             concurrency: 16,
         }
     }
@@ -150,7 +181,7 @@ impl Default for QueueConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransportConfig {
-    /// `"direct"` (loopback map, for tests) or `"onion"` (Tor, via arti).
+    /// `"onion"` (Tor, via arti; the default) or `"direct"` (a loopback map, for tests).
     #[serde(default)]
     pub kind: TransportKind,
     /// Onion host name -> socket address, for the direct transport.
@@ -207,10 +238,10 @@ pub struct FallbackEntry {
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum TransportKind {
-    /// A fixed map from onion names to loopback ports.
-    #[default]
+    /// A fixed map from onion names to loopback ports (tests only).
     Direct,
     /// Tor onion services through arti.
+    #[default]
     Onion,
 }
 
@@ -228,7 +259,13 @@ impl Config {
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(String::new(), e))?;
-        for (what, l) in [("submission", &cfg.submission), ("imap", &cfg.imap)] {
+        // Inbound mail from other nodes arrives on onion services; the [smtp] listener is a
+        // loopback stand-in for tests, and the client-facing ones are never public.
+        for (what, l) in [
+            ("smtp", &cfg.smtp),
+            ("submission", &cfg.submission),
+            ("imap", &cfg.imap),
+        ] {
             if let Some(addr) = l.listen
                 && !addr.ip().is_loopback()
             {
@@ -258,5 +295,13 @@ mod tests {
             Err(ConfigError::NotLoopback("imap", _))
         ));
         assert!(Config::parse("[bogus]\n").is_err());
+        assert!(matches!(
+            Config::parse("[smtp]\nlisten = \"192.0.2.1:25\"\n"),
+            Err(ConfigError::NotLoopback("smtp", _))
+        ));
+        let d = Config::parse("").unwrap();
+        assert_eq!(d.transport.kind, TransportKind::Onion, "Tor unless told otherwise");
+        assert_eq!(d.limits.mailbox_quota(), Some(2 * 1024 * 1024 * 1024));
+        assert_eq!(d.queue.retry_jitter, 0.5);
     }
 }

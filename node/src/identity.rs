@@ -213,6 +213,23 @@ impl IdentityStore {
         })
     }
 
+    /// Deletes an identity: moves its directory (key and mailbox) to
+    /// `<home>/deleted/<name>-<unix time>` and returns that path. Nothing is destroyed.
+    pub fn delete(&self, name: &str) -> Result<PathBuf, IdentityError> {
+        let id = self.load(name)?;
+        let home = self.root.parent().unwrap_or(Path::new("."));
+        let graveyard = home.join("deleted");
+        fsutil::create_dir_mode(&graveyard, 0o700)?;
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let to = graveyard.join(format!("{name}-{secs}"));
+        fsutil::rename_durable(&id.dir, &to)?;
+        fsutil::sync_dir(&self.root)?;
+        Ok(to)
+    }
+
     /// All identities, sorted by name.
     pub fn list(&self) -> Result<Vec<Identity>, IdentityError> {
         let mut names = Vec::new();
@@ -268,6 +285,14 @@ mod tests {
         assert!(matches!(
             store.create("../x"),
             Err(IdentityError::InvalidName(_))
+        ));
+        let moved = store.delete("bob").unwrap();
+        assert!(moved.join("secret.key").exists(), "kept, not destroyed");
+        assert!(matches!(store.load("bob"), Err(IdentityError::NotFound(_))));
+        assert_eq!(store.list().unwrap().len(), 1);
+        assert!(matches!(
+            store.delete("bob"),
+            Err(IdentityError::NotFound(_))
         ));
     }
 }

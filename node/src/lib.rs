@@ -1,18 +1,31 @@
-//! The onionpost mail node: identities, SMTP in and out, a durable outbound queue, a Maildir
-//! store per identity, and IMAP and submission servers for ordinary mail clients.
+//! The onionpost mail node: identities, onion services, SMTP in and out, a durable outbound
+//! queue, a mail store per identity, and IMAP and submission for ordinary mail clients.
 //!
-//! Protocol sessions ([`smtp::session`], [`imap::session`]) are sans-I/O state machines; the
-//! modules named `server` are thin tokio adapters around them.
+//! The shape, from the bottom up (imports go one way, upwards in this list never):
+//!
+//! * seams: [`store`] (`MailStore`), [`transport`] (`Transport`), [`ledger`] (`Ledger`),
+//!   [`clock`] (`Clock`), plus the durable [`spool`] and the [`identity`] store on disk;
+//! * protocol cores, sans I/O: [`smtp::session`], [`imap::session`], and the pure decisions of
+//!   [`queue::schedule`] and [`delivery`];
+//! * [`context`]: the read-only configuration and hosted identities every task looks at;
+//! * [`delivery`]: inbound and outbound stages, each a pure decision plus a seam;
+//! * edges: [`smtp::server`], [`imap::server`], [`onion`], [`listener`], [`queue::runner`];
+//! * [`runtime`]: wires it all, runs it, and shuts it down; only `main` imports it.
 
+pub mod clock;
 pub mod config;
+pub mod context;
 pub mod delivery;
 pub mod fsutil;
 pub mod identity;
 pub mod imap;
-pub mod maildir;
+pub mod ledger;
+pub mod listener;
 pub mod message;
-pub mod node;
 pub mod onion;
+pub mod queue;
+pub mod runtime;
 pub mod smtp;
 pub mod spool;
+pub mod store;
 pub mod transport;

@@ -1,17 +1,20 @@
 //! `onionpost-node`: manage identities and run the mail node.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use onionpost_node::config::Config;
 use onionpost_node::identity::IdentityStore;
-use onionpost_node::node::{self, Node, Status};
+use onionpost_node::runtime::{self, control, status};
 
 /// The onionpost mail node: serverless e-mail between onion addresses.
+///
+/// Each identity is an ed25519 key whose public key is its onion address; the node publishes
+/// one onion service per identity and carries mail between them over Tor. Local mail clients
+/// use IMAP and SMTP submission on loopback.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about)]
 struct Cli {
     /// Node home directory (identities, mailboxes, queue). Default: the platform data
     /// directory, e.g. ~/.local/share/onionpost.
@@ -23,18 +26,20 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create, list and show identities.
+    /// Create, list, show and delete identities (a running node picks up changes at once).
     Identity {
         #[command(subcommand)]
         command: IdentityCommand,
     },
-    /// Run the node (SMTP in and out, IMAP, submission) until killed.
+    /// Run the node (onion services, SMTP in and out, IMAP, submission) until SIGTERM or
+    /// SIGINT, then shut down gracefully.
     Run {
-        /// Configuration file (TOML); see the `config` module docs.
+        /// Configuration file (TOML); see the `config` module docs for every setting.
         #[arg(long)]
         config: PathBuf,
     },
-    /// Show identities, listeners and queue length of the node in this home.
+    /// Show the live state of the node on this home: identities, listeners and their
+    /// connections, onion services, queue. Changes nothing.
     Status,
 }
 
@@ -52,6 +57,15 @@ enum IdentityCommand {
     Show {
         /// Identity name.
         name: String,
+    },
+    /// Delete an identity: the node stops serving it (mail to it then bounces). Its key and
+    /// mailbox are moved to `<home>/deleted/`, not destroyed.
+    Delete {
+        /// Identity name.
+        name: String,
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -80,16 +94,34 @@ fn main() -> anyhow::Result<()> {
             let config = Config::load(&config)?;
             onionpost_node::fsutil::create_dir_mode(&home, 0o700)
                 .with_context(|| format!("creating {}", home.display()))?;
-            let node = Arc::new(Node::open(&home, config)?);
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(node::run(node))?;
+            rt.block_on(runtime::run(&home, config))?;
             Ok(())
         }
         Command::Status => status(&home),
     }
 }
 
-fn identity(home: &std::path::Path, command: IdentityCommand) -> anyhow::Result<()> {
+/// Tells a running node to re-read its identities; says what happened.
+fn reload(home: &Path) -> anyhow::Result<()> {
+    match control::request(home, &control::Request::Reload) {
+        Ok(control::Answer::Reloaded { added, removed }) => {
+            for a in added {
+                println!("now served by the running node: {a}");
+            }
+            for a in removed {
+                println!("no longer served by the running node: {a}");
+            }
+            Ok(())
+        }
+        Ok(control::Answer::Error(e)) => bail!("the running node could not reload: {e}"),
+        Ok(other) => bail!("unexpected answer from the running node: {other:?}"),
+        Err(control::ControlError::NotRunning) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn identity(home: &Path, command: IdentityCommand) -> anyhow::Result<()> {
     let store = IdentityStore::new(home);
     match command {
         IdentityCommand::New { name } => {
@@ -100,6 +132,7 @@ fn identity(home: &std::path::Path, command: IdentityCommand) -> anyhow::Result<
             println!("login:    {}", id.address());
             println!("password: {password}");
             eprintln!("(the password is shown only now; it is stored as a salted hash)");
+            reload(home)?;
         }
         IdentityCommand::List => {
             for id in store.list()? {
@@ -110,53 +143,42 @@ fn identity(home: &std::path::Path, command: IdentityCommand) -> anyhow::Result<
             let id = store.load(&name)?;
             println!("{}", id.address());
         }
+        IdentityCommand::Delete { name, yes } => {
+            if !yes {
+                bail!("deleting {name} stops its mail; run again with --yes to confirm");
+            }
+            let moved = store.delete(&name)?;
+            println!(
+                "deleted {name}; its key and mailbox are in {}",
+                moved.display()
+            );
+            reload(home)?;
+        }
     }
     Ok(())
 }
 
-fn status(home: &std::path::Path) -> anyhow::Result<()> {
-    let path = node::status_path(home);
-    let running = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Status>(&b).ok())
-        .filter(|s| std::path::Path::new(&format!("/proc/{}", s.pid)).exists());
-    match running {
-        Some(s) => {
-            println!("node: running (pid {})", s.pid);
-            println!("identities:");
-            for a in &s.identities {
-                println!("  {a}");
-            }
-            println!("listeners:");
-            for (k, v) in &s.listeners {
-                println!("  {k}: {v}");
-            }
-            println!("queue: {} message(s)", s.queue_length);
-            if let Some(t) = &s.tor {
-                println!("tor: {} network, bootstrap {}", t.network, t.bootstrap);
-                println!(
-                    "  outbound onion connections: {} ok, {} failed",
-                    t.outbound_ok, t.outbound_failed
-                );
-                for (onion, state) in &t.services {
-                    let inbound = t.inbound_streams.get(onion).copied().unwrap_or(0);
-                    println!("  onion service {onion}: {state}, {inbound} inbound stream(s)");
-                }
-            }
+fn status(home: &Path) -> anyhow::Result<()> {
+    match control::request(home, &control::Request::Status) {
+        Ok(control::Answer::Status(s)) => {
+            print!("{}", status::render(&s));
+            return Ok(());
         }
-        None => {
-            if !home.exists() {
-                bail!("no node home at {}", home.display());
-            }
-            println!("node: not running");
-            println!("identities:");
-            for id in IdentityStore::new(home).list()? {
-                println!("  {}", id.address());
-            }
-            println!("listeners: none");
-            let queue = onionpost_node::spool::Spool::open(&home.join("spool"))?.len()?;
-            println!("queue: {queue} message(s)");
-        }
+        Ok(other) => bail!("unexpected answer from the running node: {other:?}"),
+        Err(control::ControlError::NotRunning) => {}
+        Err(e) => return Err(e.into()),
     }
+    if !home.exists() {
+        bail!("no node home at {}", home.display());
+    }
+    // Not running: read what is on disk, changing nothing.
+    println!("node: not running");
+    println!("identities:");
+    for id in IdentityStore::new(home).list()? {
+        println!("  {}", id.address());
+    }
+    println!("listeners: none");
+    let queue = onionpost_node::spool::Spool::count(&home.join("spool"))?;
+    println!("queue: {queue} message(s)");
     Ok(())
 }

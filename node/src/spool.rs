@@ -8,7 +8,6 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -45,14 +44,6 @@ pub struct QueuedMessage {
     pub next_attempt: f64,
 }
 
-/// Seconds since the Unix epoch, as a float.
-pub fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 /// The spool directory.
 #[derive(Debug, Clone)]
 pub struct Spool {
@@ -82,15 +73,29 @@ impl Spool {
         })
     }
 
-    /// Queues a message durably; returns its metadata.
+    /// Counts the queued messages in `dir` without changing anything (for `status` while no
+    /// node runs: unlike [`Spool::open`], it cleans up nothing).
+    pub fn count(dir: &Path) -> io::Result<usize> {
+        match fs::read_dir(dir) {
+            Ok(rd) => Ok(rd
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .filter(|e| !e.file_name().to_string_lossy().starts_with(".tmp-"))
+                .count()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Queues a message durably at Unix time `t`; returns its metadata.
     pub fn enqueue(
         &self,
         identity: &str,
         from: &str,
         recipients: &[String],
         data: &[u8],
+        t: f64,
     ) -> io::Result<QueuedMessage> {
-        let t = now();
         let id = format!(
             "{:013}-{}",
             (t * 1000.0) as u64,
@@ -210,7 +215,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let mut m = spool
-            .enqueue("alice", "a@x.onion", &["b@y.onion".to_string()], b"hello")
+            .enqueue(
+                "alice",
+                "a@x.onion",
+                &["b@y.onion".to_string()],
+                b"hello",
+                1e9,
+            )
             .unwrap();
         assert_eq!(spool.len().unwrap(), 1);
         m.attempts = 3;
@@ -220,8 +231,11 @@ mod tests {
         let spool = Spool::open(dir.path()).unwrap();
         assert_eq!(spool.list().unwrap(), vec![m.clone()]);
         assert_eq!(spool.data(&m.id).unwrap(), b"hello");
-        // An orphaned message file (crash before the metadata) is dropped at open.
+        // An orphaned message file (crash before the metadata) is dropped at open, but
+        // counting (what `status` does) leaves it alone.
         fs::write(dir.path().join("orphan.eml"), b"x").unwrap();
+        assert_eq!(Spool::count(dir.path()).unwrap(), 1);
+        assert!(dir.path().join("orphan.eml").exists());
         let spool = Spool::open(dir.path()).unwrap();
         assert!(!dir.path().join("orphan.eml").exists());
         spool.remove(&m.id).unwrap();

@@ -193,6 +193,8 @@ fn mail_travels_between_onion_services() {
     // noticed quickly. Carol's window is short: her mail to nowhere bounces within the test.
     let fast = "retry_base_secs = 1.0\nretry_max_secs = 4.0\nretry_window_secs = 600.0";
     let mut a = Node::new("alice", fast);
+    // A second identity on alice's node, to show its service does not reveal her.
+    let (dave, _) = new_identity(&a.home, "dave");
     let mut b = Node::new("bob", fast);
     let mut c = Node::new(
         "carol",
@@ -223,19 +225,20 @@ fn mail_travels_between_onion_services() {
     assert!(read.contains("SUBJECT=Hello over Tor"), "{read}");
     assert!(read.contains("BODY=onion to onion"), "{read}");
     assert!(read.contains(&format!("FROM={}", a.address)), "{read}");
+    // The status is live: it already counts the connection that carried the message.
     let status = a.status();
     assert!(status.contains("tor: private network"), "{status}");
     assert!(
         status.contains(&format!(
-            "onion service {}",
+            "{}: service",
             a.address.split('@').nth(1).unwrap()
         )),
         "{status}"
     );
-    // The status file is rewritten every 500 ms.
-    wait_for(Duration::from_secs(5), "outbound count in status", || {
-        !a.status().contains("outbound onion connections: 0 ok")
-    });
+    assert!(
+        !status.contains("outbound onion connections: 0 ok"),
+        "{status}"
+    );
 
     // Warm circuit.
     submit(&a, &b.address, "Second hello", "warm circuit");
@@ -246,6 +249,21 @@ fn mail_travels_between_onion_services() {
         "warm delivery: {:.2} s after submission",
         warm.as_secs_f64()
     );
+
+    // Each identity has its own Tor client state (guards, circuits, caches).
+    for addr in [&a.address, &dave] {
+        let label = &addr.split('@').nth(1).unwrap()[..16];
+        assert!(
+            a.home.join("arti").join(label).join("state").is_dir(),
+            "{label}"
+        );
+    }
+    // alice's service, asked for dave (hosted on the same node), answers exactly as for an
+    // address nobody has; both services offer the same capabilities.
+    let probe = probe_services(net, &a.address, &dave);
+    assert_eq!(probe.other_identity, probe.unknown, "{probe:?}");
+    assert!(probe.unknown.starts_with("550 5.1.1"), "{probe:?}");
+    assert_eq!(probe.capabilities.0, probe.capabilities.1, "{probe:?}");
 
     // 2. B down: the message waits in A's queue; B back: it arrives.
     b.kill9();
@@ -295,6 +313,101 @@ fn mail_travels_between_onion_services() {
     wait_for(Duration::from_secs(20), "queues drained", || {
         a.status().contains("queue: 0 message(s)") && c.status().contains("queue: 0 message(s)")
     });
+}
+
+/// What a Tor client outside the nodes saw at two onion services of one node.
+#[derive(Debug)]
+struct Probe {
+    /// alice's service's reply to RCPT for dave (hosted on the same node).
+    other_identity: String,
+    /// alice's service's reply to RCPT for an address nobody has.
+    unknown: String,
+    /// The EHLO capability lines of alice's and dave's services, host names blanked.
+    capabilities: (Vec<String>, Vec<String>),
+}
+
+/// Talks SMTP to alice's and dave's onion services through a Tor client of the test's own.
+fn probe_services(net: &TorNetwork, alice: &str, dave: &str) -> Probe {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let cfg = onionpost_node::config::Config::parse(&format!(
+        "[transport]\nkind = \"onion\"\n{}",
+        net.node_config_toml()
+    ))
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let arti = onionpost_node::onion::arti::arti_config(
+        state.path(),
+        cfg.transport.onion.private.as_ref(),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = arti_client::TorClient::create_bootstrapped(arti)
+            .await
+            .unwrap();
+        // Returns (EHLO capability lines, replies to each RCPT).
+        let talk = async |onion: &str, rcpts: &[&str]| -> (Vec<String>, Vec<String>) {
+            let started = Instant::now();
+            let stream = loop {
+                match client.connect((onion, 25)).await {
+                    Ok(s) => break s,
+                    Err(e) if started.elapsed() < Duration::from_secs(120) => {
+                        eprintln!("probe: {onion}: {e}; retrying");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    Err(e) => panic!("probe: {onion} unreachable: {e}"),
+                }
+            };
+            let mut s = BufReader::new(stream);
+            let reply = async |s: &mut BufReader<arti_client::DataStream>| {
+                let mut lines = Vec::new();
+                loop {
+                    let mut l = String::new();
+                    s.read_line(&mut l).await.unwrap();
+                    let last = l.as_bytes().get(3) != Some(&b'-');
+                    lines.push(l.trim_end().replace(onion, "HOST"));
+                    if last {
+                        return lines;
+                    }
+                }
+            };
+            reply(&mut s).await;
+            s.get_mut().write_all(b"EHLO localhost\r\n").await.unwrap();
+            s.get_mut().flush().await.unwrap();
+            let caps = reply(&mut s).await;
+            s.get_mut()
+                .write_all(b"MAIL FROM:<probe@example.onion>\r\n")
+                .await
+                .unwrap();
+            s.get_mut().flush().await.unwrap();
+            reply(&mut s).await;
+            let mut answers = Vec::new();
+            for r in rcpts {
+                s.get_mut()
+                    .write_all(format!("RCPT TO:<{r}>\r\n").as_bytes())
+                    .await
+                    .unwrap();
+                s.get_mut().flush().await.unwrap();
+                answers.push(reply(&mut s).await.join("\n"));
+            }
+            (caps, answers)
+        };
+        let alice_onion = alice.split('@').nth(1).unwrap();
+        let dave_onion = dave.split('@').nth(1).unwrap();
+        let dave_here = format!("dave@{alice_onion}");
+        let nobody_here = format!("nobody@{alice_onion}");
+        let (caps_a, answers) = talk(alice_onion, &[dave, &dave_here, &nobody_here]).await;
+        let (caps_d, _) = talk(dave_onion, &[]).await;
+        assert_eq!(
+            answers[0], answers[2],
+            "dave's own address at alice's service"
+        );
+        Probe {
+            other_identity: answers[1].clone(),
+            unknown: answers[2].clone(),
+            capabilities: (caps_a, caps_d),
+        }
+    })
 }
 
 /// Figures for BENCHMARKS.md (not part of the suite): node start to onion reachable, first and

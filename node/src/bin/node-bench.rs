@@ -285,10 +285,11 @@ async fn bench_onionpost(args: &Args, work: &Path) -> anyhow::Result<(Results, P
     let (smtp_b, sub_a, imap_b) = (free_port(), free_port(), free_port());
     let cfg_a = format!(
         "[submission]\nlisten = \"127.0.0.1:{sub_a}\"\n[queue]\nconcurrency = 32\n\
-         [transport.direct]\n\"{onion_b}\" = \"127.0.0.1:{smtp_b}\"\n"
+         [transport]\nkind = \"direct\"\n[transport.direct]\n\"{onion_b}\" = \"127.0.0.1:{smtp_b}\"\n"
     );
     let cfg_b = format!(
-        "[smtp]\nlisten = \"127.0.0.1:{smtp_b}\"\n[imap]\nlisten = \"127.0.0.1:{imap_b}\"\n"
+        "[smtp]\nlisten = \"127.0.0.1:{smtp_b}\"\n[imap]\nlisten = \"127.0.0.1:{imap_b}\"\n\
+         [transport]\nkind = \"direct\"\n"
     );
     fs::write(home_a.join("node.toml"), cfg_a)?;
     fs::write(home_b.join("node.toml"), cfg_b)?;

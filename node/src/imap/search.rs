@@ -7,8 +7,8 @@ use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use mail_parser::MessageParser;
 
-use crate::maildir::{Flags, MessageMeta};
 use crate::message::split_header;
+use crate::store::{Flags, MessageMeta};
 
 /// Whether `value` is in `set`, where `*` means `largest`. Never expands ranges.
 pub fn set_contains(set: &SequenceSet, value: u32, largest: u32) -> bool {

@@ -1,56 +1,49 @@
 //! The tokio edge of the IMAP server: one task per connection shuttling bytes between the
 //! socket and a [`Session`], waking IDLE sessions when their mailbox changes.
+//!
+//! The session reads and writes the mailbox (the [`MailStore`](crate::store::MailStore) seam
+//! blocks on the disk: reads, renames, fsyncs), so every call into it runs on tokio's blocking
+//! pool; a slow disk then stalls only this connection, never the async workers that serve
+//! the others.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tracing::Instrument;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use super::session::{Accounts, Session};
-use crate::maildir::Maildir;
-use crate::node::Node;
 
 /// RFC 3501 §5.4: the autologout timer is at least 30 minutes.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-struct NodeAccounts(Arc<Node>);
+/// What a connection over the listener's cap is sent.
+pub const BUSY: &[u8] = b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n";
 
-impl Accounts for NodeAccounts {
-    fn login(&self, user: &str, password: &str) -> Option<Arc<Maildir>> {
-        self.0.login(user, password).map(|h| h.maildir.clone())
-    }
+type Shared = Arc<dyn Accounts + Send + Sync>;
+
+/// Runs `f` on the session on a blocking thread and gives the session back.
+async fn blocking(
+    mut session: Session<Shared>,
+    f: impl FnOnce(&mut Session<Shared>) + Send + 'static,
+) -> std::io::Result<Session<Shared>> {
+    tokio::task::spawn_blocking(move || {
+        f(&mut session);
+        session
+    })
+    .await
+    .map_err(std::io::Error::other)
 }
 
-/// Accepts IMAP connections forever.
-pub async fn serve(listener: TcpListener, node: Arc<Node>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let node = node.clone();
-                let span = tracing::info_span!("imap", %peer);
-                tokio::spawn(
-                    async move {
-                        if let Err(e) = handle(stream, node).await {
-                            tracing::debug!("connection ended: {e}");
-                        }
-                    }
-                    .instrument(span),
-                );
-            }
-            Err(e) => {
-                tracing::warn!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-async fn handle(mut stream: TcpStream, node: Arc<Node>) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
-    let max = node.config.limits.max_message_size.min(u32::MAX as usize) as u32;
-    let mut session = Session::new(NodeAccounts(node), max);
+/// Serves one IMAP connection until the client logs out, goes silent, or `shutdown`.
+pub async fn handle(
+    mut stream: TcpStream,
+    accounts: Shared,
+    max_literal: u32,
+    shutdown: &CancellationToken,
+) -> std::io::Result<()> {
+    let mut session = Session::new(accounts, max_literal);
     let mut changes = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -68,13 +61,17 @@ async fn handle(mut stream: TcpStream, node: Arc<Node>) -> std::io::Result<()> {
         tokio::select! {
             r = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf)) => match r {
                 Ok(Ok(0)) => return Ok(()),
-                Ok(Ok(n)) => session.receive(&buf[..n]),
+                Ok(Ok(n)) => {
+                    let bytes = buf[..n].to_vec();
+                    session = blocking(session, move |s| s.receive(&bytes)).await?;
+                }
                 Ok(Err(e)) => return Err(e),
                 Err(_) => session.timeout(),
             },
             Ok(()) = async { changes.as_mut().expect("checked").changed().await }, if idling && changes.is_some() => {
-                session.mailbox_changed();
+                session = blocking(session, |s| s.mailbox_changed()).await?;
             }
+            () = shutdown.cancelled() => session.shutdown(),
         }
     }
 }

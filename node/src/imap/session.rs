@@ -26,13 +26,22 @@ use mail_parser::MessageParser;
 
 use super::fetch;
 use super::search::{self, Candidate};
-use crate::maildir::{Flags, Maildir, MessageMeta};
+use crate::store::{DeliverOptions, Delivered, Flags, MailStore, MessageMeta, StoreError};
 
 /// Looks up local accounts.
 pub trait Accounts {
     /// Checks credentials; returns the account's mailbox.
-    fn login(&self, user: &str, password: &str) -> Option<Arc<Maildir>>;
+    fn login(&self, user: &str, password: &str) -> Option<Arc<dyn MailStore>>;
 }
+
+impl<T: Accounts + ?Sized> Accounts for Arc<T> {
+    fn login(&self, user: &str, password: &str) -> Option<Arc<dyn MailStore>> {
+        (**self).login(user, password)
+    }
+}
+
+/// After this many failed logins the session ends (slows password guessing).
+pub const MAX_AUTH_FAILURES: u32 = 3;
 
 const CAPABILITIES: &str = "IMAP4rev1 AUTH=PLAIN IDLE LITERAL+ UNSELECT UIDPLUS";
 const ALL_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
@@ -50,7 +59,7 @@ pub struct Session<A> {
     accounts: A,
     frag: Fragmentizer,
     out: Vec<u8>,
-    mailbox: Option<Arc<Maildir>>,
+    mailbox: Option<Arc<dyn MailStore>>,
     selected: Option<Selected>,
     /// Tag of an AUTHENTICATE waiting for its response line.
     auth_tag: Option<String>,
@@ -58,6 +67,7 @@ pub struct Session<A> {
     idle_tag: Option<String>,
     max_literal: u32,
     errors: u32,
+    auth_failures: u32,
     closed: bool,
 }
 
@@ -74,6 +84,7 @@ impl<A: Accounts> Session<A> {
             idle_tag: None,
             max_literal,
             errors: 0,
+            auth_failures: 0,
             closed: false,
         };
         s.line(&format!(
@@ -98,13 +109,19 @@ impl<A: Accounts> Session<A> {
     }
 
     /// The authenticated mailbox, if any.
-    pub fn mailbox(&self) -> Option<&Arc<Maildir>> {
+    pub fn mailbox(&self) -> Option<&Arc<dyn MailStore>> {
         self.mailbox.as_ref()
     }
 
     /// The idle timeout fired: say BYE and close.
     pub fn timeout(&mut self) {
         self.line("* BYE Autologout; idle for too long");
+        self.closed = true;
+    }
+
+    /// The server is shutting down: say BYE and close.
+    pub fn shutdown(&mut self) {
+        self.line("* BYE [UNAVAILABLE] Server shutting down, try again later");
         self.closed = true;
     }
 
@@ -234,7 +251,14 @@ impl<A: Accounts> Session<A> {
                 self.mailbox = Some(mb);
                 self.ok(tag, &format!("[CAPABILITY {CAPABILITIES}] Logged in"));
             }
-            None => self.no(tag, "[AUTHENTICATIONFAILED] Invalid credentials"),
+            None => {
+                self.auth_failures += 1;
+                self.no(tag, "[AUTHENTICATIONFAILED] Invalid credentials");
+                if self.auth_failures >= MAX_AUTH_FAILURES {
+                    self.line("* BYE Too many failed logins");
+                    self.closed = true;
+                }
+            }
         }
     }
 
@@ -351,13 +375,22 @@ impl<A: Accounts> Session<A> {
                     LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
                 };
                 let date = date.map(|d| d.as_ref().timestamp());
-                match mb.deliver(data, to_flags(&flags), date) {
-                    Ok(uid) => {
+                let opts = DeliverOptions {
+                    flags: to_flags(&flags),
+                    internal_date: date,
+                    ..Default::default()
+                };
+                match mb.deliver(data, opts) {
+                    Ok(Delivered::Stored(uid)) => {
                         if self.selected.is_some() {
                             self.sync(false);
                         }
                         let v = mb.snapshot().uidvalidity;
                         self.ok(tag, &format!("[APPENDUID {v} {uid}] APPEND completed"))
+                    }
+                    Ok(Delivered::Duplicate) => self.no(tag, "[SERVERBUG] Not stored"),
+                    Err(e @ StoreError::OverQuota { .. }) => {
+                        self.no(tag, &format!("[OVERQUOTA] {e}"))
                     }
                     Err(e) => self.no(tag, &format!("[SERVERBUG] Cannot store: {e}")),
                 }
@@ -378,7 +411,7 @@ impl<A: Accounts> Session<A> {
         }
     }
 
-    fn selected_command(&mut self, tag: &str, mb: &Arc<Maildir>, body: CommandBody<'_>) {
+    fn selected_command(&mut self, tag: &str, mb: &Arc<dyn MailStore>, body: CommandBody<'_>) {
         let read_only = self.selected.as_ref().is_some_and(|s| s.read_only);
         match body {
             CommandBody::Close => {
@@ -524,9 +557,12 @@ impl<A: Accounts> Session<A> {
                     return self.no(tag, "[TRYCREATE] Only INBOX exists");
                 }
                 for (_, meta) in self.resolve(&sequence_set, uid) {
-                    let copied = mb
-                        .read(meta.uid)
-                        .and_then(|d| mb.deliver(&d, meta.flags, Some(meta.internal_date)));
+                    let opts = DeliverOptions {
+                        flags: meta.flags,
+                        internal_date: Some(meta.internal_date),
+                        ..Default::default()
+                    };
+                    let copied = mb.read(meta.uid).and_then(|d| mb.deliver(&d, opts));
                     if let Err(e) = copied {
                         return self.no(tag, &format!("[SERVERBUG] {e}"));
                     }
@@ -576,7 +612,13 @@ impl<A: Accounts> Session<A> {
             .collect()
     }
 
-    fn select(&mut self, tag: &str, mb: &Arc<Maildir>, mailbox: &Mailbox<'_>, read_only: bool) {
+    fn select(
+        &mut self,
+        tag: &str,
+        mb: &Arc<dyn MailStore>,
+        mailbox: &Mailbox<'_>,
+        read_only: bool,
+    ) {
         self.selected = None;
         if !is_inbox(mailbox) {
             return self.no(tag, "[NONEXISTENT] Only INBOX exists");
@@ -670,7 +712,7 @@ impl<A: Accounts> Session<A> {
         }
     }
 
-    fn search(&mut self, mb: &Arc<Maildir>, key: &SearchKey<'_>, uid: bool) -> Vec<u32> {
+    fn search(&mut self, mb: &Arc<dyn MailStore>, key: &SearchKey<'_>, uid: bool) -> Vec<u32> {
         let msgs = self.selected_messages().to_vec();
         let max_seq = msgs.len() as u32;
         let max_uid = self.max_uid();
@@ -694,7 +736,7 @@ impl<A: Accounts> Session<A> {
 
     fn fetch(
         &mut self,
-        mb: &Arc<Maildir>,
+        mb: &Arc<dyn MailStore>,
         set: &SequenceSet,
         items: &[MessageDataItemName<'_>],
         uid: bool,
@@ -906,16 +948,18 @@ impl IntoStaticOwned for MessageDataItemName<'_> {
 mod tests {
     use super::*;
 
-    struct One(Arc<Maildir>);
+    use crate::store::Maildir;
+
+    struct One(Arc<dyn MailStore>);
     impl Accounts for One {
-        fn login(&self, user: &str, password: &str) -> Option<Arc<Maildir>> {
+        fn login(&self, user: &str, password: &str) -> Option<Arc<dyn MailStore>> {
             (user == "bob" && password == "pw").then(|| self.0.clone())
         }
     }
 
-    fn setup() -> (tempfile::TempDir, Arc<Maildir>, Session<One>) {
+    fn setup() -> (tempfile::TempDir, Arc<dyn MailStore>, Session<One>) {
         let dir = tempfile::tempdir().unwrap();
-        let md = Arc::new(Maildir::open(dir.path()).unwrap());
+        let md: Arc<dyn MailStore> = Arc::new(Maildir::open(dir.path(), None).unwrap());
         let s = Session::new(One(md.clone()), 1000);
         (dir, md, s)
     }
@@ -1045,12 +1089,26 @@ mod tests {
     }
 
     #[test]
+    fn three_failed_logins_end_the_connection() {
+        let (_d, _md, mut s) = setup();
+        s.take_output();
+        assert!(talk(&mut s, "1 LOGIN bob x\r\n").starts_with("1 NO"));
+        assert!(talk(&mut s, "2 LOGIN bob y\r\n").starts_with("2 NO"));
+        let out = talk(&mut s, "3 LOGIN bob z\r\n4 LOGIN bob pw\r\n");
+        assert!(out.starts_with("3 NO"), "{out}");
+        assert!(out.contains("* BYE"), "{out}");
+        assert!(!out.contains("4 OK"), "{out}");
+        assert!(s.is_closed());
+    }
+
+    #[test]
     fn idle_reports_new_mail() {
         let (_d, md, mut s) = setup();
         talk(&mut s, "1 LOGIN bob pw\r\n2 SELECT INBOX\r\n");
         assert_eq!(talk(&mut s, "3 IDLE\r\n"), "+ idling\r\n");
         assert!(s.is_idling());
-        md.deliver(MSG.as_bytes(), Flags::default(), None).unwrap();
+        md.deliver(MSG.as_bytes(), DeliverOptions::default())
+            .unwrap();
         s.mailbox_changed();
         assert_eq!(
             String::from_utf8(s.take_output()).unwrap(),

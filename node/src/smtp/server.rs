@@ -1,81 +1,54 @@
-//! The tokio edge of the SMTP server: accepts connections, feeds bytes to a
-//! [`Session`](super::session::Session), performs its effects (durable store for inbound mail,
-//! spooling for submission) and enforces the idle timeout.
+//! The tokio edge of the SMTP server: feeds bytes to a [`Session`], performs its effects
+//! through a [`Service`] (the delivery stages), and enforces the idle timeout, the
+//! whole-session deadline and shutdown.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tracing::Instrument;
+use tokio_util::sync::CancellationToken;
 
-use super::session::{DeliveryFailure, Envelope, Mode, Output, Policy, Session, SessionConfig};
-use crate::message;
-use crate::node::Node;
+use super::reply::{Reply, ReplyExt};
+use super::session::{Envelope, Output, Policy, Session, SessionConfig};
 
-/// The node as seen by an SMTP session.
-struct NodePolicy(Arc<Node>);
-
-impl Policy for NodePolicy {
-    fn is_local(&self, address: &str) -> bool {
-        self.0.by_address(address).is_some()
-    }
-    fn authenticate(&self, user: &str, password: &str) -> Option<String> {
-        self.0.login(user, password).map(|h| h.identity.address())
-    }
+/// What a listener does with its sessions: the policy of a new session, and where its
+/// complete messages go.
+pub trait Service: Send + Sync + 'static {
+    /// The session policy.
+    type Policy: Policy + Send;
+    /// The policy for a session starting now.
+    fn policy(&self) -> Self::Policy;
+    /// Stores or queues a message durably; `Ok` only once it is (the client's 250 waits).
+    fn accept(&self, env: Envelope) -> impl Future<Output = Result<(), Reply>> + Send;
 }
 
-/// Accepts connections forever.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, mode: Mode) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let node = node.clone();
-                let span = tracing::info_span!("smtp", ?mode, %peer);
-                tokio::spawn(
-                    async move {
-                        if let Err(e) = stream.set_nodelay(true) {
-                            tracing::debug!("set_nodelay: {e}");
-                        }
-                        // Never the host's name; the same for every node.
-                        let hostname = match mode {
-                            Mode::Inbound => "onion",
-                            Mode::Submission => "localhost",
-                        };
-                        if let Err(e) = handle(stream, node, mode, hostname.into()).await {
-                            tracing::debug!("connection ended: {e}");
-                        }
-                    }
-                    .instrument(span),
-                );
-            }
-            Err(e) => {
-                tracing::warn!("accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        }
-    }
+/// Timing limits of one session.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Client silence before 421.
+    pub idle: Duration,
+    /// Longest whole session (a slow-drip client is closed).
+    pub deadline: Duration,
 }
+
+/// What a connection over the listener's cap is sent.
+pub const BUSY: &[u8] = b"421 4.7.0 Too many connections, try again later\r\n";
 
 /// Runs one SMTP session over any byte stream (a TCP connection, or an onion-service stream
-/// whose greeting names the identity's own onion as `hostname`).
-pub async fn handle<S>(
+/// whose greeting names the identity's own onion in `cfg.hostname`).
+pub async fn handle<S, V>(
     mut stream: S,
-    node: Arc<Node>,
-    mode: Mode,
-    hostname: String,
+    service: &V,
+    cfg: SessionConfig,
+    timing: Timing,
+    shutdown: &CancellationToken,
 ) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
+    V: Service,
 {
-    let limits = node.config.limits.clone();
-    let cfg = SessionConfig {
-        mode,
-        hostname,
-        max_message_size: limits.max_message_size,
-        max_recipients: limits.max_recipients,
-        max_line_length: limits.max_line_length,
-    };
-    let mut session = Session::new(cfg, NodePolicy(node.clone()));
+    let mut session = Session::new(cfg, service.policy());
+    let deadline = tokio::time::Instant::now() + timing.deadline;
     let mut pending = vec![session.greeting()];
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -84,7 +57,7 @@ where
             let mut out = Vec::new();
             for o in std::mem::take(&mut pending) {
                 match o {
-                    Output::Reply(r) => out.extend_from_slice(r.as_bytes()),
+                    Output::Reply(r) => r.encode(&mut out),
                     Output::Close => {
                         stream.write_all(&out).await?;
                         stream.flush().await?;
@@ -94,7 +67,7 @@ where
                         stream.write_all(&out).await?;
                         stream.flush().await?;
                         out.clear();
-                        let result = accept_message(&node, mode, env).await;
+                        let result = service.accept(env).await;
                         pending.extend(session.delivered(result));
                     }
                 }
@@ -103,7 +76,18 @@ where
             // Onion streams buffer writes until flushed.
             stream.flush().await?;
         }
-        let n = match tokio::time::timeout(limits.idle_timeout(), stream.read(&mut buf)).await {
+        let read = tokio::select! {
+            r = tokio::time::timeout(timing.idle, stream.read(&mut buf)) => r,
+            () = tokio::time::sleep_until(deadline) => {
+                pending = session.deadline();
+                continue;
+            }
+            () = shutdown.cancelled() => {
+                pending = session.shutdown();
+                continue;
+            }
+        };
+        let n = match read {
             Ok(r) => r?,
             Err(_) => {
                 pending = session.timeout();
@@ -117,125 +101,147 @@ where
     }
 }
 
-/// Stores (inbound) or queues (submission) a message durably.
-async fn accept_message(
-    node: &Arc<Node>,
-    mode: Mode,
-    env: Envelope,
-) -> Result<(), DeliveryFailure> {
-    let node = node.clone();
-    tokio::task::spawn_blocking(move || match mode {
-        Mode::Inbound => store_inbound(&node, &env),
-        Mode::Submission => queue_submission(&node, env),
-    })
-    .await
-    .map_err(|e| DeliveryFailure::Temporary(e.to_string()))?
-}
-
-/// Stores an inbound message in each recipient's mailbox (deduplicated by Message-ID).
-pub fn store_inbound(node: &Node, env: &Envelope) -> Result<(), DeliveryFailure> {
-    let mid = message::message_id(&env.data);
-    for rcpt in &env.recipients {
-        let Some(h) = node.by_address(rcpt) else {
-            return Err(DeliveryFailure::Permanent(format!("no mailbox {rcpt}")));
-        };
-        match h.maildir.deliver_dedup(mid.as_deref(), &env.data) {
-            Ok(Some(uid)) => tracing::info!(to = %rcpt, uid, "stored"),
-            Ok(None) => tracing::info!(to = %rcpt, message_id = ?mid, "duplicate dropped"),
-            Err(e) => {
-                tracing::error!("storing for {rcpt}: {e}");
-                return Err(DeliveryFailure::Temporary("local storage error".into()));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn queue_submission(node: &Node, env: Envelope) -> Result<(), DeliveryFailure> {
-    let addr = env
-        .authenticated
-        .ok_or_else(|| DeliveryFailure::Permanent("not authenticated".into()))?;
-    let h = node
-        .by_address(&addr)
-        .ok_or_else(|| DeliveryFailure::Permanent("unknown identity".into()))?;
-    let data =
-        message::sanitize_submission(&env.data, &addr, &h.identity.onion, chrono::Utc::now())
-            .map_err(|e| DeliveryFailure::Permanent(e.to_string()))?;
-    let q = node
-        .spool
-        .enqueue(&h.identity.name, &addr, &env.recipients, &data)
-        .map_err(|e| {
-            tracing::error!("spooling: {e}");
-            DeliveryFailure::Temporary("local storage error".into())
-        })?;
-    tracing::info!(id = %q.id, rcpts = env.recipients.len(), "queued");
-    node.queue_wakeup.notify_one();
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::identity::IdentityStore;
-    use std::time::Duration;
-    use tokio::io::AsyncBufReadExt;
-    use tokio::net::TcpStream;
+    use crate::smtp::reply::reply;
+    use crate::smtp::session::Mode;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncBufReadExt, BufReader};
 
-    async fn start(idle_secs: u64) -> (tempfile::TempDir, Arc<Node>, std::net::SocketAddr, String) {
-        let home = tempfile::tempdir().unwrap();
-        let (id, _) = IdentityStore::new(home.path()).create("bob").unwrap();
-        let mut config = Config::default();
-        config.limits.idle_timeout_secs = idle_secs;
-        let node = Arc::new(Node::open(home.path(), config).unwrap());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, node.clone(), Mode::Inbound));
-        (home, node, addr, id.address())
+    struct Everyone;
+    impl Policy for Everyone {
+        fn accepts(&self, _: &str) -> bool {
+            true
+        }
+        fn authenticate(&self, _: &str, _: &str) -> Option<String> {
+            None
+        }
     }
 
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<Envelope>>);
+    impl Service for Arc<Collect> {
+        type Policy = Everyone;
+        fn policy(&self) -> Everyone {
+            Everyone
+        }
+        async fn accept(&self, env: Envelope) -> Result<(), Reply> {
+            if env.data.starts_with(b"FULL") {
+                return Err(reply(452, [4, 2, 2], "Mailbox full"));
+            }
+            self.0.lock().unwrap().push(env);
+            Ok(())
+        }
+    }
+
+    fn cfg() -> SessionConfig {
+        SessionConfig {
+            mode: Mode::Inbound,
+            hostname: "me.onion".into(),
+            max_message_size: 1000,
+            max_recipients: 10,
+            max_line_length: 512,
+        }
+    }
+
+    async fn run(
+        timing: Timing,
+    ) -> (
+        Arc<Collect>,
+        BufReader<tokio::io::DuplexStream>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let svc = Arc::new(Collect::default());
+        let token = CancellationToken::new();
+        let (s2, t2) = (svc.clone(), token.clone());
+        let task = tokio::spawn(async move {
+            let _ = handle(server, &s2, cfg(), timing, &t2).await;
+        });
+        (svc, BufReader::new(client), token, task)
+    }
+
+    async fn line(r: &mut BufReader<tokio::io::DuplexStream>) -> String {
+        let mut l = String::new();
+        tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut l))
+            .await
+            .expect("a reply in time")
+            .unwrap();
+        l
+    }
+
+    const LONG: Timing = Timing {
+        idle: Duration::from_secs(60),
+        deadline: Duration::from_secs(600),
+    };
+
     #[tokio::test]
-    async fn stores_durably_and_deduplicates_by_message_id() {
-        let (_home, node, addr, bob) = start(60).await;
-        let msg = b"Message-ID: <once@a.onion>\r\nSubject: dedup\r\n\r\nhi\r\n";
-        for _ in 0..2 {
-            let s = TcpStream::connect(addr).await.unwrap();
-            let out = crate::smtp::client::send(
-                s,
-                "a.onion",
-                "a@a.onion",
-                std::slice::from_ref(&bob),
-                msg,
-                Duration::from_secs(5),
+    async fn pipelined_transaction_then_a_store_refusal_is_passed_on() {
+        let (svc, mut c, _t, _task) = run(LONG).await;
+        assert!(line(&mut c).await.starts_with("220 me.onion"));
+        c.get_mut()
+            .write_all(
+                b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nhi\r\n.\r\n\
+                  MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nFULL\r\n.\r\nQUIT\r\n",
             )
             .await
             .unwrap();
-            assert_eq!(out, [crate::smtp::client::RcptOutcome::Delivered]);
+        let mut replies = Vec::new();
+        loop {
+            let l = line(&mut c).await;
+            if l.is_empty() {
+                break;
+            }
+            replies.push(l);
         }
-        let md = &node.by_address(&bob).unwrap().maildir;
+        let codes: Vec<&str> = replies
+            .iter()
+            .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+            .map(|l| &l[..3])
+            .collect();
         assert_eq!(
-            md.snapshot().messages.len(),
-            1,
-            "the retry was deduplicated"
+            codes,
+            [
+                "250", "250", "250", "354", "250", "250", "250", "354", "452", "221"
+            ]
         );
-        assert_eq!(md.read(1).unwrap(), msg);
+        assert!(replies.iter().any(|l| l == "452 4.2.2 Mailbox full\r\n"));
+        assert_eq!(svc.0.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
-    async fn idle_client_gets_421() {
-        let (_home, _node, addr, _) = start(1).await;
-        let s = TcpStream::connect(addr).await.unwrap();
-        let mut r = tokio::io::BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line).await.unwrap();
-        assert!(line.starts_with("220 "), "{line}");
-        line.clear();
-        tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(line.starts_with("421 4.4.2"), "{line}");
-        line.clear();
-        assert_eq!(r.read_line(&mut line).await.unwrap(), 0, "closed after 421");
+    async fn slow_drip_client_is_closed_at_the_deadline() {
+        let timing = Timing {
+            idle: Duration::from_secs(2),
+            deadline: Duration::from_secs(3),
+        };
+        let (_svc, mut c, _t, task) = run(timing).await;
+        line(&mut c).await;
+        let started = tokio::time::Instant::now();
+        // One byte every second never trips the 2 s idle timeout ...
+        let drip = async {
+            for b in b"NOOP NOOP NOOP NOOP NOOP" {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if c.get_mut().write_all(&[*b]).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(4), drip).await;
+        // ... but the session ends at its 3 s deadline.
+        assert!(line(&mut c).await.starts_with("421 4.4.2"));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_says_421_to_an_idle_client() {
+        let (_svc, mut c, token, task) = run(LONG).await;
+        line(&mut c).await;
+        token.cancel();
+        assert!(line(&mut c).await.starts_with("421 4.3.2"));
+        task.await.unwrap();
     }
 }

@@ -1,20 +1,24 @@
 //! The SMTP server session as a sans-I/O state machine (RFC 5321, with ESMTP SIZE, PIPELINING,
-//! 8BITMIME, ENHANCEDSTATUSCODES and, for submission, AUTH PLAIN).
+//! 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8 and, for submission, AUTH PLAIN).
 //!
-//! Bytes go in through [`Session::receive`]; replies and effects come out as [`Output`]s. When
-//! a message is complete the session emits [`Output::Deliver`] and waits: the edge stores the
-//! message durably and reports back with [`Session::delivered`], and only then does the client
-//! get its `250`. Commands are parsed with `smtp-proto`.
+//! Bytes go in through [`Session::receive`]; typed replies and effects come out as
+//! [`Output`]s. When a message is complete the session emits [`Output::Deliver`] and waits:
+//! the edge stores the message durably and reports back with [`Session::delivered`], and only
+//! then does the client get its `250`. Commands are parsed with `smtp-proto`; the message
+//! itself is read by the [`DataReader`](super::data::DataReader).
 
 use std::borrow::Cow;
 
 use base64::Engine;
 use smtp_proto::{Error as ParseError, Request};
 
+use super::data::{DataError, DataReader, Progress};
+use super::reply::{Reply, reply};
+
 /// Which server this session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Inbound MX: mail for identities hosted here, from anybody, no AUTH.
+    /// Inbound MX: mail for the identities the [`Policy`] accepts, from anybody, no AUTH.
     Inbound,
     /// Submission for local clients: AUTH PLAIN required, mail for anybody on an onion.
     Submission,
@@ -37,8 +41,9 @@ pub struct SessionConfig {
 
 /// What the session needs to know about the node, answered from memory.
 pub trait Policy {
-    /// Inbound: whether `address` is an identity this node hosts.
-    fn is_local(&self, address: &str) -> bool;
+    /// Inbound: whether mail for `address` is accepted on this connection. Every refused
+    /// address gets the same reply, whether it exists elsewhere on the node or not.
+    fn accepts(&self, address: &str) -> bool;
     /// Submission: checks credentials, returning the identity's e-mail address.
     fn authenticate(&self, user: &str, password: &str) -> Option<String>;
 }
@@ -50,7 +55,7 @@ pub struct Envelope {
     pub from: String,
     /// Accepted forward paths.
     pub recipients: Vec<String>,
-    /// Message bytes, dot-unstuffed, CRLF line ends as received.
+    /// Message bytes, dot-unstuffed, CRLF line ends.
     pub data: Vec<u8>,
     /// The authenticated identity's address (submission only).
     pub authenticated: Option<String>,
@@ -59,24 +64,15 @@ pub struct Envelope {
 /// Something the edge must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// Send these bytes to the client.
-    Reply(String),
+    /// Send this reply to the client.
+    Reply(Reply),
     /// Store or queue this message durably, then call [`Session::delivered`].
     Deliver(Envelope),
     /// Close the connection (after sending earlier replies).
     Close,
 }
 
-/// Why the edge could not take a message, reported to [`Session::delivered`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeliveryFailure {
-    /// Local trouble (disk): 451, the client retries.
-    Temporary(String),
-    /// Refused for good: 554 / 550 with this text.
-    Permanent(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 enum State {
     /// Before EHLO/HELO.
     Fresh,
@@ -85,7 +81,7 @@ enum State {
     /// After MAIL FROM.
     Mail,
     /// Reading message data.
-    Data,
+    Data(DataReader),
     /// Waiting for the edge to store the message.
     Storing,
     /// Waiting for the AUTH PLAIN response line.
@@ -95,7 +91,9 @@ enum State {
 }
 
 /// After this many failed commands the session ends (stops confused or hostile clients).
-const MAX_ERRORS: u32 = 20;
+pub const MAX_ERRORS: u32 = 20;
+/// After this many failed authentications the session ends (slows password guessing).
+pub const MAX_AUTH_FAILURES: u32 = 3;
 
 /// One SMTP server conversation.
 pub struct Session<P> {
@@ -103,14 +101,17 @@ pub struct Session<P> {
     policy: P,
     state: State,
     buf: Vec<u8>,
-    /// Skipping the rest of an over-long line.
+    /// Skipping the rest of an over-long command line.
     discarding: bool,
     from: String,
     recipients: Vec<String>,
-    data: Vec<u8>,
-    data_too_big: bool,
     authenticated: Option<String>,
     errors: u32,
+    auth_failures: u32,
+}
+
+fn out(r: Reply) -> Vec<Output> {
+    vec![Output::Reply(r)]
 }
 
 impl<P: Policy> Session<P> {
@@ -124,33 +125,64 @@ impl<P: Policy> Session<P> {
             discarding: false,
             from: String::new(),
             recipients: Vec::new(),
-            data: Vec::new(),
-            data_too_big: false,
             authenticated: None,
             errors: 0,
+            auth_failures: 0,
         }
     }
 
     /// The 220 greeting.
     pub fn greeting(&self) -> Output {
-        Output::Reply(format!("220 {} ESMTP ready\r\n", self.cfg.hostname))
+        Output::Reply(reply(
+            220,
+            [0, 0, 0],
+            format!("{} ESMTP ready", self.cfg.hostname),
+        ))
     }
 
-    /// The 421 reply for an idle client; the session is closed afterwards.
+    /// The client was silent too long: 421 and close.
     pub fn timeout(&mut self) -> Vec<Output> {
-        self.state = State::Closed;
-        vec![
-            Output::Reply(format!(
-                "421 4.4.2 {} Error: timeout exceeded\r\n",
+        self.close_with(reply(
+            421,
+            [4, 4, 2],
+            format!("{} Error: timeout exceeded", self.cfg.hostname),
+        ))
+    }
+
+    /// The session took longer than its whole-session deadline: 421 and close.
+    pub fn deadline(&mut self) -> Vec<Output> {
+        self.close_with(reply(
+            421,
+            [4, 4, 2],
+            format!("{} Error: session too long, closing", self.cfg.hostname),
+        ))
+    }
+
+    /// The server is shutting down: 421 and close (the client retries elsewhere or later).
+    pub fn shutdown(&mut self) -> Vec<Output> {
+        self.close_with(reply(
+            421,
+            [4, 3, 2],
+            format!(
+                "{} Service shutting down, try again later",
                 self.cfg.hostname
-            )),
-            Output::Close,
-        ]
+            ),
+        ))
+    }
+
+    fn close_with(&mut self, r: Reply) -> Vec<Output> {
+        self.state = State::Closed;
+        vec![Output::Reply(r), Output::Close]
     }
 
     /// Whether the session has ended.
     pub fn is_closed(&self) -> bool {
-        self.state == State::Closed
+        matches!(self.state, State::Closed)
+    }
+
+    /// Whether a message is being stored (the edge must not interrupt the session now).
+    pub fn is_storing(&self) -> bool {
+        matches!(self.state, State::Storing)
     }
 
     /// The identity this session authenticated as (submission).
@@ -164,43 +196,47 @@ impl<P: Policy> Session<P> {
         self.process()
     }
 
-    /// Reports the outcome of an [`Output::Deliver`]; continues with pipelined input.
-    pub fn delivered(&mut self, result: Result<(), DeliveryFailure>) -> Vec<Output> {
-        if self.state != State::Storing {
+    /// Reports the outcome of an [`Output::Deliver`]: `Ok` for stored or queued durably, or
+    /// the refusal to send; continues with pipelined input.
+    pub fn delivered(&mut self, result: Result<(), Reply>) -> Vec<Output> {
+        if !self.is_storing() {
             return Vec::new();
         }
         self.state = State::Ready;
-        let reply = match result {
-            Ok(()) => "250 2.0.0 Ok: queued\r\n".to_string(),
-            Err(DeliveryFailure::Temporary(why)) => {
-                format!("451 4.3.0 Error: {why}; try again later\r\n")
-            }
-            Err(DeliveryFailure::Permanent(why)) => format!("554 5.7.1 Error: {why}\r\n"),
-        };
-        let mut out = vec![Output::Reply(reply)];
-        out.extend(self.process());
-        out
+        let r = result.map_or_else(|r| r, |()| reply(250, [2, 0, 0], "Ok: queued"));
+        let mut o = out(r);
+        o.extend(self.process());
+        o
     }
 
     fn process(&mut self) -> Vec<Output> {
         let mut out = Vec::new();
         loop {
-            if matches!(self.state, State::Storing | State::Closed) {
-                return out;
+            match &mut self.state {
+                State::Storing | State::Closed => return out,
+                State::Data(reader) => {
+                    if self.buf.is_empty() {
+                        return out;
+                    }
+                    let input = std::mem::take(&mut self.buf);
+                    match reader.feed(&input) {
+                        Progress::More => return out,
+                        Progress::Done(result, rest) => {
+                            // Pipelined commands after the message stay in the buffer.
+                            self.buf = rest;
+                            let o = self.end_of_data(result);
+                            out.push(o);
+                            continue;
+                        }
+                    }
+                }
+                _ => {}
             }
             let Some(nl) = self.buf.iter().position(|&b| b == b'\n') else {
-                let limit = if self.state == State::Data {
-                    // Text lines: RFC 5321 says 1000; be lenient, the size limit still holds.
-                    self.cfg.max_message_size.max(1000) + 2
-                } else {
-                    self.cfg.max_line_length
-                };
-                if self.buf.len() > limit {
-                    if self.state == State::Data {
-                        self.data_too_big = true;
-                    } else if !self.discarding {
+                if self.buf.len() > self.cfg.max_line_length {
+                    if !self.discarding {
                         self.discarding = true;
-                        out.push(self.error("500 5.5.2 Error: line too long\r\n"));
+                        out.push(self.error(reply(500, [5, 5, 2], "Error: line too long")));
                     }
                     self.buf.clear();
                 }
@@ -211,72 +247,58 @@ impl<P: Policy> Session<P> {
                 self.discarding = false;
                 continue;
             }
-            match self.state {
-                State::Data => {
-                    if let Some(o) = self.data_line(&line) {
-                        out.push(o);
-                    }
-                }
-                State::AuthWait => out.extend(self.auth_response(&line)),
-                _ => {
-                    if line.len() > self.cfg.max_line_length {
-                        out.push(self.error("500 5.5.2 Error: line too long\r\n"));
-                    } else {
-                        out.extend(self.command(&line));
-                    }
-                }
+            if matches!(self.state, State::AuthWait) {
+                out.extend(self.auth_response(&line));
+            } else if line.len() > self.cfg.max_line_length {
+                out.push(self.error(reply(500, [5, 5, 2], "Error: line too long")));
+            } else {
+                out.extend(self.command(&line));
             }
-            if self.errors >= MAX_ERRORS && self.state != State::Closed {
-                self.state = State::Closed;
-                out.push(Output::Reply(
-                    "421 4.7.0 Too many errors, closing\r\n".into(),
-                ));
-                out.push(Output::Close);
+            if self.is_closed() {
+                return out;
+            }
+            if self.errors >= MAX_ERRORS {
+                out.extend(self.close_with(reply(421, [4, 7, 0], "Too many errors, closing")));
+                return out;
             }
         }
     }
 
-    fn error(&mut self, text: &str) -> Output {
+    fn error(&mut self, r: Reply) -> Output {
         self.errors += 1;
-        Output::Reply(text.to_string())
+        Output::Reply(r)
     }
 
     fn reset_transaction(&mut self) {
         self.from.clear();
         self.recipients.clear();
-        self.data.clear();
-        self.data_too_big = false;
     }
 
-    fn data_line(&mut self, line: &[u8]) -> Option<Output> {
-        if line == b".\r\n" || line == b".\n" {
-            let too_big = self.data_too_big;
-            if too_big {
+    fn end_of_data(&mut self, result: Result<Vec<u8>, DataError>) -> Output {
+        match result {
+            Ok(data) => {
+                self.state = State::Storing;
+                let env = Envelope {
+                    from: std::mem::take(&mut self.from),
+                    recipients: std::mem::take(&mut self.recipients),
+                    data,
+                    authenticated: self.authenticated.clone(),
+                };
+                Output::Deliver(env)
+            }
+            Err(e) => {
                 self.reset_transaction();
                 self.state = State::Ready;
-                return Some(Output::Reply(
-                    "552 5.3.4 Error: message too big for system\r\n".into(),
-                ));
+                Output::Reply(match e {
+                    DataError::TooBig => reply(552, [5, 3, 4], "Error: message too big for system"),
+                    DataError::BareCr => reply(
+                        554,
+                        [5, 6, 0],
+                        "Error: bare CR in message; lines must end with CRLF (RFC 5321 2.3.8)",
+                    ),
+                })
             }
-            self.state = State::Storing;
-            let env = Envelope {
-                from: std::mem::take(&mut self.from),
-                recipients: std::mem::take(&mut self.recipients),
-                data: std::mem::take(&mut self.data),
-                authenticated: self.authenticated.clone(),
-            };
-            self.reset_transaction();
-            return Some(Output::Deliver(env));
         }
-        let line = line.strip_prefix(b".").unwrap_or(line);
-        if self.data.len() + line.len() > self.cfg.max_message_size {
-            self.data_too_big = true;
-            self.data.clear();
-        }
-        if !self.data_too_big {
-            self.data.extend_from_slice(line);
-        }
-        None
     }
 
     fn auth_response(&mut self, line: &[u8]) -> Vec<Output> {
@@ -284,192 +306,246 @@ impl<P: Policy> Session<P> {
         let text = String::from_utf8_lossy(line);
         let text = text.trim();
         if text == "*" {
-            return vec![self.error("501 5.7.0 Authentication cancelled\r\n")];
+            return vec![self.error(reply(501, [5, 7, 0], "Authentication cancelled"))];
         }
-        vec![self.check_plain(text)]
+        self.check_plain(text)
     }
 
-    fn check_plain(&mut self, b64: &str) -> Output {
+    fn check_plain(&mut self, b64: &str) -> Vec<Output> {
         let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64) else {
-            return self.error("501 5.5.2 Error: invalid base64 in AUTH response\r\n");
+            return vec![self.error(reply(
+                501,
+                [5, 5, 2],
+                "Error: invalid base64 in AUTH response",
+            ))];
         };
         let parts: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
         if parts.len() != 3 {
-            return self.error("501 5.5.2 Error: AUTH PLAIN wants authzid\\0user\\0password\r\n");
+            return vec![self.error(reply(
+                501,
+                [5, 5, 2],
+                "Error: AUTH PLAIN wants authzid NUL user NUL password",
+            ))];
         }
         let user = String::from_utf8_lossy(parts[1]);
         let pass = String::from_utf8_lossy(parts[2]);
         match self.policy.authenticate(&user, &pass) {
             Some(addr) => {
                 self.authenticated = Some(addr);
-                Output::Reply("235 2.7.0 Authentication successful\r\n".into())
+                out(reply(235, [2, 7, 0], "Authentication successful"))
             }
-            None => self.error("535 5.7.8 Error: authentication failed\r\n"),
+            None => {
+                self.auth_failures += 1;
+                let failed = self.error(reply(535, [5, 7, 8], "Error: authentication failed"));
+                if self.auth_failures >= MAX_AUTH_FAILURES {
+                    let mut o = vec![failed];
+                    o.extend(self.close_with(reply(
+                        421,
+                        [4, 7, 0],
+                        "Too many failed authentications, closing",
+                    )));
+                    return o;
+                }
+                vec![failed]
+            }
         }
+    }
+
+    fn ehlo(&mut self) -> Vec<Output> {
+        self.reset_transaction();
+        self.state = State::Ready;
+        let mut lines = vec![
+            self.cfg.hostname.clone(),
+            "PIPELINING".into(),
+            format!("SIZE {}", self.cfg.max_message_size),
+            "8BITMIME".into(),
+            "ENHANCEDSTATUSCODES".into(),
+        ];
+        if self.cfg.mode == Mode::Submission {
+            lines.push("AUTH PLAIN".into());
+        }
+        lines.push("SMTPUTF8".into());
+        out(reply(250, [0, 0, 0], lines.join("\n")))
     }
 
     fn command(&mut self, line: &[u8]) -> Vec<Output> {
         let req = match Request::parse(&mut line.iter()) {
             Ok(r) => r,
-            Err(ParseError::UnknownCommand) => {
-                return vec![self.error("500 5.5.2 Error: command not recognized\r\n")];
-            }
-            Err(ParseError::InvalidSenderAddress) => {
-                return vec![self.error("501 5.1.7 Error: bad sender address syntax\r\n")];
-            }
-            Err(ParseError::InvalidRecipientAddress) => {
-                return vec![self.error("501 5.1.3 Error: bad recipient address syntax\r\n")];
-            }
-            Err(ParseError::SyntaxError { syntax }) => {
-                return vec![self.error(&format!("501 5.5.4 Syntax: {syntax}\r\n"))];
-            }
-            Err(ParseError::UnsupportedParameter { param }) => {
-                return vec![self.error(&format!("555 5.5.4 Unsupported parameter {param}\r\n"))];
-            }
             Err(e) => {
-                return vec![self.error(&format!("501 5.5.4 Syntax error: {e:?}\r\n"))];
+                let r = match e {
+                    ParseError::UnknownCommand => {
+                        reply(500, [5, 5, 2], "Error: command not recognized")
+                    }
+                    ParseError::InvalidSenderAddress => {
+                        reply(501, [5, 1, 7], "Error: bad sender address syntax")
+                    }
+                    ParseError::InvalidRecipientAddress => {
+                        reply(501, [5, 1, 3], "Error: bad recipient address syntax")
+                    }
+                    ParseError::SyntaxError { syntax } => {
+                        reply(501, [5, 5, 4], format!("Syntax: {syntax}"))
+                    }
+                    ParseError::UnsupportedParameter { param } => {
+                        reply(555, [5, 5, 4], format!("Unsupported parameter {param}"))
+                    }
+                    other => reply(501, [5, 5, 4], format!("Syntax error: {other}")),
+                };
+                return vec![self.error(r)];
             }
         };
-        let reply = |s: &str| vec![Output::Reply(s.to_string())];
         match req {
-            Request::Ehlo { .. } => {
-                self.reset_transaction();
-                self.state = State::Ready;
-                let mut r = format!(
-                    "250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n",
-                    self.cfg.hostname, self.cfg.max_message_size
-                );
-                if self.cfg.mode == Mode::Submission {
-                    r += "250-AUTH PLAIN\r\n";
-                }
-                r += "250 SMTPUTF8\r\n";
-                vec![Output::Reply(r)]
-            }
+            Request::Ehlo { .. } => self.ehlo(),
             Request::Helo { .. } => {
                 self.reset_transaction();
                 self.state = State::Ready;
-                reply(&format!("250 {}\r\n", self.cfg.hostname))
+                out(reply(250, [0, 0, 0], self.cfg.hostname.clone()))
             }
-            Request::Lhlo { .. } => vec![self.error("500 5.5.1 Error: this is not LMTP\r\n")],
+            Request::Lhlo { .. } => vec![self.error(reply(500, [5, 5, 1], "Error: not LMTP"))],
             Request::Mail { from } => self.mail(from.address, from.size),
             Request::Rcpt { to } => self.rcpt(to.address),
-            Request::Data => match self.state {
-                State::Mail if !self.recipients.is_empty() => {
-                    self.state = State::Data;
-                    reply("354 End data with <CR><LF>.<CR><LF>\r\n")
-                }
-                State::Mail => vec![self.error("554 5.5.1 Error: no valid recipients\r\n")],
-                _ => vec![self.error("503 5.5.1 Error: need RCPT command\r\n")],
-            },
+            Request::Data => self.data(),
             Request::Rset => {
                 self.reset_transaction();
-                if self.state == State::Mail {
+                if matches!(self.state, State::Mail) {
                     self.state = State::Ready;
                 }
-                reply("250 2.0.0 Ok\r\n")
+                out(reply(250, [2, 0, 0], "Ok"))
             }
-            Request::Noop { .. } => reply("250 2.0.0 Ok\r\n"),
-            Request::Quit => {
-                self.state = State::Closed;
-                vec![Output::Reply("221 2.0.0 Bye\r\n".into()), Output::Close]
+            Request::Noop { .. } => out(reply(250, [2, 0, 0], "Ok")),
+            Request::Quit => self.close_with(reply(221, [2, 0, 0], "Bye")),
+            Request::Vrfy { .. } => out(reply(
+                252,
+                [2, 0, 0],
+                "Cannot VRFY user, but will accept message",
+            )),
+            Request::Expn { .. } => {
+                vec![self.error(reply(502, [5, 5, 1], "Error: EXPN not supported"))]
             }
-            Request::Vrfy { .. } => {
-                reply("252 2.0.0 Cannot VRFY user, but will accept message\r\n")
-            }
-            Request::Expn { .. } => vec![self.error("502 5.5.1 Error: EXPN not supported\r\n")],
-            Request::Help { .. } => reply("214 2.0.0 See RFC 5321\r\n"),
+            Request::Help { .. } => out(reply(214, [2, 0, 0], "See RFC 5321")),
             Request::Auth {
                 mechanism,
                 initial_response,
             } => self.auth(mechanism, initial_response),
-            Request::StartTls => {
-                vec![self.error("502 5.5.1 Error: STARTTLS not offered (loopback/onion)\r\n")]
-            }
+            Request::StartTls => vec![self.error(reply(
+                502,
+                [5, 5, 1],
+                "Error: STARTTLS not offered (loopback and onion services)",
+            ))],
             Request::Bdat { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }
             | Request::Burl { .. } => {
-                vec![self.error("502 5.5.1 Error: command not implemented\r\n")]
+                vec![self.error(reply(502, [5, 5, 1], "Error: command not implemented"))]
             }
+        }
+    }
+
+    fn data(&mut self) -> Vec<Output> {
+        match self.state {
+            State::Mail if !self.recipients.is_empty() => {
+                self.state = State::Data(DataReader::new(self.cfg.max_message_size));
+                out(reply(354, [0, 0, 0], "End data with <CR><LF>.<CR><LF>"))
+            }
+            State::Mail => vec![self.error(reply(554, [5, 5, 1], "Error: no valid recipients"))],
+            _ => vec![self.error(reply(503, [5, 5, 1], "Error: need RCPT command"))],
         }
     }
 
     fn mail(&mut self, address: Cow<'_, str>, size: usize) -> Vec<Output> {
         match self.state {
-            State::Fresh => return vec![self.error("503 5.5.1 Error: send HELO/EHLO first\r\n")],
-            State::Mail => return vec![self.error("503 5.5.1 Error: nested MAIL command\r\n")],
+            State::Fresh => {
+                return vec![self.error(reply(503, [5, 5, 1], "Error: send HELO/EHLO first"))];
+            }
+            State::Mail => {
+                return vec![self.error(reply(503, [5, 5, 1], "Error: nested MAIL command"))];
+            }
             _ => {}
         }
         if self.cfg.mode == Mode::Submission {
             let Some(auth) = &self.authenticated else {
-                return vec![self.error("530 5.7.0 Error: authentication required\r\n")];
+                return vec![self.error(reply(530, [5, 7, 0], "Error: authentication required"))];
             };
             if !address.eq_ignore_ascii_case(auth) {
-                let msg = format!("553 5.7.1 Error: sender must be {auth}\r\n");
-                return vec![self.error(&msg)];
+                let r = reply(553, [5, 7, 1], format!("Error: sender must be {auth}"));
+                return vec![self.error(r)];
             }
         }
         if size > self.cfg.max_message_size {
-            return vec![self.error("552 5.3.4 Error: message size exceeds fixed limit\r\n")];
+            return vec![self.error(reply(
+                552,
+                [5, 3, 4],
+                "Error: message size exceeds fixed limit",
+            ))];
         }
         self.reset_transaction();
         self.from = address.into_owned();
         self.state = State::Mail;
-        vec![Output::Reply("250 2.1.0 Ok\r\n".into())]
+        out(reply(250, [2, 1, 0], "Ok"))
     }
 
     fn rcpt(&mut self, address: Cow<'_, str>) -> Vec<Output> {
-        if self.state != State::Mail {
-            return vec![self.error("503 5.5.1 Error: need MAIL command\r\n")];
+        if !matches!(self.state, State::Mail) {
+            return vec![self.error(reply(503, [5, 5, 1], "Error: need MAIL command"))];
         }
         if self.recipients.len() >= self.cfg.max_recipients {
-            return vec![Output::Reply(
-                "452 4.5.3 Error: too many recipients\r\n".into(),
-            )];
+            return out(reply(452, [4, 5, 3], "Error: too many recipients"));
         }
         let ok = match self.cfg.mode {
-            Mode::Inbound => self.policy.is_local(&address),
+            Mode::Inbound => self.policy.accepts(&address),
             Mode::Submission => address.rsplit_once('@').is_some_and(|(l, d)| {
                 !l.is_empty() && d.parse::<onionpost_proto::onion::OnionAddress>().is_ok()
             }),
         };
         if !ok {
-            let text = match self.cfg.mode {
-                Mode::Inbound => "550 5.1.1 Error: recipient not hosted here (no relaying)\r\n",
-                Mode::Submission => {
-                    "550 5.1.2 Error: recipient must be name@<v3 onion address>\r\n"
-                }
+            let r = match self.cfg.mode {
+                Mode::Inbound => reply(
+                    550,
+                    [5, 1, 1],
+                    "Error: recipient address rejected: no such mailbox here (no relaying)",
+                ),
+                Mode::Submission => reply(
+                    550,
+                    [5, 1, 2],
+                    "Error: recipient must be name@<v3 onion address>",
+                ),
             };
-            return vec![self.error(text)];
+            return vec![self.error(r)];
         }
         self.recipients.push(address.into_owned());
-        vec![Output::Reply("250 2.1.5 Ok\r\n".into())]
+        out(reply(250, [2, 1, 5], "Ok"))
     }
 
     fn auth(&mut self, mechanism: u64, initial: Cow<'_, str>) -> Vec<Output> {
+        let refuse = |s: &mut Self, code, esc, text: &str| vec![s.error(reply(code, esc, text))];
         if self.cfg.mode != Mode::Submission {
-            return vec![self.error("502 5.5.1 Error: AUTH not offered here\r\n")];
+            return refuse(self, 502, [5, 5, 1], "Error: AUTH not offered here");
         }
-        if self.state == State::Fresh {
-            return vec![self.error("503 5.5.1 Error: send EHLO first\r\n")];
+        match self.state {
+            State::Fresh => return refuse(self, 503, [5, 5, 1], "Error: send EHLO first"),
+            State::Mail => {
+                return refuse(
+                    self,
+                    503,
+                    [5, 5, 1],
+                    "Error: AUTH not allowed during a transaction",
+                );
+            }
+            _ => {}
         }
         if self.authenticated.is_some() {
-            return vec![self.error("503 5.5.1 Error: already authenticated\r\n")];
-        }
-        if self.state == State::Mail {
-            return vec![self.error("503 5.5.1 Error: AUTH not allowed during a transaction\r\n")];
+            return refuse(self, 503, [5, 5, 1], "Error: already authenticated");
         }
         if mechanism != smtp_proto::AUTH_PLAIN {
-            return vec![self.error("504 5.5.4 Error: only AUTH PLAIN is supported\r\n")];
+            return refuse(self, 504, [5, 5, 4], "Error: only AUTH PLAIN is supported");
         }
         if initial.is_empty() {
             self.state = State::AuthWait;
-            return vec![Output::Reply("334 \r\n".into())];
+            return out(reply(334, [0, 0, 0], ""));
         }
         if initial == "=" {
-            return vec![self.check_plain("")];
+            return self.check_plain("");
         }
-        vec![self.check_plain(&initial)]
+        self.check_plain(&initial)
     }
 }
 
@@ -479,7 +555,7 @@ mod tests {
 
     struct TestPolicy;
     impl Policy for TestPolicy {
-        fn is_local(&self, a: &str) -> bool {
+        fn accepts(&self, a: &str) -> bool {
             a == "bob@here.onion"
         }
         fn authenticate(&self, u: &str, p: &str) -> Option<String> {
@@ -500,12 +576,12 @@ mod tests {
         )
     }
 
-    /// Feeds lines and returns the reply codes (and a marker for Deliver).
+    /// Feeds input and returns the reply codes (and markers for Deliver and Close).
     fn codes(s: &mut Session<TestPolicy>, input: &str) -> Vec<String> {
         s.receive(input.as_bytes())
             .into_iter()
             .map(|o| match o {
-                Output::Reply(r) => r.lines().last().unwrap()[..3].to_string(),
+                Output::Reply(r) => r.code.to_string(),
                 Output::Deliver(_) => "DELIVER".into(),
                 Output::Close => "CLOSE".into(),
             })
@@ -518,23 +594,59 @@ mod tests {
         let out = s.receive(
             b"EHLO a.onion\r\nMAIL FROM:<a@a.onion>\r\nRCPT TO:<bob@here.onion>\r\nDATA\r\nSubject: x\r\n\r\n..dot\r\n.\r\nNOOP\r\n",
         );
-        let deliver = out.iter().find_map(|o| match o {
-            Output::Deliver(e) => Some(e.clone()),
-            _ => None,
-        });
-        let env = deliver.expect("deliver");
+        let env = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Deliver(e) => Some(e.clone()),
+                _ => None,
+            })
+            .expect("deliver");
         assert_eq!(env.data, b"Subject: x\r\n\r\n.dot\r\n");
         assert_eq!(env.recipients, ["bob@here.onion"]);
         // No 250 for the message and no NOOP answer until the store is done.
         assert!(matches!(out.last(), Some(Output::Deliver(_))));
+        assert!(s.is_storing());
         let after = s.delivered(Ok(()));
         assert_eq!(
             after,
             [
-                Output::Reply("250 2.0.0 Ok: queued\r\n".into()),
-                Output::Reply("250 2.0.0 Ok\r\n".into())
+                Output::Reply(reply(250, [2, 0, 0], "Ok: queued")),
+                Output::Reply(reply(250, [2, 0, 0], "Ok")),
             ]
         );
+        // A refusal from the store is passed on as it is.
+        assert_eq!(
+            codes(
+                &mut s,
+                "MAIL FROM:<a@a.onion>\r\nRCPT TO:<bob@here.onion>\r\nDATA\r\nx\r\n.\r\n"
+            ),
+            ["250", "250", "354", "DELIVER"]
+        );
+        let full = reply(452, [4, 2, 2], "Mailbox full");
+        assert_eq!(s.delivered(Err(full.clone())), [Output::Reply(full)]);
+    }
+
+    #[test]
+    fn ehlo_capabilities_are_the_same_for_every_inbound_identity() {
+        let ehlo = |host: &str| {
+            let mut s = Session::new(
+                SessionConfig {
+                    mode: Mode::Inbound,
+                    hostname: host.into(),
+                    max_message_size: 100,
+                    max_recipients: 2,
+                    max_line_length: 128,
+                },
+                TestPolicy,
+            );
+            match &s.receive(b"EHLO x\r\n")[0] {
+                Output::Reply(r) => r.message.replacen(host, "HOST", 1),
+                o => panic!("{o:?}"),
+            }
+        };
+        assert_eq!(ehlo("a.onion"), ehlo("bbbb.onion"));
+        assert!(ehlo("a.onion").contains("PIPELINING"));
+        assert!(!ehlo("a.onion").contains("AUTH"));
     }
 
     #[test]
@@ -564,6 +676,18 @@ mod tests {
     }
 
     #[test]
+    fn bare_cr_message_is_refused_and_session_continues() {
+        let mut s = session(Mode::Inbound);
+        assert_eq!(
+            codes(
+                &mut s,
+                "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<bob@here.onion>\r\nDATA\r\na\rb\r\n.\r\nNOOP\r\n"
+            ),
+            ["250", "250", "250", "354", "554", "250"]
+        );
+    }
+
+    #[test]
     fn submission_requires_auth_plain() {
         let mut s = session(Mode::Submission);
         assert_eq!(
@@ -589,15 +713,37 @@ mod tests {
             ["250"]
         );
         assert_eq!(codes(&mut s, "DATA\r\nhi\r\n.\r\n"), ["354", "DELIVER"]);
-        let r = s.delivered(Err(DeliveryFailure::Temporary("disk full".into())));
-        assert!(matches!(&r[0], Output::Reply(t) if t.starts_with("451 4.3.0")));
+        let r = s.delivered(Err(reply(451, [4, 3, 0], "disk full")));
+        assert!(matches!(&r[0], Output::Reply(t) if t.code == 451 && t.esc == [4, 3, 0]));
     }
 
     #[test]
-    fn timeout_and_error_flood_close() {
+    fn three_failed_logins_close_the_session() {
+        let mut s = session(Mode::Submission);
+        assert_eq!(codes(&mut s, "EHLO c\r\n"), ["250"]);
+        assert_eq!(codes(&mut s, "AUTH PLAIN AGFsaWNlAGJhZA==\r\n"), ["535"]);
+        assert_eq!(codes(&mut s, "AUTH PLAIN AGFsaWNlAGJhZA==\r\n"), ["535"]);
+        assert_eq!(
+            codes(
+                &mut s,
+                "AUTH PLAIN AGFsaWNlAGJhZA==\r\nAUTH PLAIN AGFsaWNlAHB3\r\n"
+            ),
+            ["535", "421", "CLOSE"]
+        );
+        assert!(s.is_closed());
+        assert!(s.authenticated().is_none());
+    }
+
+    #[test]
+    fn timeout_deadline_shutdown_and_error_flood_close() {
         let mut s = session(Mode::Inbound);
-        let out = s.timeout();
-        assert!(matches!(&out[0], Output::Reply(t) if t.starts_with("421 4.4.2")));
+        let o = s.timeout();
+        assert!(matches!(&o[0], Output::Reply(t) if t.code == 421 && t.esc == [4, 4, 2]));
+        assert!(s.is_closed());
+        let mut s = session(Mode::Inbound);
+        assert!(matches!(&s.deadline()[0], Output::Reply(t) if t.code == 421));
+        let mut s = session(Mode::Inbound);
+        assert!(matches!(&s.shutdown()[0], Output::Reply(t) if t.esc == [4, 3, 2]));
         let mut s = session(Mode::Inbound);
         let flood = "X\r\n".repeat(30);
         let c = codes(&mut s, &flood);

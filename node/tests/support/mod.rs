@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod direct;
+
 use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -24,6 +26,18 @@ pub fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Dur
         std::thread::sleep(Duration::from_millis(50));
     }
     start.elapsed()
+}
+
+/// Polls `f` every 50 ms until it holds or `limit` passes; whether it held.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
 }
 
 /// Runs a Python script with arguments; returns stdout, failing on a non-zero exit.

@@ -1,0 +1,111 @@
+//! What `onionpost-node status` shows: the live state of a running node, read over its
+//! control socket (not a file that lags behind), and how it is printed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::onion::TorStatus;
+use crate::queue::QueueStatus;
+
+/// One listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListenerStatus {
+    /// The bound address.
+    pub address: SocketAddr,
+    /// Connections open now.
+    pub connections: usize,
+    /// The cap.
+    pub max_connections: usize,
+}
+
+/// The live state of a running node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Process id.
+    pub pid: u32,
+    /// Hosted identities' addresses.
+    pub identities: Vec<String>,
+    /// Listener name -> its state.
+    pub listeners: BTreeMap<String, ListenerStatus>,
+    /// The outbound queue.
+    pub queue: QueueStatus,
+    /// Tor clients and onion services (onion transport only).
+    pub tor: Option<TorStatus>,
+}
+
+/// The text `status` prints for a running node.
+pub fn render(s: &Status) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "node: running (pid {})", s.pid);
+    let _ = writeln!(o, "identities:");
+    for a in &s.identities {
+        let _ = writeln!(o, "  {a}");
+    }
+    let _ = writeln!(o, "listeners:");
+    for (k, l) in &s.listeners {
+        let _ = writeln!(
+            o,
+            "  {k}: {} ({} of {} connections)",
+            l.address, l.connections, l.max_connections
+        );
+    }
+    if let Some(t) = &s.tor {
+        let _ = writeln!(
+            o,
+            "tor: {} network; outbound onion connections: {} ok, {} failed",
+            t.network, t.outbound_ok, t.outbound_failed
+        );
+        for (onion, svc) in &t.services {
+            let _ = writeln!(
+                o,
+                "  {onion}: service {}, client {}, {} inbound stream(s)",
+                svc.state, svc.bootstrap, svc.inbound_streams
+            );
+        }
+    }
+    let next = s
+        .queue
+        .next_attempt_in
+        .map(|t| format!(", next attempt in {t:.1} s"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        o,
+        "queue: {} message(s), {} being delivered{next}",
+        s.queue.messages, s.queue.in_flight
+    );
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_part() {
+        let s = Status {
+            pid: 7,
+            identities: vec!["a@x.onion".into()],
+            listeners: BTreeMap::from([(
+                "imap".to_string(),
+                ListenerStatus {
+                    address: "127.0.0.1:143".parse().unwrap(),
+                    connections: 1,
+                    max_connections: 64,
+                },
+            )]),
+            queue: QueueStatus {
+                messages: 2,
+                in_flight: 1,
+                next_attempt_in: Some(3.25),
+            },
+            tor: None,
+        };
+        let text = render(&s);
+        assert!(text.contains("node: running (pid 7)"));
+        assert!(text.contains("imap: 127.0.0.1:143 (1 of 64 connections)"));
+        assert!(text.contains("queue: 2 message(s), 1 being delivered, next attempt in 3.2 s"));
+    }
+}

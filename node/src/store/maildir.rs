@@ -1,0 +1,484 @@
+//! [`MailStore`] on a Maildir whose file names carry the IMAP UID and the dedupe key.
+//!
+//! Files live in `cur/` as `<uid>.<unique>[.<dedupe key>]:2,<flags>` (standard Maildir flag
+//! letters), so any Maildir reader can open the store and IMAP UIDs survive restarts.
+//! `uidvalidity` and the persisted `uidnext` sit beside `cur/`.
+//!
+//! Deduplication without a window for duplicates: a message's [`DedupeKey`] is part of its
+//! file name, so the rename that makes the message durable also records the key, atomically.
+//! At open, the keys are collected from the file names plus `dedupe-keys`, a log to which
+//! [`MailStore::expunge`] appends the keys of the messages it removes (before removing them),
+//! so a message expunged by the user is still recognised if its sender retries.
+//!
+//! Every write is durable (fsync of the file and of `cur/`) before it returns.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use super::{
+    DedupeKey, DeliverOptions, Delivered, Flags, MailStore, MessageMeta, Quota, Snapshot,
+    StoreError,
+};
+use crate::fsutil;
+
+/// The log of dedupe keys of expunged messages.
+const DEDUPE_LOG: &str = "dedupe-keys";
+
+#[derive(Debug, Clone)]
+struct Entry {
+    meta: MessageMeta,
+    /// File name without the `:2,<flags>` info part.
+    base: String,
+    dedupe: Option<DedupeKey>,
+}
+
+#[derive(Debug)]
+struct State {
+    uidvalidity: u32,
+    uidnext: u32,
+    messages: BTreeMap<u32, Entry>,
+    seen: HashSet<DedupeKey>,
+    /// Sum of the sizes of all messages.
+    used: u64,
+}
+
+/// One identity's mailbox (INBOX) in a Maildir.
+#[derive(Debug)]
+pub struct Maildir {
+    dir: PathBuf,
+    quota: Option<u64>,
+    state: Mutex<State>,
+    changes: watch::Sender<u64>,
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Splits a file name into (uid, base, dedupe key, flags).
+fn parse_name(name: &str) -> Option<(u32, &str, Option<DedupeKey>, Flags)> {
+    let (base, info) = name.split_once(":2,").unwrap_or((name, ""));
+    let mut parts = base.split('.');
+    let uid: u32 = parts.next()?.parse().ok().filter(|&u| u > 0)?;
+    let _unique = parts.next()?;
+    let dedupe = parts.next().and_then(DedupeKey::from_hex);
+    Some((uid, base, dedupe, Flags::from_maildir(info)))
+}
+
+impl Maildir {
+    /// Opens (creating if needed) the Maildir at `dir` and indexes its messages. `quota` is
+    /// the most bytes the mailbox may hold (`None`: no limit).
+    pub fn open(dir: &Path, quota: Option<u64>) -> io::Result<Maildir> {
+        for sub in ["tmp", "new", "cur"] {
+            fsutil::create_dir_mode(&dir.join(sub), 0o700)?;
+        }
+        let uidvalidity = match fs::read_to_string(dir.join("uidvalidity")) {
+            Ok(s) => s.trim().parse().unwrap_or(1),
+            Err(_) => {
+                let v = (now_unix() as u32).max(1);
+                fsutil::write_durable(&dir.join("uidvalidity"), v.to_string().as_bytes())?;
+                v
+            }
+        };
+        let mut uidnext: u32 = fs::read_to_string(dir.join("uidnext"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1);
+        // Leftovers in tmp/ were never acknowledged; drop them.
+        for e in fs::read_dir(dir.join("tmp"))? {
+            let _ = fs::remove_file(e?.path());
+        }
+        let mut seen: HashSet<DedupeKey> = match fs::read_to_string(dir.join(DEDUPE_LOG)) {
+            Ok(s) => s.lines().filter_map(DedupeKey::from_hex).collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => HashSet::new(),
+            Err(e) => return Err(e),
+        };
+        let mut messages = BTreeMap::new();
+        let mut foreign = Vec::new();
+        let mut used = 0;
+        for e in fs::read_dir(dir.join("cur"))? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            match parse_name(&name) {
+                Some((uid, base, dedupe, flags)) => {
+                    let md = e.metadata()?;
+                    uidnext = uidnext.max(uid + 1);
+                    used += md.len();
+                    if let Some(k) = dedupe {
+                        seen.insert(k);
+                    }
+                    messages.insert(
+                        uid,
+                        Entry {
+                            meta: MessageMeta {
+                                uid,
+                                flags,
+                                size: md.len(),
+                                internal_date: mtime(&md),
+                            },
+                            base: base.to_string(),
+                            dedupe,
+                        },
+                    );
+                }
+                None => foreign.push(e.path()),
+            }
+        }
+        // Messages dropped into new/ (or foreign names in cur/) by other tools get UIDs now.
+        for e in fs::read_dir(dir.join("new"))? {
+            foreign.push(e?.path());
+        }
+        for path in foreign {
+            let info = path
+                .to_string_lossy()
+                .split_once(":2,")
+                .map(|(_, i)| i.to_string());
+            let flags = Flags::from_maildir(info.as_deref().unwrap_or(""));
+            let uid = uidnext;
+            let base = format!("{uid}.{}", unique());
+            let md = fs::metadata(&path)?;
+            fs::rename(&path, cur_path(dir, &base, flags))?;
+            uidnext += 1;
+            used += md.len();
+            messages.insert(
+                uid,
+                Entry {
+                    meta: MessageMeta {
+                        uid,
+                        flags,
+                        size: md.len(),
+                        internal_date: mtime(&md),
+                    },
+                    base,
+                    dedupe: None,
+                },
+            );
+        }
+        fsutil::sync_dir(&dir.join("cur"))?;
+        Ok(Maildir {
+            dir: dir.to_path_buf(),
+            quota,
+            state: Mutex::new(State {
+                uidvalidity,
+                uidnext,
+                messages,
+                seen,
+                used,
+            }),
+            changes: watch::channel(0).0,
+        })
+    }
+
+    fn path_of(&self, e: &Entry, flags: Flags) -> PathBuf {
+        cur_path(&self.dir, &e.base, flags)
+    }
+
+    fn notify(&self) {
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("maildir lock")
+    }
+
+    /// Bytes stored now.
+    pub fn used_bytes(&self) -> u64 {
+        self.lock().used
+    }
+}
+
+fn cur_path(dir: &Path, base: &str, flags: Flags) -> PathBuf {
+    dir.join("cur")
+        .join(format!("{base}:2,{}", flags.to_maildir()))
+}
+
+impl MailStore for Maildir {
+    /// The slow parts (writing and fsyncing the file, fsyncing the directory) run outside the
+    /// lock so concurrent deliveries overlap; UIDs are assigned and messages become visible
+    /// in order, under the lock.
+    fn deliver(&self, bytes: &[u8], opts: DeliverOptions) -> Result<Delivered, StoreError> {
+        let size = bytes.len() as u64;
+        {
+            let st = self.lock();
+            if let Some(k) = opts.dedupe
+                && st.seen.contains(&k)
+            {
+                return Ok(Delivered::Duplicate);
+            }
+            if let (Some(limit), Quota::Enforce) = (self.quota, opts.quota)
+                && st.used + size > limit
+            {
+                return Err(StoreError::OverQuota {
+                    used: st.used,
+                    limit,
+                    size,
+                });
+            }
+        }
+        let unique = unique();
+        let tmp = self.dir.join("tmp").join(&unique);
+        {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(bytes)?;
+            if let Some(t) = opts.internal_date {
+                f.set_modified(UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64))?;
+            }
+            f.sync_all()?;
+        }
+        let mut st = self.lock();
+        if let Some(k) = opts.dedupe
+            && !st.seen.insert(k)
+        {
+            // A concurrent delivery of the same message won the race.
+            drop(st);
+            fs::remove_file(&tmp)?;
+            return Ok(Delivered::Duplicate);
+        }
+        let uid = st.uidnext;
+        let base = match opts.dedupe {
+            Some(k) => format!("{uid}.{unique}.{}", k.to_hex()),
+            None => format!("{uid}.{unique}"),
+        };
+        if let Err(e) = fs::rename(&tmp, cur_path(&self.dir, &base, opts.flags)) {
+            if let Some(k) = opts.dedupe {
+                st.seen.remove(&k);
+            }
+            let _ = fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        st.uidnext += 1;
+        st.used += size;
+        st.messages.insert(
+            uid,
+            Entry {
+                meta: MessageMeta {
+                    uid,
+                    flags: opts.flags,
+                    size,
+                    internal_date: opts.internal_date.unwrap_or_else(now_unix),
+                },
+                base,
+                dedupe: opts.dedupe,
+            },
+        );
+        drop(st);
+        // Visible before the directory fsync is harmless: nobody was told "stored" yet, and
+        // after a crash the sender retries.
+        fsutil::sync_dir(&self.dir.join("cur"))?;
+        self.notify();
+        Ok(Delivered::Stored(uid))
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let st = self.lock();
+        Snapshot {
+            uidvalidity: st.uidvalidity,
+            uidnext: st.uidnext,
+            messages: st.messages.values().map(|e| e.meta.clone()).collect(),
+        }
+    }
+
+    fn read(&self, uid: u32) -> Result<Vec<u8>, StoreError> {
+        let path = {
+            let st = self.lock();
+            let e = st
+                .messages
+                .get(&uid)
+                .ok_or(StoreError::NoSuchMessage(uid))?;
+            self.path_of(e, e.meta.flags)
+        };
+        Ok(fs::read(path)?)
+    }
+
+    fn set_flags(&self, uid: u32, flags: Flags) -> Result<(), StoreError> {
+        let mut st = self.lock();
+        let Some(e) = st.messages.get(&uid) else {
+            return Ok(());
+        };
+        if e.meta.flags == flags {
+            return Ok(());
+        }
+        fs::rename(self.path_of(e, e.meta.flags), self.path_of(e, flags))?;
+        st.messages.get_mut(&uid).expect("present").meta.flags = flags;
+        drop(st);
+        self.notify();
+        Ok(())
+    }
+
+    fn expunge(&self, uids: &[u32]) -> Result<Vec<u32>, StoreError> {
+        let mut st = self.lock();
+        fsutil::write_durable(&self.dir.join("uidnext"), st.uidnext.to_string().as_bytes())?;
+        let keys: Vec<String> = uids
+            .iter()
+            .filter_map(|u| st.messages.get(u).and_then(|e| e.dedupe))
+            .map(|k| k.to_hex() + "\n")
+            .collect();
+        if !keys.is_empty() {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join(DEDUPE_LOG))?;
+            f.write_all(keys.concat().as_bytes())?;
+            f.sync_data()?;
+        }
+        let mut removed = Vec::new();
+        for uid in uids {
+            if let Some(e) = st.messages.remove(uid) {
+                fs::remove_file(self.path_of(&e, e.meta.flags))?;
+                st.used = st.used.saturating_sub(e.meta.size);
+                removed.push(*uid);
+            }
+        }
+        fsutil::sync_dir(&self.dir.join("cur"))?;
+        drop(st);
+        self.notify();
+        Ok(removed)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+fn mtime(md: &fs::Metadata) -> i64 {
+    md.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn unique() -> String {
+    format!("{}{:016x}", std::process::id(), rand::random::<u64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dedupe(id: &str, bytes: &[u8]) -> DeliverOptions {
+        DeliverOptions {
+            dedupe: Some(DedupeKey::new(id, bytes)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn uids_flags_dedup_and_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::open(dir.path(), None).unwrap();
+        assert_eq!(
+            md.deliver(b"one", dedupe("<a@x>", b"one")).unwrap(),
+            Delivered::Stored(1)
+        );
+        assert_eq!(
+            md.deliver(b"one", dedupe("a@x", b"one")).unwrap(),
+            Delivered::Duplicate
+        );
+        // Same Message-ID, different content: a different message, delivered.
+        assert_eq!(
+            md.deliver(b"other", dedupe("<a@x>", b"other")).unwrap(),
+            Delivered::Stored(2)
+        );
+        let opts = DeliverOptions {
+            flags: Flags::SEEN,
+            internal_date: Some(1_000_000),
+            ..Default::default()
+        };
+        assert_eq!(md.deliver(b"two", opts).unwrap(), Delivered::Stored(3));
+        md.set_flags(1, Flags::FLAGGED.with(Flags::DELETED))
+            .unwrap();
+        assert_eq!(md.read(1).unwrap(), b"one");
+        md.expunge(&[3]).unwrap();
+        drop(md);
+        let md = Maildir::open(dir.path(), None).unwrap();
+        let snap = md.snapshot();
+        assert_eq!(snap.uidnext, 4, "expunged UIDs are never reused");
+        assert_eq!(snap.messages.len(), 2);
+        assert_eq!(snap.messages[0].flags, Flags::FLAGGED.with(Flags::DELETED));
+        assert_eq!(
+            md.deliver(b"one", dedupe("<a@x>", b"one")).unwrap(),
+            Delivered::Duplicate,
+            "keys survive a restart"
+        );
+        // A file dropped into new/ by another tool gets the next UID.
+        fs::write(dir.path().join("new/foreign"), b"hi").unwrap();
+        let md = Maildir::open(dir.path(), None).unwrap();
+        assert_eq!(md.snapshot().messages.last().unwrap().uid, 4);
+    }
+
+    #[test]
+    fn expunged_messages_are_still_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::open(dir.path(), None).unwrap();
+        md.deliver(b"m", dedupe("<e@x>", b"m")).unwrap();
+        md.expunge(&[1]).unwrap();
+        let md = Maildir::open(dir.path(), None).unwrap();
+        assert!(md.snapshot().messages.is_empty());
+        assert_eq!(
+            md.deliver(b"m", dedupe("<e@x>", b"m")).unwrap(),
+            Delivered::Duplicate
+        );
+    }
+
+    /// A crash after the rename into cur/ (the message is durable) and before anything else
+    /// happened: the key is in the file name, so the sender's retry is a duplicate.
+    #[test]
+    fn crash_right_after_the_store_cannot_deliver_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = DedupeKey::new("<c@x>", b"body");
+        // What a store leaves behind if the process dies right after its rename.
+        fs::create_dir_all(dir.path().join("cur")).unwrap();
+        fs::write(
+            dir.path()
+                .join("cur")
+                .join(format!("1.123abc.{}:2,", key.to_hex())),
+            b"body",
+        )
+        .unwrap();
+        let md = Maildir::open(dir.path(), None).unwrap();
+        assert_eq!(md.snapshot().messages.len(), 1);
+        assert_eq!(
+            md.deliver(b"body", dedupe("<c@x>", b"body")).unwrap(),
+            Delivered::Duplicate
+        );
+    }
+
+    #[test]
+    fn quota_refuses_without_writing_and_bounces_are_exempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::open(dir.path(), Some(10)).unwrap();
+        md.deliver(b"12345678", DeliverOptions::default()).unwrap();
+        let err = md.deliver(b"abc", DeliverOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::OverQuota {
+                    used: 8,
+                    limit: 10,
+                    size: 3
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(md.snapshot().messages.len(), 1, "nothing written");
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        let exempt = DeliverOptions {
+            quota: Quota::Exempt,
+            ..Default::default()
+        };
+        assert_eq!(md.deliver(b"bounce", exempt).unwrap(), Delivered::Stored(2));
+        md.expunge(&[1, 2]).unwrap();
+        assert_eq!(md.used_bytes(), 0);
+        md.deliver(b"abc", DeliverOptions::default()).unwrap();
+    }
+}

@@ -1,0 +1,196 @@
+//! A node of the direct-transport end-to-end tests: an `onionpost-node` process on loopback
+//! with its own home, one identity, and free ports; plus the clients that talk to it.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{free_port, wait_for};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_onionpost-node");
+
+/// One node: a home directory, an identity, ports, and maybe a running process.
+pub struct Node {
+    _dir: tempfile::TempDir,
+    pub home: PathBuf,
+    pub address: String,
+    pub password: String,
+    pub smtp: u16,
+    pub submission: u16,
+    pub imap: u16,
+    child: Option<Child>,
+    pub routes: Vec<(String, u16)>,
+    pub queue_extra: String,
+    /// More configuration appended verbatim (for example a `[limits]` table).
+    pub extra: String,
+}
+
+impl Node {
+    pub fn new(name: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let out = Command::new(BIN)
+            .args(["--home", home.to_str().unwrap(), "identity", "new", name])
+            .output()
+            .expect("run onionpost-node");
+        assert!(out.status.success(), "identity new: {out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+                .unwrap_or_else(|| panic!("no {k} in {text}"))
+        };
+        Node {
+            address: field("address:"),
+            password: field("password:"),
+            home,
+            _dir: dir,
+            smtp: free_port(),
+            submission: free_port(),
+            imap: free_port(),
+            child: None,
+            routes: Vec::new(),
+            queue_extra: String::new(),
+            extra: String::new(),
+        }
+    }
+
+    pub fn onion(&self) -> &str {
+        self.address.split_once('@').unwrap().1
+    }
+
+    pub fn route_to(&mut self, other: &Node) {
+        self.routes.push((other.onion().to_string(), other.smtp));
+    }
+
+    /// Writes the configuration and starts the process; waits until it listens.
+    pub fn start(&mut self) {
+        self.spawn();
+        wait_for(Duration::from_secs(20), "node listening", || {
+            std::net::TcpStream::connect(("127.0.0.1", self.imap)).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", self.submission)).is_ok()
+        });
+    }
+
+    /// The configuration file this node runs with.
+    pub fn config(&self) -> String {
+        let mut cfg = format!(
+            "[smtp]\nlisten = \"127.0.0.1:{}\"\n[submission]\nlisten = \"127.0.0.1:{}\"\n\
+             [imap]\nlisten = \"127.0.0.1:{}\"\n[queue]\nretry_base_secs = 0.2\nretry_max_secs = 0.5\n{}\n\
+             [transport]\nkind = \"direct\"\n[transport.direct]\n",
+            self.smtp, self.submission, self.imap, self.queue_extra
+        );
+        for (onion, port) in &self.routes {
+            cfg += &format!("\"{onion}\" = \"127.0.0.1:{port}\"\n");
+        }
+        cfg + &self.extra
+    }
+
+    /// A `run` process of this node's home and configuration (not waited for).
+    pub fn run_command(&self) -> Command {
+        let cfg_path = self.home.join("node.toml");
+        fs::write(&cfg_path, self.config()).unwrap();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home.join("node.log"))
+            .unwrap();
+        let mut c = Command::new(BIN);
+        c.args(["--home", self.home.to_str().unwrap(), "run", "--config"])
+            .arg(&cfg_path)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log);
+        c
+    }
+
+    /// Starts the process without waiting for it to listen.
+    pub fn spawn(&mut self) {
+        self.child = Some(self.run_command().spawn().unwrap());
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns its status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let pid = c.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        c.wait().unwrap()
+    }
+
+    /// Runs the `onionpost-node` command line on this home.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(["--home", self.home.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap(); // SIGKILL
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn status(&self) -> String {
+        let out = self.cli(&["status"]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Number of messages in the Maildir whose text contains `needle`.
+    pub fn count_in_maildir(&self, needle: &str) -> usize {
+        let name = self.address.split('@').next().unwrap();
+        self.count_in(name, needle)
+    }
+
+    /// Number of messages in identity `name`'s Maildir whose text contains `needle`.
+    pub fn count_in(&self, name: &str, needle: &str) -> usize {
+        let cur = self.home.join("identities").join(name).join("Maildir/cur");
+        fs::read_dir(cur)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter(|e| {
+                        fs::read(e.path())
+                            .map(|b| String::from_utf8_lossy(&b).contains(needle))
+                            .unwrap_or(false)
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.home.join("node.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn submit(node: &Node, to: &str, subject: &str, body: &str) {
+    super::submit(
+        node.submission,
+        &node.address,
+        &node.password,
+        to,
+        subject,
+        body,
+    );
+}
+
+pub fn imap_read(node: &Node) -> String {
+    super::imap_read(node.imap, &node.address, &node.password)
+}

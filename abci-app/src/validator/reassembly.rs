@@ -234,14 +234,15 @@ impl<P: Ord + Clone> Reassembly<P> {
         if height - self.current > self.limits.max_heights_ahead {
             return self.refuse(DropReason::TooFarAhead);
         }
+        let key = (publisher, id);
         let is_end = matches!(msg.content, StreamContent::Fin);
-        // The end marker's sequence is the number of parts; a part's is below it.
+        // The end marker's sequence is the number of parts; a part's is below it. A stream
+        // that goes past the limit can never complete: it goes whole.
         if msg.sequence > self.limits.max_parts
             || (!is_end && msg.sequence == self.limits.max_parts)
         {
-            return self.refuse(DropReason::TooManyParts);
+            return self.drop_stream(&key, DropReason::TooManyParts);
         }
-        let key = (publisher, id);
         if !self.streams.contains_key(&key) {
             if let Some(refused) = self.make_room(&key.0, height) {
                 return refused;

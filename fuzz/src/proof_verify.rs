@@ -9,16 +9,23 @@
 //!   that still verifies proves exactly what the tree holds; no lie verifies.
 //! - odd, `& 2 == 0`: a hostile answer. Root, key, value, presence and proof bytes all come
 //!   from the input. Property: no panic.
-//! - otherwise: a hostile commit. A block, a certificate and a validator set from the input
-//!   (protobuf), verified with `verify_commit`. Properties: no panic (in particular no
-//!   arithmetic overflow on voting powers); a certificate that verifies carries more than two
-//!   thirds of the power.
+//! - otherwise: a hostile commit, as a lying server would make one: a block from the input,
+//!   up to 8 validators with powers from the input, a certificate naming the block's hash and
+//!   height with real signatures of the validators the input picks (some forged), plus raw
+//!   signature entries from the input. Properties: no panic (in particular no arithmetic
+//!   overflow on voting powers); a certificate that verifies carries more than two thirds of
+//!   the power, counted without overflow.
 
+use ed25519_consensus::SigningKey;
 use jmt::mock::MockTreeStore;
 use jmt::{JellyfishMerkleTree, KeyHash};
-use onionpost_proto::consensus::verify_commit;
+use onionpost_proto::consensus::{
+    VoteKind, block_hash, validator_address, verify_commit, vote_sign_bytes,
+};
 use onionpost_proto::proof::{encode_proof, key_hash, verify};
-use onionpost_proto::v1::{CommitCertificate, ProvenValue, ValidatorSet};
+use onionpost_proto::v1::{
+    Block, CommitCertificate, CommitSignature, ProvenValue, ValidatorUpdate,
+};
 use prost::Message;
 use sha2::Sha256;
 
@@ -139,19 +146,79 @@ fn hostile_answer(mut data: &[u8]) {
     let _ = verify(&root, &key, &answer);
 }
 
+/// Keys of the hostile commit's validators.
+fn validator_key(i: u8) -> SigningKey {
+    SigningKey::from([0x70 + i; 32])
+}
+
 fn hostile_commit(mut data: &[u8]) {
+    // A lying server controls everything it sends, and keeps it consistent: the certificate
+    // names the block's hash and height, and carries real signatures of validators whose
+    // powers it chose.
     let n = u16le(&mut data) as usize;
     let block = take(&mut data, n).to_vec();
-    let n = u16le(&mut data) as usize;
-    let cert = take(&mut data, n);
-    let Ok(cert) = CommitCertificate::decode(cert) else {
-        return;
+    let height = Block::decode(block.as_slice()).map_or(0, |b| b.height);
+    let count = byte(&mut data) % 8 + 1;
+    let mut validators = Vec::new();
+    for i in 0..count {
+        let mut power = [0u8; 8];
+        let p = take(&mut data, 8);
+        power[..p.len()].copy_from_slice(p);
+        validators.push(ValidatorUpdate {
+            pub_key: validator_key(i).verification_key().to_bytes().to_vec(),
+            power: u64::from_le_bytes(power),
+        });
+    }
+    let signers = byte(&mut data);
+    let forged = byte(&mut data);
+    let round = byte(&mut data) as u32;
+    let hash = block_hash(&block);
+    let mut cert = CommitCertificate {
+        height,
+        round,
+        block_hash: hash.to_vec(),
+        signatures: vec![],
     };
-    let Ok(set) = ValidatorSet::decode(data) else {
-        return;
-    };
-    if verify_commit("fuzz-chain", &set.validators, &block, &cert).is_ok() {
-        let total: u128 = set.validators.iter().map(|v| v.power as u128).sum();
-        assert!(total > 0, "a certificate verified against an empty set");
+    for i in 0..count {
+        if signers & (1 << i) == 0 {
+            continue;
+        }
+        let key = validator_key(i);
+        let address = validator_address(&key.verification_key().to_bytes());
+        let msg = vote_sign_bytes(
+            "fuzz-chain",
+            VoteKind::Precommit,
+            height,
+            round as i64,
+            Some(&hash),
+            &address,
+        );
+        let mut signature = key.sign(&msg).to_bytes().to_vec();
+        if forged & (1 << i) != 0 {
+            signature[0] ^= 1;
+        }
+        cert.signatures.push(CommitSignature {
+            address: address.to_vec(),
+            signature,
+        });
+    }
+    // The rest of the input may add raw signatures (duplicates, strangers, bad lengths).
+    while data.len() >= 2 {
+        let address = chunk(&mut data).to_vec();
+        let signature = chunk(&mut data).to_vec();
+        cert.signatures.push(CommitSignature { address, signature });
+    }
+    if verify_commit("fuzz-chain", &validators, &block, &cert).is_ok() {
+        let total: u128 = validators.iter().map(|v| v.power as u128).sum();
+        let signed: u128 = validators
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| signers & (1 << i) != 0 && forged & (1 << i) == 0)
+            .map(|(_, v)| v.power as u128)
+            .sum();
+        assert!(
+            signed * 3 > total * 2,
+            "a certificate with {signed} of {total} power verified"
+        );
     }
 }

@@ -8,6 +8,7 @@
 //! - `validator-<i>/`: each validator's home (`config.toml`, `genesis.json`,
 //!   `validator.key`, `data/`, `validator.log`, `validator.pid`).
 
+pub mod hostile;
 pub mod tor;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

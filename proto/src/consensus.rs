@@ -132,9 +132,9 @@ pub enum CommitError {
     )]
     NoQuorum {
         /// Power that signed.
-        signed: u64,
+        signed: u128,
         /// Total power.
-        total: u64,
+        total: u128,
     },
 }
 
@@ -160,8 +160,9 @@ pub fn verify_commit(
             block: block.height,
         });
     }
-    let total: u64 = validators.iter().map(|v| v.power).sum();
-    let mut signed = 0u64;
+    // Summed in u128: the set may come from a lying server, with powers chosen to overflow.
+    let total: u128 = validators.iter().map(|v| u128::from(v.power)).sum();
+    let mut signed = 0u128;
     let mut seen: Vec<[u8; 20]> = Vec::new();
     for (index, sig) in cert.signatures.iter().enumerate() {
         let bad_signer = || CommitError::Signer {
@@ -205,10 +206,81 @@ pub fn verify_commit(
         );
         key.verify(&Signature::from(signature), &msg)
             .map_err(|_| bad_sig())?;
-        signed += validator.power;
+        signed += u128::from(validator.power);
     }
     if signed * 3 <= total * 2 {
         return Err(CommitError::NoQuorum { signed, total });
     }
     Ok(block)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_consensus::SigningKey;
+
+    /// Regression (fuzz target `proof_verify`, input
+    /// `fuzz/regressions/proof_verify/crash-7ff051705761614c2440b9a17816a26d6fb16e05`): a set
+    /// with a power near `u64::MAX` made the quorum check overflow (a panic with overflow
+    /// checks; without them a wrapped comparison).
+    #[test]
+    fn huge_voting_powers_do_not_overflow_the_quorum_check() {
+        let key = SigningKey::from([0x70; 32]);
+        let validators = vec![ValidatorUpdate {
+            pub_key: key.verification_key().to_bytes().to_vec(),
+            power: u64::from_le_bytes([0x0e, 0xff, 0xff, 0xff, 0xff, 0xfc, 0xfc, 0xff]),
+        }];
+        let cert = CommitCertificate {
+            height: 0,
+            round: 0,
+            block_hash: block_hash(&[]).to_vec(),
+            signatures: vec![],
+        };
+        assert!(matches!(
+            verify_commit("fuzz-chain", &validators, &[], &cert),
+            Err(CommitError::NoQuorum { signed: 0, .. })
+        ));
+        // Powers that wrap a u64 sum: one signer with a tiny share is still no quorum, and
+        // with all of them signing it is one.
+        let keys: Vec<SigningKey> = (0..3).map(|i| SigningKey::from([0x71 + i; 32])).collect();
+        let validators: Vec<ValidatorUpdate> = keys
+            .iter()
+            .zip([u64::MAX, u64::MAX, 2])
+            .map(|(k, power)| ValidatorUpdate {
+                pub_key: k.verification_key().to_bytes().to_vec(),
+                power,
+            })
+            .collect();
+        let block = Block {
+            height: 3,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let hash = block_hash(&block);
+        let sign = |k: &SigningKey| {
+            let address = validator_address(&k.verification_key().to_bytes());
+            let msg = vote_sign_bytes("c", VoteKind::Precommit, 3, 0, Some(&hash), &address);
+            crate::v1::CommitSignature {
+                address: address.to_vec(),
+                signature: k.sign(&msg).to_bytes().to_vec(),
+            }
+        };
+        let mut cert = CommitCertificate {
+            height: 3,
+            round: 0,
+            block_hash: hash.to_vec(),
+            signatures: vec![sign(&keys[2])],
+        };
+        assert!(matches!(
+            verify_commit("c", &validators, &block, &cert),
+            Err(CommitError::NoQuorum { signed: 2, .. })
+        ));
+        cert.signatures = keys.iter().map(sign).collect();
+        assert_eq!(
+            verify_commit("c", &validators, &block, &cert)
+                .unwrap()
+                .height,
+            3
+        );
+    }
 }

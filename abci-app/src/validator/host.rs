@@ -9,7 +9,6 @@
 //! write-ahead log replaying the same messages. The validator set of height `h` is the ledger's
 //! `validators` record at version `h - 2`: updates returned by FinalizeBlock(h) apply at h + 2.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,18 +35,36 @@ use tendermint_proto::v0_38::abci::{
 };
 use tracing::{debug, info, warn};
 
+use super::reassembly::{Limits, Ready, Reassembly, Received};
 use super::store::{ConsensusStore, Decided, StoreError, StoredProposal};
 use super::types::{Address, BlockHash, Height, LedgerContext, Validator, ValidatorSet, Value};
 use crate::LedgerApp;
 
 /// Most transaction bytes in one block.
 pub const MAX_BLOCK_TX_BYTES: usize = 2 << 20;
+/// Most bytes of an encoded block: its transactions, their framing and the header. A
+/// received block larger than this, or whose transactions exceed [`MAX_BLOCK_TX_BYTES`], is
+/// voted against.
+pub const MAX_BLOCK_BYTES: usize = MAX_BLOCK_TX_BYTES + MAX_BLOCK_TX_BYTES / 8;
 /// Size of one `Data` proposal part.
 const CHUNK: usize = 256 << 10;
-/// How far in the future a proposed block time may be, in seconds.
-const MAX_CLOCK_DRIFT: u64 = 30;
-/// Most partially received proposal streams kept at once.
-const MAX_STREAMS: usize = 256;
+/// How far a new proposal's time may be from this validator's clock, either way, in
+/// milliseconds (see [`check_time`]).
+pub const MAX_CLOCK_DRIFT_MS: u64 = 10_000;
+/// The bounds of proposal reassembly (see [`super::reassembly`]): a stream carries at most
+/// one largest block, in as many parts as it takes plus `Init` and `Fin`; four streams per
+/// validator; the current height and the next two.
+pub const REASSEMBLY_LIMITS: Limits = Limits {
+    max_stream_bytes: MAX_BLOCK_BYTES,
+    max_parts: MAX_BLOCK_BYTES.div_ceil(CHUNK) as u64 + 2,
+    max_streams_per_publisher: 4,
+    max_heights_ahead: 2,
+};
+// Our own largest block must fit what others accept.
+const _: () = assert!(
+    MAX_BLOCK_BYTES.div_ceil(CHUNK) as u64 + 2 <= REASSEMBLY_LIMITS.max_parts
+        && REASSEMBLY_LIMITS.max_stream_bytes >= MAX_BLOCK_BYTES
+);
 
 /// A failure that stops the validator (the engine restarts it from its write-ahead log).
 #[derive(Debug, thiserror::Error)]
@@ -60,44 +77,40 @@ pub enum HostError {
     Ledger(String),
 }
 
-/// Proposal parts being reassembled, per (publisher, stream).
-#[derive(Default)]
-struct PartStreams {
-    streams: HashMap<(PeerId, Bytes), Stream>,
-}
-
-#[derive(Default)]
-struct Stream {
-    parts: BTreeMap<u64, super::types::ProposalPart>,
-    fin: Option<u64>,
-}
-
-impl PartStreams {
-    /// Adds one message; returns the whole proposal once every part arrived.
-    fn insert(
-        &mut self,
-        publisher: PeerId,
-        msg: StreamMessage<super::types::ProposalPart>,
-    ) -> Option<Vec<super::types::ProposalPart>> {
-        if self.streams.len() >= MAX_STREAMS {
-            warn!("too many incomplete proposal streams; dropping them all");
-            self.streams.clear();
-        }
-        let key = (publisher, msg.stream_id.to_bytes());
-        let stream = self.streams.entry(key.clone()).or_default();
-        match msg.content {
-            StreamContent::Data(part) => {
-                stream.parts.insert(msg.sequence, part);
-            }
-            StreamContent::Fin => stream.fin = Some(msg.sequence),
-        }
-        let fin = stream.fin?;
-        if stream.parts.len() as u64 != fin || stream.parts.keys().next_back() != Some(&(fin - 1)) {
-            return None;
-        }
-        let stream = self.streams.remove(&key)?;
-        Some(stream.parts.into_values().collect())
+/// The block-time rule. A block's time (Unix ms) must be later than its parent's, so time
+/// never stands still; and a `live` proposal (for the round being played, or a later one)
+/// must be within [`MAX_CLOCK_DRIFT_MS`] of this validator's clock when it arrived, ahead or
+/// behind, so a proposer can neither freeze time (trust statements expire by block time) nor
+/// race it ahead. A proposal of an earlier round (restreamed because it is being re-proposed,
+/// or simply late) is judged by its parent only: an honest validator prevotes a proposal of
+/// round r only in round r, so any polka behind a re-proposal was built from live judgements,
+/// and refusing it now could stall the validators locked on it (as CometBFT's proposer-based
+/// timestamps exempt re-proposals).
+pub fn check_time(time_ms: u64, parent_ms: u64, now_ms: u64, live: bool) -> Result<(), String> {
+    if live && time_ms > now_ms.saturating_add(MAX_CLOCK_DRIFT_MS) {
+        return Err(format!(
+            "time {time_ms} ms is more than {MAX_CLOCK_DRIFT_MS} ms ahead of our clock ({now_ms} ms)"
+        ));
     }
+    if live && time_ms.saturating_add(MAX_CLOCK_DRIFT_MS) < now_ms {
+        return Err(format!(
+            "time {time_ms} ms is more than {MAX_CLOCK_DRIFT_MS} ms behind our clock ({now_ms} ms)"
+        ));
+    }
+    if time_ms <= parent_ms {
+        return Err(format!(
+            "time {time_ms} ms is not later than its parent's {parent_ms} ms"
+        ));
+    }
+    Ok(())
+}
+
+/// The libp2p peer id of the validator with ed25519 key `public_key` (validators' network
+/// identity is their consensus key): the identity multihash of the protobuf-encoded key.
+pub fn peer_id(public_key: &[u8; 32]) -> PeerId {
+    let mut bytes = vec![0x00, 36, 0x08, 0x01, 0x12, 32];
+    bytes.extend_from_slice(public_key);
+    PeerId::from_bytes(&bytes).expect("an identity multihash of an ed25519 key")
 }
 
 /// Everything the host needs.
@@ -110,17 +123,28 @@ pub struct Host {
     address: Address,
     timeouts: LinearTimeouts,
     target_time: Option<Duration>,
-    streams: PartStreams,
-    /// Complete proposals for heights above the current one, validated when it starts.
-    pending: BTreeMap<u64, Vec<Vec<super::types::ProposalPart>>>,
+    /// Proposals being received; complete ones for later heights wait there too.
+    streams: Reassembly<PeerId>,
+    /// The height whose validators `streams` accepts parts from.
+    publishers_for: Height,
     current: Height,
+    /// The round being played at `current`.
+    round: Round,
     next_stream: u64,
 }
 
-fn unix_now() -> u64 {
+fn unix_now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A block time (Unix ms) as the ABCI timestamp.
+fn timestamp(ms: u64) -> Timestamp {
+    Timestamp {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
 }
 
 impl Host {
@@ -143,9 +167,10 @@ impl Host {
             key,
             timeouts,
             target_time,
-            streams: PartStreams::default(),
-            pending: BTreeMap::new(),
+            streams: Reassembly::new(REASSEMBLY_LIMITS, 0),
+            publishers_for: Height(0),
             current: Height(0),
+            round: Round::new(0),
             next_stream: 0,
         }
     }
@@ -196,15 +221,55 @@ impl Host {
             .ok_or_else(|| HostError::Ledger("no genesis".into()))
     }
 
-    fn parent_time(&self) -> u64 {
-        let version = self.committed().map_or(0, |c| c.height);
-        self.app
+    /// The time (Unix ms) of the last committed block: the parent of the next one. At
+    /// genesis, the genesis time.
+    fn parent_time_ms(&self) -> Result<u64, HostError> {
+        let height = self.committed()?.height;
+        if height > 0
+            && let Some(d) = self.store.decided(Height(height))?
+        {
+            let block = pb::Block::decode(d.block.as_slice()).map_err(|e| {
+                HostError::Ledger(format!("decided block {height} does not decode: {e}"))
+            })?;
+            return Ok(block.time);
+        }
+        // Genesis (or a block we only have as state): the ledger records seconds.
+        Ok(self
+            .app
             .storage()
-            .get_at(&keys::block_info(), version)
+            .get_at(&keys::block_info(), height)
             .ok()
             .flatten()
             .and_then(|b| pb::BlockInfo::decode(b.as_slice()).ok())
-            .map_or(0, |b| b.time)
+            .map_or(0, |b| b.time.saturating_mul(1000)))
+    }
+
+    /// Moves proposal reassembly to `height`: accepts parts from the validators of this
+    /// height and the next, forgets older streams, logs what the last height dropped, and
+    /// returns the proposals that were waiting for this height.
+    fn enter_height(&mut self, height: Height) -> Result<Vec<Ready>, HostError> {
+        if self.publishers_for != height {
+            let mut publishers = Vec::new();
+            for h in [height, Height(height.0 + 1)] {
+                publishers.extend(
+                    Self::validator_set(&self.app, h)?
+                        .validators
+                        .iter()
+                        .map(|v| peer_id(v.public_key.as_bytes())),
+                );
+            }
+            self.streams.set_publishers(publishers);
+            self.publishers_for = height;
+        }
+        let dropped = self.streams.take_dropped();
+        if !dropped.is_empty() {
+            let counts: Vec<String> = dropped
+                .iter()
+                .map(|(why, n)| format!("{}={n}", why.as_str()))
+                .collect();
+            warn!(%height, dropped = %counts.join(" "), "dropped proposal parts");
+        }
+        Ok(self.streams.advance(height.0))
     }
 
     /// Runs until the engine closes its channel.
@@ -225,6 +290,11 @@ impl Host {
             AppMsg::ConsensusReady { reply } => {
                 let start = Height(self.committed()?.height + 1);
                 info!(height = %start, "consensus ready");
+                self.current = start;
+                self.round = Round::new(0);
+                for ready in self.enter_height(start)? {
+                    self.store_received(start, ready)?;
+                }
                 let _ = reply.send((start, self.params(start)?));
             }
             AppMsg::StartedRound {
@@ -234,14 +304,10 @@ impl Host {
                 ..
             } => {
                 self.current = height;
-                if let Some(waiting) = self.pending.remove(&height.0) {
-                    for parts in waiting {
-                        if let Some((hash, p)) = self.validate(height, parts)? {
-                            self.store.put_proposal(height, &hash, &p)?;
-                        }
-                    }
+                self.round = round;
+                for ready in self.enter_height(height)? {
+                    self.store_received(height, ready)?;
                 }
-                self.pending.retain(|h, _| *h > height.0);
                 let values = self
                     .store
                     .proposals_at(height)?
@@ -277,9 +343,12 @@ impl Host {
                 part,
                 reply,
             } => {
-                let value = match self.streams.insert(published_by.unwrap_or(from), part) {
-                    None => None,
-                    Some(parts) => self.on_complete_proposal(parts)?,
+                // Grouped and bounded by publisher (the message's signed author), whichever
+                // neighbour relayed it.
+                let publisher = published_by.unwrap_or(from);
+                let value = match self.streams.insert(publisher, part, unix_now_ms()) {
+                    Received::Complete(parts) => self.on_complete_proposal(parts)?,
+                    Received::Kept | Received::Dropped(_) => None,
                 };
                 let _ = reply.send(value);
             }
@@ -383,16 +452,14 @@ impl Host {
         round: Round,
     ) -> Result<(BlockHash, StoredProposal), HostError> {
         let committed = self.committed()?;
-        let time = unix_now().max(self.parent_time());
+        // Later than the parent even if our clock is behind it (within the drift others allow).
+        let time = unix_now_ms().max(self.parent_time_ms()? + 1);
         let txs = self.app.mempool().peek(MAX_BLOCK_TX_BYTES);
         let prepared = self.app.prepare_proposal(RequestPrepareProposal {
             max_tx_bytes: MAX_BLOCK_TX_BYTES as i64,
             txs: txs.into_iter().map(Bytes::from).collect(),
             height: height.0 as i64,
-            time: Some(Timestamp {
-                seconds: time as i64,
-                nanos: 0,
-            }),
+            time: Some(timestamp(time)),
             ..Default::default()
         });
         let block = pb::Block {
@@ -438,11 +505,11 @@ impl Host {
             return;
         };
         self.next_stream += 1;
-        let mut id = Vec::with_capacity(24);
-        id.extend_from_slice(&height.0.to_be_bytes());
-        id.extend_from_slice(&(round.as_i64() as u64).to_be_bytes());
-        id.extend_from_slice(&self.next_stream.to_be_bytes());
-        let stream_id = StreamId::new(Bytes::from(id));
+        let stream_id = StreamId::new(super::reassembly::stream_id(
+            height.0,
+            round.as_i64(),
+            self.next_stream,
+        ));
         let mut parts = vec![super::types::ProposalPart::Init {
             height,
             round: p.round,
@@ -482,26 +549,14 @@ impl Host {
         }
     }
 
+    /// A complete proposal for the current height (reassembly keeps later ones until their
+    /// height starts): validated, stored, and its value returned to the engine.
     fn on_complete_proposal(
         &mut self,
         parts: Vec<super::types::ProposalPart>,
     ) -> Result<Option<ProposedValue<LedgerContext>>, HostError> {
-        let Some(super::types::ProposalPart::Init { height, .. }) = parts.first() else {
-            warn!("a proposal stream does not start with Init; ignored");
-            return Ok(None);
-        };
-        let height = *height;
-        if height < self.current {
-            return Ok(None);
-        }
-        if height > self.current {
-            let waiting = self.pending.entry(height.0).or_default();
-            if waiting.len() < 16 {
-                waiting.push(parts);
-            }
-            return Ok(None);
-        }
-        Ok(match self.validate(height, parts)? {
+        let height = self.current;
+        Ok(match self.validate(height, parts, unix_now_ms())? {
             None => None,
             Some((hash, p)) => {
                 self.store.put_proposal(height, &hash, &p)?;
@@ -510,12 +565,22 @@ impl Host {
         })
     }
 
+    /// A proposal that waited for its height: validated (against the clock at the time it
+    /// arrived) and stored, so `StartedRound` hands it to the engine.
+    fn store_received(&mut self, height: Height, ready: Ready) -> Result<(), HostError> {
+        if let Some((hash, p)) = self.validate(height, ready.parts, ready.completed_at_ms)? {
+            self.store.put_proposal(height, &hash, &p)?;
+        }
+        Ok(())
+    }
+
     /// Checks a complete proposal: shape, proposer, signature, then ProcessProposal. `None`
     /// for anything not signed by the rightful proposer (ignored, not voted against).
     fn validate(
         &self,
         height: Height,
         parts: Vec<super::types::ProposalPart>,
+        received_ms: u64,
     ) -> Result<Option<(BlockHash, StoredProposal)>, HostError> {
         use super::types::ProposalPart as P;
         let (
@@ -554,7 +619,17 @@ impl Host {
             warn!(%height, %round, "proposal with a bad signature; ignored");
             return Ok(None);
         }
-        let valid = match self.check_block(height, &block) {
+        if let Some(seen) = self.store.proposal(height, &hash)?
+            && seen.round == round
+            && seen.pol_round == pol_round
+            && seen.proposer == proposer
+        {
+            // Judged already (a restream, a duplicate): the first verdict stands, so a
+            // validator never flips its view of a proposal.
+            return Ok(Some((hash, seen)));
+        }
+        let live = round >= self.round;
+        let valid = match self.check_block(height, &block, live, received_ms) {
             Ok(()) => true,
             Err(why) => {
                 warn!(%height, %round, %hash, "voting against an invalid block: {why}");
@@ -574,9 +649,27 @@ impl Host {
         )))
     }
 
-    /// ProcessProposal plus the block-level rules: height, parent app hash, time.
-    fn check_block(&self, height: Height, encoded: &[u8]) -> Result<(), String> {
+    /// ProcessProposal plus the block-level rules: size, height, parent app hash, time.
+    fn check_block(
+        &self,
+        height: Height,
+        encoded: &[u8],
+        live: bool,
+        received_ms: u64,
+    ) -> Result<(), String> {
+        if encoded.len() > MAX_BLOCK_BYTES {
+            return Err(format!(
+                "{} bytes, more than the {MAX_BLOCK_BYTES} a block may have",
+                encoded.len()
+            ));
+        }
         let block = pb::Block::decode(encoded).map_err(|e| format!("does not decode: {e}"))?;
+        let tx_bytes: usize = block.txs.iter().map(Vec::len).sum();
+        if tx_bytes > MAX_BLOCK_TX_BYTES {
+            return Err(format!(
+                "{tx_bytes} bytes of transactions, more than the {MAX_BLOCK_TX_BYTES} a block may carry"
+            ));
+        }
         if block.height != height.0 {
             return Err(format!("says height {} at height {height}", block.height));
         }
@@ -584,16 +677,12 @@ impl Host {
         if block.last_app_hash != committed.app_hash {
             return Err("builds on another app hash than ours".into());
         }
-        let parent = self.parent_time();
-        if block.time < parent || block.time > unix_now() + MAX_CLOCK_DRIFT {
-            return Err(format!(
-                "time {} is before its parent's {parent} or too far ahead",
-                block.time
-            ));
-        }
+        let parent = self.parent_time_ms().map_err(|e| e.to_string())?;
+        check_time(block.time, parent, received_ms, live)?;
         let res = self.app.process_proposal(RequestProcessProposal {
             txs: block.txs.into_iter().map(Bytes::from).collect(),
             height: height.0 as i64,
+            time: Some(timestamp(block.time)),
             ..Default::default()
         });
         if res.status != ProposalStatus::Accept as i32 {
@@ -637,10 +726,7 @@ impl Host {
         let res = self.app.finalize_block(RequestFinalizeBlock {
             txs: block.txs.into_iter().map(Bytes::from).collect(),
             height: height.0 as i64,
-            time: Some(Timestamp {
-                seconds: block.time as i64,
-                nanos: 0,
-            }),
+            time: Some(timestamp(block.time)),
             hash: Bytes::copy_from_slice(&certificate.value_id.0),
             proposer_address: Bytes::copy_from_slice(&stored.proposer.0),
             ..Default::default()
@@ -671,5 +757,49 @@ fn proposed_value(
         } else {
             Validity::Invalid
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use malachitebft_app_channel::app::types::Keypair;
+
+    #[test]
+    fn block_time_must_move_forward_and_stay_near_the_clock() {
+        let now = 1_700_000_000_000;
+        let parent = now - 500;
+        assert!(check_time(now, parent, now, true).is_ok());
+        assert!(check_time(parent + 1, parent, now, true).is_ok());
+        // Frozen: the parent's time again, or earlier.
+        for t in [parent, parent - 1] {
+            let e = check_time(t, parent, now, true).unwrap_err();
+            assert!(e.contains("not later than its parent's"), "{e}");
+        }
+        // Within the drift either way is fine; beyond it is not.
+        assert!(check_time(now + MAX_CLOCK_DRIFT_MS, parent, now, true).is_ok());
+        let e = check_time(now + MAX_CLOCK_DRIFT_MS + 1, parent, now, true).unwrap_err();
+        assert!(e.contains("ahead of our clock"), "{e}");
+        let old_parent = now - 10 * MAX_CLOCK_DRIFT_MS;
+        assert!(check_time(now - MAX_CLOCK_DRIFT_MS, old_parent, now, true).is_ok());
+        let e = check_time(now - MAX_CLOCK_DRIFT_MS - 1, old_parent, now, true).unwrap_err();
+        assert!(e.contains("behind our clock"), "{e}");
+        // A proposal of an earlier round (restreamed, late) is judged by its parent only.
+        assert!(check_time(old_parent + 1, old_parent, now, false).is_ok());
+        assert!(check_time(now + 10 * MAX_CLOCK_DRIFT_MS, parent, now, false).is_ok());
+        assert!(check_time(parent, parent, now, false).is_err());
+        // No overflow at the ends of the range.
+        assert!(check_time(u64::MAX, 0, u64::MAX, true).is_ok());
+        assert!(check_time(0, 0, 0, true).is_err());
+    }
+
+    #[test]
+    fn a_validator_key_names_its_libp2p_peer_id() {
+        for seed in [[1u8; 32], [0xEE; 32]] {
+            let keypair = Keypair::ed25519_from_bytes(seed).unwrap();
+            let public = *PrivateKey::from(seed).public_key().as_bytes();
+            let libp2p = keypair.public().to_peer_id().to_bytes();
+            assert_eq!(peer_id(&public).to_bytes(), libp2p);
+        }
     }
 }

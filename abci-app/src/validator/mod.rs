@@ -5,6 +5,7 @@
 //! - [`types`]: the consensus context (heights, votes, proposals, validator sets);
 //! - [`signing`]: ed25519 signing and verification;
 //! - [`wire`]: the network and WAL encoding;
+//! - [`reassembly`]: bounded reassembly of streamed proposals;
 //! - [`store`]: proposals and decided blocks with their commit certificates;
 //! - [`host`]: the engine's requests mapped onto the ABCI application;
 //! - [`node`]: starting it all in one process.
@@ -12,6 +13,7 @@
 pub mod config;
 pub mod host;
 pub mod node;
+pub mod reassembly;
 pub mod signing;
 pub mod store;
 pub mod types;

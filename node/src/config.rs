@@ -300,7 +300,11 @@ mod tests {
             Err(ConfigError::NotLoopback("smtp", _))
         ));
         let d = Config::parse("").unwrap();
-        assert_eq!(d.transport.kind, TransportKind::Onion, "Tor unless told otherwise");
+        assert_eq!(
+            d.transport.kind,
+            TransportKind::Onion,
+            "Tor unless told otherwise"
+        );
         assert_eq!(d.limits.mailbox_quota(), Some(2 * 1024 * 1024 * 1024));
         assert_eq!(d.queue.retry_jitter, 0.5);
     }

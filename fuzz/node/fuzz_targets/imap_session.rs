@@ -1,0 +1,5 @@
+//! Fuzz target: see `onionpost_node_fuzz::imap_session` (fuzz/node/src/imap_session.rs) for the input format and
+//! the properties checked.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| onionpost_node_fuzz::imap_session::run(data));

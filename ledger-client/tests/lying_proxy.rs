@@ -88,6 +88,7 @@ async fn every_lie_is_detected_and_named() {
     }
 
     // Lies in answers to a client that has verified the chain.
+    proxy.set(Tamper::Honest);
     let reader = certified(vec![via.clone()], &genesis);
     reader.sync().await.unwrap();
     for (tamper, named) in [
@@ -120,6 +121,7 @@ async fn every_lie_is_detected_and_named() {
     );
 
     // A server whose latest block is older than one verified is stale.
+    proxy.set(Tamper::Honest);
     net.wait_height(reader.chain().unwrap().height() + 6).await;
     reader.sync().await.unwrap();
     proxy.set(Tamper::StaleLatest);

@@ -117,8 +117,8 @@ impl Devnet {
         LedgerClient::connect(self.url(i)).await.unwrap()
     }
 
-    /// Submits transactions (of different signers) and waits until each signer's nonce
-    /// moved past them and the state machine accepted them.
+    /// Submits transactions (of different signers), waits until each signer's nonce moved
+    /// past them, then until the state holding them is certified.
     pub async fn commit(&self, txs: Vec<Vec<u8>>) {
         let mut c = self.client(0).await;
         let mut want = Vec::new();
@@ -155,6 +155,9 @@ impl Devnet {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        // The app hash of the height that holds them is certified by the next block.
+        let h = self.height().await;
+        self.wait_height(h + 2).await;
     }
 
     /// The latest decided height, as validator 0 says.

@@ -139,8 +139,9 @@ struct Inner {
     pipeline: usize,
     genesis_identities: Vec<IdentityKey>,
     walk: tokio::sync::Mutex<Option<Walk>>,
-    /// The chain as of the last walk, and when it was refreshed.
-    snapshot: Mutex<Option<(Arc<Chain>, Instant)>>,
+    /// The chain as of the last walk, and when a walk last reached the servers' latest
+    /// block (`None`: not yet in this process).
+    snapshot: Mutex<Option<(Arc<Chain>, Option<Instant>)>>,
     roots: Mutex<BTreeMap<u64, [u8; 32]>>,
     keys: Mutex<KeyDirectory>,
     cache: Mutex<HeightCache<Query, Verified<Answer>>>,
@@ -260,13 +261,7 @@ impl GrpcLedger {
             RootPolicy::Pinned(t) => (Mode::Pinned(t), None),
             RootPolicy::ServerStated => (Mode::ServerStated, None),
         };
-        let snapshot = walk.as_ref().map(|w| {
-            // Stale at once: the first read asks the servers.
-            let past = Instant::now()
-                .checked_sub(config.refresh + Duration::from_secs(1))
-                .unwrap_or_else(Instant::now);
-            (Arc::new(w.chain.clone()), past)
-        });
+        let snapshot = walk.as_ref().map(|w| (Arc::new(w.chain.clone()), None));
         let mut roots = BTreeMap::new();
         if let Some(r) = walk.as_ref().and_then(|w| w.chain.latest_root()) {
             roots.insert(r.height, r.root);
@@ -396,7 +391,7 @@ impl GrpcLedger {
     fn fresh_chain(&self) -> Option<Arc<Chain>> {
         let snap = locked(&self.inner.snapshot);
         snap.as_ref()
-            .filter(|(_, at)| at.elapsed() < self.inner.refresh)
+            .filter(|(_, at)| at.is_some_and(|t| t.elapsed() < self.inner.refresh))
             .map(|(c, _)| c.clone())
     }
 
@@ -449,7 +444,7 @@ impl GrpcLedger {
             let mut snap = locked(&self.inner.snapshot);
             let at = match (&outcome, snap.as_ref()) {
                 (Err(_), Some((_, at))) => *at,
-                _ => Instant::now(),
+                _ => Some(Instant::now()),
             };
             *snap = Some((Arc::new(walk.chain.clone()), at));
         }

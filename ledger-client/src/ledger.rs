@@ -287,6 +287,94 @@ mod tests {
         }
     }
 
+    /// A fake, as the node's unit tests would write one: a fixed member set.
+    struct Fake {
+        members: Vec<IdentityKey>,
+    }
+
+    fn at<T>(value: T) -> Result<Verified<T>, Error> {
+        Ok(Verified {
+            value,
+            height: 7,
+            root: [0; 32],
+            basis: Basis::Certified,
+        })
+    }
+
+    impl Ledger for Fake {
+        async fn latest_height(&self) -> Result<u64, Error> {
+            Ok(7)
+        }
+        async fn membership(
+            &self,
+            _list: &str,
+            who: &IdentityKey,
+            _at: At,
+        ) -> Result<Verified<Membership>, Error> {
+            let l = list(Posting::Members, vec![]);
+            at(if self.members.contains(who) {
+                Membership::Member {
+                    list: l,
+                    record: pb::MembershipRecord::default(),
+                }
+            } else {
+                Membership::NotMember { list: l }
+            })
+        }
+        async fn list(&self, _list: &str, _at: At) -> Result<Verified<Option<List>>, Error> {
+            at(None)
+        }
+        async fn identity(
+            &self,
+            _who: &IdentityKey,
+            _at: At,
+        ) -> Result<Verified<Option<Identity>>, Error> {
+            Err(Error::NothingCertified)
+        }
+        async fn mailbox_hosts(
+            &self,
+            _who: &IdentityKey,
+            _at: At,
+        ) -> Result<Verified<Vec<IdentityKey>>, Error> {
+            at(vec![])
+        }
+        async fn trust(
+            &self,
+            _who: &IdentityKey,
+            _direction: Direction,
+            _at: At,
+        ) -> Result<Verified<Vec<pb::TrustStatement>>, Error> {
+            at(vec![])
+        }
+        async fn trust_path(
+            &self,
+            _from: &IdentityKey,
+            _to: &IdentityKey,
+            _limits: PathLimits,
+            _at: At,
+        ) -> Result<Verified<TrustPath>, Error> {
+            at(TrustPath::NotFound)
+        }
+    }
+
+    /// Code written against the seam, as the node's delivery stage would be.
+    async fn may_deliver(ledger: &impl Ledger, author: &IdentityKey) -> Result<bool, Error> {
+        let h = ledger.latest_height().await?;
+        let m = ledger.membership("l", author, At::Height(h)).await?;
+        Ok(m.basis == Basis::Certified && m.value.may_post(author))
+    }
+
+    #[tokio::test]
+    async fn the_seam_can_be_faked() {
+        let fake = Fake {
+            members: vec![[1; 32]],
+        };
+        assert!(may_deliver(&fake, &[1; 32]).await.unwrap());
+        assert!(!may_deliver(&fake, &[2; 32]).await.unwrap());
+        let err = fake.identity(&[1; 32], At::Latest).await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+    }
+
     #[test]
     fn posting_follows_the_policy() {
         let member = |l| Membership::Member {

@@ -8,7 +8,8 @@ mod support;
 
 use onionpost_ledger_client::audit::{AuditOptions, KeyAudit, audit};
 use onionpost_ledger_client::{
-    At, Basis, Config, Error, Genesis, GrpcLedger, Ledger, Membership, RootPolicy,
+    At, Basis, Config, Direction, Error, Genesis, GrpcLedger, Ledger, Membership, PathLimits,
+    RootPolicy, TrustPath,
 };
 use support::{Devnet, LIST, Proxy, Tamper, populate};
 
@@ -65,6 +66,36 @@ async fn every_lie_is_detected_and_named() {
         .value
         .unwrap();
     assert_eq!(alice.key_history.len(), 1);
+    assert_eq!(alice.active_key().unwrap().public_key, b"alice's key");
+    let trust = honest
+        .trust(&people.admin, Direction::Incoming, At::Latest)
+        .await
+        .unwrap();
+    assert_eq!(trust.value.len(), 1);
+    assert_eq!(trust.value[0].from, people.alice);
+    let path = honest
+        .trust_path(
+            &people.alice,
+            &people.admin,
+            PathLimits::default(),
+            At::Latest,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&path.value, TrustPath::Found { statements, .. } if statements.len() == 1 && statements[0].level == 2),
+        "{path:?}"
+    );
+    let none = honest
+        .trust_path(
+            &people.bob,
+            &people.admin,
+            PathLimits::default(),
+            At::Latest,
+        )
+        .await
+        .unwrap();
+    assert_eq!(none.value, TrustPath::NotFound);
 
     // Lies about the chain, each caught by a fresh auditor walking from genesis.
     for (tamper, named) in [
@@ -109,6 +140,17 @@ async fn every_lie_is_detected_and_named() {
             .unwrap_err();
         assert_lie(&err, &via, named);
     }
+    proxy.set(Tamper::ForgeTrustPath);
+    let err = reader
+        .trust_path(
+            &people.alice,
+            &people.admin,
+            PathLimits::default(),
+            At::Latest,
+        )
+        .await
+        .unwrap_err();
+    assert_lie(&err, &via, "forged proof: the trust statement");
     proxy.set(Tamper::DropKeyHistoryEntry);
     let err = reader
         .identity(&people.alice, At::Latest)

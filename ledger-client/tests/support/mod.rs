@@ -181,15 +181,17 @@ impl Devnet {
     }
 }
 
-/// Alice's and Bob's keys, the list they are (or are not) on.
+/// Alice's and Bob's keys (and the admin's, whom alice trusts).
 pub struct People {
     pub alice: [u8; 32],
     pub bob: [u8; 32],
+    pub admin: [u8; 32],
 }
 
 pub const LIST: &str = "friends";
 
-/// Creates list "friends" with alice (who binds an end-to-end key) but not bob.
+/// Creates list "friends" with alice (who binds an end-to-end key and trusts the admin)
+/// but not bob.
 pub async fn populate(net: &Devnet) -> People {
     let mut admin = net.admin();
     let mut alice = Signer::new(SigningKey::from([0xa1; 32]), &net.m.chain_id, 0);
@@ -217,9 +219,16 @@ pub async fn populate(net: &Devnet) -> People {
         })),
     ])
     .await;
+    net.commit(vec![alice.sign(Action::SignTrust(pb::SignTrust {
+        target: admin.public_key().to_vec(),
+        level: 2,
+        expires_at: 0,
+    }))])
+    .await;
     People {
         alice: alice.public_key(),
         bob,
+        admin: admin.public_key(),
     }
 }
 
@@ -244,6 +253,8 @@ pub enum Tamper {
     StaleHeight,
     /// Report as latest a block five heights old.
     StaleLatest,
+    /// Raise the level of the first statement of a trust path.
+    ForgeTrustPath,
 }
 
 /// A gRPC `Ledger` server that forwards to a real validator and tells one lie.
@@ -393,7 +404,15 @@ impl Ledger for Proxy {
     ) -> Result<Response<pb::TrustPathAnswer>, Status> {
         let mut q = r.into_inner();
         q.height = self.read_height(q.height);
-        self.up().find_trust_path(q).await
+        let mut ans = self.up().find_trust_path(q).await?.into_inner();
+        if self.is(Tamper::ForgeTrustPath)
+            && let Some(pv) = ans.statements.first_mut()
+        {
+            let mut st = pb::TrustStatement::decode(pv.value.as_slice()).unwrap();
+            st.level = 9;
+            pv.value = st.encode_to_vec();
+        }
+        Ok(Response::new(ans))
     }
 
     async fn submit_tx(

@@ -164,38 +164,30 @@ async fn audit_resumes_certifies_and_reports_rewritten_key_histories() {
     let claimed = ok(onionpost(&["query", "--ledger", &ledger, "commit"]));
     assert!(claimed.contains("as the server claims it"), "{claimed}");
     assert!(!claimed.contains("certified:"), "{claimed}");
-    let derived = ok(onionpost(&[
-        "query",
-        "--ledger",
-        &ledger,
-        "--genesis",
-        s(&genesis),
-        "--checkpoint",
-        s(&checkpoint),
-        "commit",
-        &h2.to_string(),
-    ]));
+    let certified = |args: &[&str]| {
+        let mut all = vec![
+            "query",
+            "--ledger",
+            &ledger,
+            "--genesis",
+            s(&genesis),
+            "--checkpoint",
+            s(&checkpoint),
+        ];
+        all.extend_from_slice(args);
+        ok(onionpost(&all))
+    };
+    let derived = certified(&["commit", &h2.to_string()]);
     assert!(
         derived.contains(&format!("certified: app hash of height {}", h2 - 1)),
         "{derived}"
     );
     assert!(derived.contains("derived from genesis"), "{derived}");
-    let member = onionpost(&[
-        "query",
-        "--ledger",
-        &ledger,
-        "--genesis",
-        s(&genesis),
-        "--checkpoint",
-        s(&checkpoint),
-        "keys",
-        &alice,
-    ]);
-    let member = ok(member);
-    assert!(member.contains("1 key history entries"), "{member}");
+    let keys = certified(&["keys", &alice]);
+    assert!(keys.contains("1 key history entries"), "{keys}");
     assert!(
-        member.contains("against the validator set derived from genesis"),
-        "{member}"
+        keys.contains("against the validator set derived from genesis"),
+        "{keys}"
     );
 
     // The checkpoint remembers alice's entry #0; if the chain now proves another one, the

@@ -101,14 +101,7 @@ pub async fn audit(
         );
         progress(b.height);
     };
-    let certified = ledger.sync_to(opts.to, &mut observe).await?;
-    let chain = ledger.chain().ok_or(Error::NothingCertified)?;
-    let set_changes = chain
-        .set_history()
-        .iter()
-        .filter(|(from, _)| *from > resumed_from + 1)
-        .map(|(from, set)| (*from, set.len()))
-        .collect();
+    let synced = ledger.sync_to(opts.to, &mut observe).await;
 
     let audited = |who: &IdentityKey| match &opts.keys {
         KeyAudit::Skip => false,
@@ -131,9 +124,9 @@ pub async fn audit(
             }
         }
     }
-    // Checks at the heights of key transactions; those of the last block wait for the
-    // next run, when its app hash is certified.
-    let mut due = ledger
+    // Checks at the heights of key transactions in the blocks verified (even if a later
+    // block failed: what was verified stays verified, and goes into the checkpoint).
+    ledger
         .with_pending(|pending| {
             pending.extend(
                 actors
@@ -143,6 +136,25 @@ pub async fn audit(
             );
             pending.sort();
             pending.dedup();
+        })
+        .await;
+    let certified = match synced {
+        Ok(c) => c,
+        Err(e) => {
+            ledger.save_checkpoint().await?;
+            return Err(e);
+        }
+    };
+    let chain = ledger.chain().ok_or(Error::NothingCertified)?;
+    let set_changes = chain
+        .set_history()
+        .iter()
+        .filter(|(from, _)| *from > resumed_from + 1)
+        .map(|(from, set)| (*from, set.len()))
+        .collect();
+    // Those of the last block wait for the next run, when its app hash is certified.
+    let mut due = ledger
+        .with_pending(|pending| {
             let later = pending.split_off(pending.partition_point(|(h, _)| *h <= certified.height));
             std::mem::replace(pending, later)
         })

@@ -72,8 +72,12 @@ op query keys "$ALICE"
 step "a commit certificate: more than two thirds of the validators signed the latest block"
 op query commit
 
-step "an auditor with only genesis.json verifies every certificate from height 1"
-op audit --genesis "$WORK/devnet/validator-0/genesis.json"
+step "an auditor with only genesis.json verifies every certificate from height 1, and that key histories only grew"
+op audit --genesis "$WORK/devnet/validator-0/genesis.json" --checkpoint "$WORK/audit.json" --all-keys
+step "the audit resumes from its checkpoint; queries now check against certified app hashes"
+op audit --genesis "$WORK/devnet/validator-0/genesis.json" --checkpoint "$WORK/audit.json"
+op query --genesis "$WORK/devnet/validator-0/genesis.json" --checkpoint "$WORK/audit.json" commit
+op query --genesis "$WORK/devnet/validator-0/genesis.json" --checkpoint "$WORK/audit.json" member friends "$ALICE"
 
 step "kill -9 one validator: the other three keep deciding blocks"
 kill -9 "$(cat "$WORK/devnet/validator-3/validator.pid")"

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use onionpost::{
-    Membership, TrustedRoot, address, parse_identity, read_key, root_of, verified_identity,
-    verified_key_history, verified_members, verified_membership, write_new_key,
-};
+mod cli_audit;
+mod cli_query;
+
+use onionpost::{address, parse_identity, read_key, write_new_key};
+use onionpost_ledger_client::verify;
 use onionpost_proto::tx::{action_name, sign};
 use onionpost_proto::v1::ledger_client::LedgerClient;
 use onionpost_proto::v1::{self as pb, tx_body::Action};
@@ -22,9 +23,10 @@ use tonic::transport::Channel;
     version,
     about = "onionpost identities, ledger transactions and verified queries",
     long_about = "Every query answer carries Merkle proofs; onionpost verifies them before printing. \
-                  Without --trusted-root the proofs are checked against the app hash the server states, \
-                  which shows the answer is consistent with that state; pass --trusted-root HEIGHT:HASH \
-                  (from your own validator or a commit certificate) to check against a root you trust."
+                  With --genesis the proofs are checked against app hashes certified by validators derived \
+                  from the chain's genesis (walking the chain from a local checkpoint, as onionpost audit does); \
+                  with --trusted-root HEIGHT:HASH against a root you trust; with neither, against the app hash \
+                  the server states, which shows only that the answer is consistent with that state."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -39,20 +41,11 @@ enum Command {
     /// Sign a transaction and submit it to the ledger.
     Tx(TxArgs),
     /// Read the ledger; every answer's proofs are verified.
-    Query(QueryArgs),
-    /// Audit a validator network from its genesis: verify every block's commit certificate
-    /// against validator sets derived from genesis and proven state (never the server's
-    /// word), and print the certified app hashes.
-    Audit {
-        #[command(flatten)]
-        ledger: Ledger,
-        /// The chain's genesis.json (chain id and initial validators).
-        #[arg(long)]
-        genesis: PathBuf,
-        /// Last height to audit (default: the latest decided one).
-        #[arg(long)]
-        to: Option<u64>,
-    },
+    Query(cli_query::QueryArgs),
+    /// Audit a validator network from its genesis, trusting no server: verify every
+    /// block's commit certificate against validator sets derived from genesis and proven
+    /// state, resuming from a local checkpoint, and check that key histories only grew.
+    Audit(cli_audit::AuditArgs),
 }
 
 #[derive(Subcommand)]
@@ -136,51 +129,6 @@ enum TxAction {
     RemoveAdmin { list: String, identity: String },
 }
 
-#[derive(Args)]
-struct QueryArgs {
-    #[command(flatten)]
-    ledger: Ledger,
-    /// Height to read at (default: latest).
-    #[arg(long, default_value_t = 0)]
-    height: u64,
-    /// Check proofs against this app hash instead of the server's: HEIGHT:HEX.
-    #[arg(long, value_parser = parse_trusted_root)]
-    trusted_root: Option<TrustedRoot>,
-    #[command(subcommand)]
-    what: Query,
-}
-
-#[derive(Subcommand)]
-enum Query {
-    /// Chain id, height and app hash.
-    Status,
-    /// An identity's record.
-    Identity { identity: String },
-    /// Is IDENTITY a member of LIST? Exit status 0 if yes, 1 if not.
-    Member { list: String, identity: String },
-    /// All members of a list.
-    Members { list: String },
-    /// Every binding, rotation and revocation of an identity's end-to-end keys.
-    Keys { identity: String },
-    /// A decided block and its commit certificate (validators only), verified: more than two
-    /// thirds of the voting power signed it. The block names the app hash of the height
-    /// before it, so this certifies that app hash for --trusted-root.
-    Commit {
-        /// Height of the block (default: the latest decided one).
-        height: Option<u64>,
-    },
-}
-
-fn parse_trusted_root(s: &str) -> Result<TrustedRoot, String> {
-    let (h, r) = s.split_once(':').ok_or("expected HEIGHT:HEX")?;
-    let height = h.parse().map_err(|_| format!("{h:?} is not a height"))?;
-    let root = hex::decode(r)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or("the app hash must be 64 hex characters")?;
-    Ok(TrustedRoot { height, root })
-}
-
 async fn connect(l: &Ledger) -> Result<LedgerClient<Channel>> {
     LedgerClient::connect(l.ledger.clone())
         .await
@@ -203,39 +151,13 @@ async fn main() -> Result<()> {
             println!("public key {}", hex::encode(pk));
         }
         Command::Tx(args) => run_tx(args).await?,
-        Command::Audit {
-            ledger,
-            genesis,
-            to,
-        } => {
-            let text = std::fs::read(&genesis)
-                .with_context(|| format!("cannot read {}", genesis.display()))?;
-            let genesis = onionpost::audit::AuditGenesis::from_json(&text)?;
-            let mut client = connect(&ledger).await?;
-            let started = Instant::now();
-            let report = onionpost::audit::audit(&mut client, &genesis, to, |h| {
-                if h % 500 == 0 {
-                    eprintln!("audited {h} heights ({:.0?})", started.elapsed());
-                }
-            })
-            .await?;
-            println!(
-                "audited heights 1..={} of chain {}: every block is certified by more than two thirds of a validator set derived from genesis and proven state",
-                report.height, genesis.chain_id
-            );
-            for (h, n) in &report.set_changes {
-                println!("validator set changed at height {h}: {n} validators");
-            }
-            if let Some((h, root)) = report.certified_roots.last_key_value() {
-                println!("certified app hash of height {h}: {}", hex::encode(root));
-                println!(
-                    "use it: onionpost query --height {h} --trusted-root {h}:{} ...",
-                    hex::encode(root)
-                );
+        Command::Audit(args) => {
+            if !cli_audit::run(args).await? {
+                std::process::exit(2);
             }
         }
         Command::Query(args) => {
-            if !run_query(args).await? {
+            if !cli_query::run(args).await? {
                 std::process::exit(1);
             }
         }
@@ -377,7 +299,7 @@ async fn own_record(
         .get_status(pb::GetStatusRequest {})
         .await?
         .into_inner();
-    let (root, height) = root_of(status.anchor.as_ref(), None)?;
+    let (height, root) = verify::stated_anchor(&status)?;
     let ans = client
         .get_identity(pb::IdentityQuery {
             identity: me.to_vec(),
@@ -385,7 +307,11 @@ async fn own_record(
         })
         .await?
         .into_inner();
-    Ok((status.chain_id, height, verified_identity(&root, me, &ans)?))
+    Ok((
+        status.chain_id,
+        height,
+        verify::identity_record(&root, height, me, &ans)?,
+    ))
 }
 
 /// Whether the transaction `hash` produced an event in heights `from..=to`.
@@ -408,213 +334,4 @@ async fn applied(
             _ => return Ok(false),
         }
     }
-}
-
-async fn run_query(args: QueryArgs) -> Result<bool> {
-    let mut client = connect(&args.ledger).await?;
-    let h = args.height;
-    let trusted = args.trusted_root.as_ref();
-    let verified = |root: [u8; 32], height: u64| {
-        println!(
-            "verified: proofs check against app hash {} at height {height}{}",
-            hex::encode(root),
-            if trusted.is_some() {
-                " (trusted root)"
-            } else {
-                " (as stated by the server)"
-            }
-        )
-    };
-    match args.what {
-        Query::Commit { height } => {
-            let ans = client
-                .get_commit(pb::CommitQuery {
-                    height: height.unwrap_or(0),
-                })
-                .await?
-                .into_inner();
-            let cert = ans
-                .certificate
-                .as_ref()
-                .context("the answer has no certificate")?;
-            let block = onionpost_proto::consensus::verify_commit(
-                &ans.chain_id,
-                &ans.validators,
-                &ans.block,
-                cert,
-            )?;
-            let total: u64 = ans.validators.iter().map(|v| v.power).sum();
-            println!(
-                "block {} of chain {} decided in round {}: {} of {} validators signed (total power {total})",
-                block.height,
-                ans.chain_id,
-                cert.round,
-                cert.signatures.len(),
-                ans.validators.len()
-            );
-            println!(
-                "block hash {}  txs {}  time {}",
-                hex::encode(&cert.block_hash),
-                block.txs.len(),
-                block.time
-            );
-            println!(
-                "certified: app hash of height {} is {}",
-                block.height.saturating_sub(1),
-                hex::encode(&block.last_app_hash)
-            );
-            println!(
-                "use it: onionpost query --height {} --trusted-root {}:{} ...",
-                block.height.saturating_sub(1),
-                block.height.saturating_sub(1),
-                hex::encode(&block.last_app_hash)
-            );
-            println!(
-                "note: the validator set is the one the server reports for that height; it is the ledger's validators record two heights earlier"
-            );
-        }
-        Query::Status => {
-            let s = client
-                .get_status(pb::GetStatusRequest {})
-                .await?
-                .into_inner();
-            let (root, height) = root_of(s.anchor.as_ref(), trusted)?;
-            println!(
-                "chain {} height {height} app hash {} mempool {}",
-                s.chain_id,
-                hex::encode(root),
-                s.mempool_size
-            );
-        }
-        Query::Identity { identity } => {
-            let who = parse_identity(&identity)?;
-            let ans = client
-                .get_identity(pb::IdentityQuery {
-                    identity: who.to_vec(),
-                    height: h,
-                })
-                .await?
-                .into_inner();
-            let (root, height) = root_of(ans.anchor.as_ref(), trusted)?;
-            match verified_identity(&root, &who, &ans)? {
-                None => {
-                    println!("{} is not registered", address(&who));
-                    verified(root, height);
-                    return Ok(false);
-                }
-                Some(r) => {
-                    println!("identity   {}", address(&who));
-                    println!("name       {:?}", r.display_name);
-                    println!("registered height {}", r.registered_height);
-                    println!("next nonce {}", r.next_nonce);
-                    println!(
-                        "e2e key    {}",
-                        if r.active_key.is_some() {
-                            "bound"
-                        } else {
-                            "none"
-                        }
-                    );
-                    for m in &r.mailbox_hosts {
-                        println!(
-                            "mailbox host {}",
-                            address(&m.as_slice().try_into().context("bad host key")?)
-                        );
-                    }
-                }
-            }
-            verified(root, height);
-        }
-        Query::Member { list, identity } => {
-            let who = parse_identity(&identity)?;
-            let ans = client
-                .check_membership(pb::MembershipQuery {
-                    list: list.clone(),
-                    identity: who.to_vec(),
-                    height: h,
-                })
-                .await?
-                .into_inner();
-            let (root, height) = root_of(ans.anchor.as_ref(), trusted)?;
-            let m = verified_membership(&root, &list, &who, &ans)?;
-            match &m {
-                Membership::UnknownList => println!("no list named {list:?}"),
-                Membership::NotMember => println!("{} is NOT a member of {list}", address(&who)),
-                Membership::Member(r) => println!(
-                    "{} is a member of {list} since height {}",
-                    address(&who),
-                    r.added_height
-                ),
-            }
-            verified(root, height);
-            return Ok(matches!(m, Membership::Member(_)));
-        }
-        Query::Members { list } => {
-            let ans = client
-                .list_members(pb::ListQuery {
-                    list: list.clone(),
-                    height: h,
-                })
-                .await?
-                .into_inner();
-            let (root, height) = root_of(ans.anchor.as_ref(), trusted)?;
-            match verified_members(&root, &list, &ans)? {
-                None => {
-                    println!("no list named {list:?}");
-                    verified(root, height);
-                    return Ok(false);
-                }
-                Some(onionpost::VerifiedList {
-                    record: rec,
-                    members,
-                }) => {
-                    println!(
-                        "list {} ({} members, {} admins)",
-                        rec.name,
-                        members.len(),
-                        rec.admins.len()
-                    );
-                    for m in members {
-                        let admin = rec.admins.iter().any(|a| a.as_slice() == m);
-                        println!("  {}{}", address(&m), if admin { "  (admin)" } else { "" });
-                    }
-                }
-            }
-            verified(root, height);
-        }
-        Query::Keys { identity } => {
-            let who = parse_identity(&identity)?;
-            let ans = client
-                .get_key_history(pb::IdentityQuery {
-                    identity: who.to_vec(),
-                    height: h,
-                })
-                .await?
-                .into_inner();
-            let (root, height) = root_of(ans.anchor.as_ref(), trusted)?;
-            let entries = verified_key_history(&root, &who, &ans)?;
-            println!(
-                "{} key history entries for {}",
-                entries.len(),
-                address(&who)
-            );
-            for e in entries {
-                let kind =
-                    pb::key_history_entry::Kind::try_from(e.kind).map_or("?", |k| k.as_str_name());
-                println!(
-                    "  #{} {kind} key {} at height {}{}",
-                    e.seq,
-                    hex::encode(&e.key_id),
-                    e.height,
-                    if e.reason.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", e.reason)
-                    }
-                );
-            }
-            verified(root, height);
-        }
-    }
-    Ok(true)
 }

@@ -14,6 +14,8 @@ use onionpost_devnet::{
     InitOptions, Manifest, ValidatorEntry, add_validator, init, start_validator, status, wait_ready,
 };
 use onionpost_ledger::testkit::Signer;
+use onionpost_ledger_client::audit::{AuditOptions, KeyAudit, audit};
+use onionpost_ledger_client::{Config, Genesis, GrpcLedger, RootPolicy, ValidatorSet};
 use onionpost_proto::consensus::{validator_address, verify_commit};
 use onionpost_proto::v1::ledger_client::LedgerClient;
 use onionpost_proto::v1::{self as pb, tx_body::Action};
@@ -327,32 +329,38 @@ async fn a_fifth_validator_joins_by_admin_quorum() {
     // An auditor with only genesis.json verifies every certificate up to here, including the
     // change to five validators, with sets it derived from proven state; the roots it
     // certifies are the app hashes the validators report.
-    let genesis = std::fs::read(net.m.validators[0].home.join("genesis.json")).unwrap();
-    let genesis = onionpost::audit::AuditGenesis::from_json(&genesis).unwrap();
-    let mut c4 = client(&net.m.validators[4]).await;
-    let report = onionpost::audit::audit(&mut c4, &genesis, Some(h), |_| {})
-        .await
-        .unwrap();
+    let genesis = Genesis::load(&net.m.validators[0].home.join("genesis.json")).unwrap();
+    let auditor = |genesis: Genesis| {
+        GrpcLedger::new(Config::new(
+            vec![format!("http://{}", net.m.validators[4].grpc)],
+            RootPolicy::Certified(genesis),
+        ))
+        .unwrap()
+    };
+    let ledger = auditor(genesis.clone());
+    let opts = |to| AuditOptions {
+        to: Some(to),
+        keys: KeyAudit::Skip,
+    };
+    let report = audit(&ledger, &opts(h), &mut |_| {}).await.unwrap();
     assert_eq!(report.height, h);
     assert_eq!(report.set_changes.len(), 1, "{:?}", report.set_changes);
     assert_eq!(report.set_changes[0].1, 5);
     let reported = net.hashes(0, h - 1).await;
-    for (height, root) in &report.certified_roots {
-        if *height > 0 {
-            assert_eq!(
-                root.to_vec(),
-                reported[*height as usize - 1],
-                "height {height}"
-            );
-        }
+    for height in 1..h {
+        let root = ledger.certified_root(height).await.unwrap().root;
+        assert_eq!(
+            root.to_vec(),
+            reported[height as usize - 1],
+            "height {height}"
+        );
     }
     // A genesis naming other validators makes the audit fail at the first block.
     let mut forged = genesis.clone();
-    forged.validators[0].pub_key = hex::encode([7u8; 32]);
-    forged.validators.truncate(1);
-    assert!(
-        onionpost::audit::audit(&mut c4, &forged, Some(3), |_| {})
-            .await
-            .is_err()
-    );
+    forged.validators = ValidatorSet::new([([7u8; 32], 10)]).unwrap();
+    let err = audit(&auditor(forged), &opts(3), &mut |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("derived from genesis"), "{err}");
 }

@@ -19,6 +19,8 @@
 //! retry_max_secs = 3600
 //! retry_window_secs = 432000
 //! retry_jitter = 0.5
+//! concurrency = 16
+//! connections_per_destination = 4
 //! [transport]
 //! kind = "direct"             # tests only; the default is "onion"
 //! [transport.direct]          # onion host -> loopback socket address
@@ -163,6 +165,9 @@ pub struct QueueConfig {
     pub retry_jitter: f64,
     /// Concurrent outbound deliveries.
     pub concurrency: usize,
+    /// Most connections one identity keeps open to one destination; each carries many
+    /// messages (pipelined) and takes what becomes due for that destination while it is open.
+    pub connections_per_destination: usize,
 }
 
 impl Default for QueueConfig {
@@ -173,6 +178,7 @@ impl Default for QueueConfig {
             retry_window_secs: 5.0 * 86400.0,
             retry_jitter: 0.5,
             concurrency: 16,
+            connections_per_destination: 4,
         }
     }
 }

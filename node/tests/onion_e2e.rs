@@ -326,6 +326,33 @@ struct Probe {
     capabilities: (Vec<String>, Vec<String>),
 }
 
+/// A bootstrapped Tor client of the test's own on the private network, with its runtime and
+/// state directory.
+fn test_tor_client(
+    net: &TorNetwork,
+) -> (
+    tokio::runtime::Runtime,
+    std::sync::Arc<arti_client::TorClient<tor_rtcompat::PreferredRuntime>>,
+    tempfile::TempDir,
+) {
+    let cfg = onionpost_node::config::Config::parse(&format!(
+        "[transport]\nkind = \"onion\"\n{}",
+        net.node_config_toml()
+    ))
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let arti = onionpost_node::onion::arti::arti_config(
+        state.path(),
+        cfg.transport.onion.private.as_ref(),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt
+        .block_on(arti_client::TorClient::create_bootstrapped(arti))
+        .unwrap();
+    (rt, client, state)
+}
+
 /// Talks SMTP to alice's and dave's onion services through a Tor client of the test's own.
 fn probe_services(net: &TorNetwork, alice: &str, dave: &str) -> Probe {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -416,7 +443,7 @@ fn probe_services(net: &TorNetwork, alice: &str, dave: &str) -> Probe {
 #[allow(dead_code)]
 pub fn onion_figures() {
     const SENDERS: usize = 4;
-    const PER_SENDER: usize = 10;
+    const PER_SENDER: usize = 25;
     let t_net = Instant::now();
     let net = TorNetwork::shared();
     eprintln!(
@@ -467,6 +494,22 @@ with smtplib.SMTP('127.0.0.1', int(port)) as s:
         m.set_content('x' * 2000)
         s.send_message(m)
 "#;
+    let rtt = smtp_round_trips(net, &b.address, 20);
+    eprintln!(
+        "FIGURE SMTP round trip over a warm onion stream (NOOP, test client -> B): median {:.1} ms, min {:.1} ms, max {:.1} ms",
+        rtt[rtt.len() / 2].as_secs_f64() * 1e3,
+        rtt[0].as_secs_f64() * 1e3,
+        rtt[rtt.len() - 1].as_secs_f64() * 1e3
+    );
+    let connections = |status: &str| -> u64 {
+        status
+            .split("outbound onion connections: ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = connections(&a.status());
     let t0 = Instant::now();
     std::thread::scope(|s| {
         for (addr, pw) in &senders {
@@ -481,12 +524,44 @@ with smtplib.SMTP('127.0.0.1', int(port)) as s:
     let d = wait_for(Duration::from_secs(300), "bulk delivery", || {
         b.count_in_maildir("Subject: bulk") == total
     });
+    let all = t0.elapsed();
     eprintln!(
         "FIGURE {total} messages from {SENDERS} identities: submitted in {:.2} s, all delivered \
-         after {:.2} s: {:.1} msg/s",
+         {:.2} s after the last submission ({:.1} msg/s), {:.2} s after the first ({:.1} msg/s), \
+         over {} onion connections",
         submitted.as_secs_f64(),
         d.as_secs_f64(),
-        total as f64 / d.as_secs_f64()
+        total as f64 / d.as_secs_f64(),
+        all.as_secs_f64(),
+        total as f64 / all.as_secs_f64(),
+        connections(&a.status()) - before
     );
     eprintln!("{}", a.status());
+}
+
+/// Round-trip times of `n` SMTP NOOPs over one warm stream to `address`'s onion service,
+/// sorted, from a Tor client of the test's own.
+fn smtp_round_trips(net: &TorNetwork, address: &str, n: usize) -> Vec<Duration> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let onion = address.split('@').nth(1).unwrap().to_string();
+    let (rt, client, _state) = test_tor_client(net);
+    rt.block_on(async {
+        let stream = client.connect((onion.as_str(), 25)).await.unwrap();
+        let mut s = BufReader::new(stream);
+        let mut line = String::new();
+        s.read_line(&mut line).await.unwrap();
+        let mut out = Vec::new();
+        for _ in 0..n + 2 {
+            let t = Instant::now();
+            s.get_mut().write_all(b"NOOP\r\n").await.unwrap();
+            s.get_mut().flush().await.unwrap();
+            line.clear();
+            s.read_line(&mut line).await.unwrap();
+            assert!(line.starts_with("250"), "{line}");
+            out.push(t.elapsed());
+        }
+        out.drain(..2); // the first ones warm up the stream
+        out.sort();
+        out
+    })
 }

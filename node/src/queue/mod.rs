@@ -109,6 +109,17 @@ impl Queue {
     /// Takes the messages due at `now` that no task is delivering (marking them in flight),
     /// and the time of the next attempt after them.
     pub fn take_due(&self, now: f64) -> (Vec<QueuedMessage>, Option<f64>) {
+        self.take_due_where(now, usize::MAX, |_| true)
+    }
+
+    /// Like [`Queue::take_due`], but only messages that `wanted` accepts and at most `max` of
+    /// them (oldest first). The next attempt time covers every message not taken.
+    pub fn take_due_where(
+        &self,
+        now: f64,
+        max: usize,
+        wanted: impl Fn(&QueuedMessage) -> bool,
+    ) -> (Vec<QueuedMessage>, Option<f64>) {
         let mut ix = self.lock();
         let Index {
             messages,
@@ -120,10 +131,10 @@ impl Queue {
             if in_flight.contains(&m.id) {
                 continue;
             }
-            if m.next_attempt <= now {
+            if m.next_attempt <= now && due.len() < max && wanted(m) {
                 in_flight.insert(m.id.clone());
                 due.push(m.clone());
-            } else {
+            } else if m.next_attempt > now {
                 next = Some(next.map_or(m.next_attempt, |n| n.min(m.next_attempt)));
             }
         }
@@ -134,6 +145,17 @@ impl Queue {
     pub fn release(&self, id: &str) {
         self.lock().in_flight.remove(id);
         self.wakeup.notify_one();
+    }
+
+    /// Wakes the runner (a connection slot came free).
+    pub fn wake(&self) {
+        self.wakeup.notify_one();
+    }
+
+    /// Marks a message as no longer in flight without waking the runner (for messages left
+    /// to a connection that will take them).
+    pub fn release_quietly(&self, id: &str) {
+        self.lock().in_flight.remove(id);
     }
 
     /// Durably records a message's new state.

@@ -8,8 +8,8 @@
 //! record whose message file is missing is reported to the sender and removed, instead of
 //! being retried forever.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use onionpost_proto::onion::OnionAddress;
@@ -19,20 +19,22 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::Queue;
-use super::schedule::{self, Job, RetryPolicy};
+use super::schedule::{self, Job, RetryPolicy, RouteKey};
 use crate::clock::Clock;
 use crate::context::Context;
 use crate::delivery::inbound::Inbound;
 use crate::delivery::route::{Route, invalid_destination, route};
 use crate::message::{FailedRecipient, build_dsn};
-use crate::smtp::client::{self, RcptOutcome};
+use crate::smtp::client::{self, RcptOutcome, Transaction};
 use crate::smtp::reply::EnhancedCode;
 use crate::spool::QueuedMessage;
 use crate::store::{DeliverOptions, Quota};
 use crate::transport::Transport;
 
-/// Most messages sent over one SMTP connection in a row.
+/// Most messages taken for one connection at a time.
 pub const MAX_BATCH: usize = 64;
+/// Most messages one connection carries before it says QUIT (the next ones get a fresh one).
+pub const MAX_PER_CONNECTION: usize = 1000;
 /// How long opening a connection (Tor circuit and stream included) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the client waits for any one reply or write.
@@ -50,7 +52,9 @@ pub struct Runner<T: Transport> {
     clock: Arc<dyn Clock>,
     policy: RetryPolicy,
     slots: Arc<Semaphore>,
-    concurrency: usize,
+    /// Open connections per route.
+    open: Mutex<HashMap<RouteKey, usize>>,
+    per_destination: usize,
 }
 
 impl<T: Transport> Runner<T> {
@@ -61,18 +65,28 @@ impl<T: Transport> Runner<T> {
         transport: Arc<T>,
         clock: Arc<dyn Clock>,
     ) -> Arc<Self> {
-        let q = &ctx.config().queue;
+        let q = ctx.config().queue.clone();
         let concurrency = q.concurrency.max(1);
         Arc::new(Runner {
-            policy: RetryPolicy::from(q),
+            policy: RetryPolicy::from(&q),
             inbound: Inbound::new(ctx.clone()),
             queue,
             ctx,
             transport,
             clock,
             slots: Arc::new(Semaphore::new(concurrency)),
-            concurrency,
+            open: Mutex::new(HashMap::new()),
+            per_destination: q.connections_per_destination.max(1),
         })
+    }
+
+    fn open_on(&self, key: &RouteKey) -> usize {
+        self.open
+            .lock()
+            .expect("open lock")
+            .get(key)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Delivers until `shutdown` is cancelled; attempts already started are tracked by
@@ -83,14 +97,23 @@ impl<T: Transport> Runner<T> {
                 return;
             }
             let now = self.clock.now();
-            let (due, next) = self.queue.take_due(now);
             let ids = self.ctx.identities();
-            let jobs = schedule::plan_jobs(
+            let is_local = |o: &OnionAddress| ids.by_onion(o).is_some();
+            // Messages for a route whose connections are all open stay queued: those
+            // connections take them when they are done with what they carry.
+            let (due, next) = self.queue.take_due_where(now, usize::MAX, |m| {
+                schedule::route_key(m, is_local)
+                    .is_none_or(|k| self.open_on(&k) < self.per_destination)
+            });
+            let (jobs, left) = schedule::plan_jobs(
                 due,
-                |o| ids.by_onion(o).is_some(),
-                self.concurrency,
+                is_local,
+                |k| self.per_destination.saturating_sub(self.open_on(k)),
                 MAX_BATCH,
             );
+            for m in left {
+                self.queue.release_quietly(&m.id);
+            }
             for job in jobs {
                 let permit = tokio::select! {
                     p = self.slots.clone().acquire_owned() => p.expect("semaphore open"),
@@ -101,19 +124,40 @@ impl<T: Transport> Runner<T> {
                         continue;
                     }
                 };
+                if let Job::Batch { key, .. } = &job {
+                    *self
+                        .open
+                        .lock()
+                        .expect("open lock")
+                        .entry(key.clone())
+                        .or_default() += 1;
+                }
                 let this = self.clone();
-                let span = tracing::info_span!("deliver", first = %job_ids(&job)[0], n = job_ids(&job).len());
+                let (stop, ids) = (shutdown.clone(), job_ids(&job));
+                let span = tracing::info_span!("deliver", first = %ids[0], n = ids.len());
                 tasks.spawn(
                     async move {
-                        let ids = job_ids(&job);
                         match job {
-                            Job::Batch { onion, messages } => this.batch(onion, messages).await,
-                            Job::Single(m) => this.single(m).await,
-                        }
-                        for id in ids {
-                            this.queue.release(&id);
+                            Job::Batch { key, messages } => {
+                                this.connection(&key, messages, &stop).await;
+                                let mut open = this.open.lock().expect("open lock");
+                                if let Some(n) = open.get_mut(&key) {
+                                    *n -= 1;
+                                    if *n == 0 {
+                                        open.remove(&key);
+                                    }
+                                }
+                            }
+                            Job::Single(m) => {
+                                this.single(m).await;
+                                for id in ids {
+                                    this.queue.release(&id);
+                                }
+                            }
                         }
                         drop(permit);
+                        // A route slot is free: due messages left for it may start now.
+                        this.queue.wake();
                     }
                     .instrument(span),
                 );
@@ -195,50 +239,111 @@ impl<T: Transport> Runner<T> {
         client::Client::connect(stream, HELO_NAME, REPLY_TIMEOUT).await
     }
 
-    /// Several messages from one identity to one onion over one connection.
-    async fn batch(&self, onion: OnionAddress, messages: Vec<QueuedMessage>) {
+    /// One connection for a route: sends `messages`, then whatever else becomes due for the
+    /// same route, until nothing is left (or the connection breaks, or has carried
+    /// [`MAX_PER_CONNECTION`] messages, or the node shuts down).
+    async fn connection(
+        &self,
+        key: &RouteKey,
+        messages: Vec<QueuedMessage>,
+        stop: &CancellationToken,
+    ) {
+        let (identity, onion) = key;
         let mut conn: Option<client::Client<T::Stream>> = None;
-        let mut broken: Option<RcptOutcome> = None;
-        for listed in messages {
-            let Some((m, data)) = self.load(&listed).await else {
-                continue;
-            };
-            let Some(sender) = self.sender_onion(&m) else {
-                self.orphaned(&m).await;
-                continue;
-            };
-            let idx: Vec<usize> = (0..m.recipients.len())
-                .filter(|&i| !m.recipients[i].done)
-                .collect();
-            let rcpts: Vec<String> = idx
-                .iter()
-                .map(|&i| m.recipients[i].address.clone())
-                .collect();
-            if conn.is_none() && broken.is_none() {
-                match self.connect(&onion, &sender).await {
-                    Ok(c) => conn = Some(c),
-                    Err(e) => broken = Some(e.outcome()),
-                }
+        let mut carried = 0;
+        let mut batch = messages;
+        loop {
+            let ids: Vec<String> = batch.iter().map(|m| m.id.clone()).collect();
+            let broken = self.send_batch(&mut conn, onion, batch).await;
+            carried += ids.len();
+            for id in &ids {
+                self.queue.release_quietly(id);
             }
-            let outcomes = match (&mut conn, &broken) {
-                (Some(c), _) => match c.send(&m.from, &rcpts, &data).await {
-                    Ok(o) => o,
-                    Err(e) => {
-                        conn = None;
-                        let o = e.outcome();
-                        broken = Some(o.clone());
-                        vec![o; rcpts.len()]
-                    }
-                },
-                (None, Some(o)) => vec![o.clone(); rcpts.len()],
-                (None, None) => unreachable!("either connected or broken"),
-            };
-            self.record(m, &data, idx.into_iter().zip(outcomes).collect())
-                .await;
+            if broken || stop.is_cancelled() || carried >= MAX_PER_CONNECTION {
+                break;
+            }
+            let ids_now = self.ctx.identities();
+            let (more, _) = self.queue.take_due_where(self.clock.now(), MAX_BATCH, |m| {
+                schedule::route_key(m, |o| ids_now.by_onion(o).is_some()).as_ref() == Some(key)
+            });
+            if more.is_empty() {
+                break;
+            }
+            batch = more;
         }
         if let Some(c) = conn {
             c.quit().await;
         }
+        tracing::debug!(%identity, %onion, carried, "connection closed");
+    }
+
+    /// Sends a batch over `conn` (connecting first if needed) and records every outcome.
+    /// Returns whether the connection is unusable now.
+    async fn send_batch(
+        &self,
+        conn: &mut Option<client::Client<T::Stream>>,
+        onion: &OnionAddress,
+        batch: Vec<QueuedMessage>,
+    ) -> bool {
+        let mut loaded = Vec::new();
+        for listed in batch {
+            let Some((m, data)) = self.load(&listed).await else {
+                continue;
+            };
+            if self.sender_onion(&m).is_none() {
+                self.orphaned(&m).await;
+                continue;
+            }
+            loaded.push((m, data));
+        }
+        let Some(sender) = loaded.first().and_then(|(m, _)| self.sender_onion(m)) else {
+            return false;
+        };
+        let pending = |m: &QueuedMessage| -> (Vec<usize>, Vec<String>) {
+            let idx: Vec<usize> = (0..m.recipients.len())
+                .filter(|&i| !m.recipients[i].done)
+                .collect();
+            let rcpts = idx
+                .iter()
+                .map(|&i| m.recipients[i].address.clone())
+                .collect();
+            (idx, rcpts)
+        };
+        let plan: Vec<(Vec<usize>, Vec<String>)> = loaded.iter().map(|(m, _)| pending(m)).collect();
+        if conn.is_none() {
+            match self.connect(onion, &sender).await {
+                Ok(c) => *conn = Some(c),
+                Err(e) => {
+                    let o = e.outcome();
+                    for ((m, data), (idx, _)) in loaded.into_iter().zip(plan) {
+                        let outcomes = idx.iter().map(|&i| (i, o.clone())).collect();
+                        self.record(m, &data, outcomes).await;
+                    }
+                    return true;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected");
+        let txs: Vec<Transaction> = loaded
+            .iter()
+            .zip(&plan)
+            .map(|((m, data), (_, rcpts))| Transaction {
+                from: &m.from,
+                recipients: rcpts,
+                data,
+            })
+            .collect();
+        let (results, err) = c.send_many(&txs).await;
+        drop(txs);
+        if let Some(e) = &err {
+            tracing::info!(%onion, "connection broke: {e}");
+            *conn = None;
+        }
+        for (((m, data), (idx, _)), outcomes) in loaded.into_iter().zip(plan).zip(results) {
+            self.record(m, &data, idx.into_iter().zip(outcomes).collect())
+                .await;
+        }
+        err.is_some()
     }
 
     /// One message, any mix of destinations: each group of recipients by route.
@@ -339,6 +444,7 @@ impl<T: Transport> Runner<T> {
     }
 }
 
+/// The ids of a job's messages.
 fn job_ids(job: &Job) -> Vec<String> {
     match job {
         Job::Batch { messages, .. } => messages.iter().map(|m| m.id.clone()).collect(),

@@ -116,13 +116,34 @@ pub fn domain_of(address: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Which connection a message can share: its sending identity and the one remote onion all
+/// its pending recipients are at. `None` for mixed or local destinations.
+pub type RouteKey = (String, OnionAddress);
+
+/// The [`RouteKey`] of a message, if it has one. `is_local` says whether an onion is hosted
+/// by this node.
+pub fn route_key(m: &QueuedMessage, is_local: impl Fn(&OnionAddress) -> bool) -> Option<RouteKey> {
+    let mut domains = m
+        .recipients
+        .iter()
+        .filter(|r| !r.done)
+        .map(|r| domain_of(&r.address));
+    let first = domains.next()?;
+    if !domains.all(|d| d == first) {
+        return None;
+    }
+    let onion: OnionAddress = first.parse().ok()?;
+    (!is_local(&onion)).then(|| (m.identity.clone(), onion))
+}
+
 /// Work for one delivery task.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Job {
-    /// Messages of one sending identity, all for one remote onion: one connection.
+    /// Messages of one sending identity, all for one remote onion: one connection, which then
+    /// keeps taking what becomes due for the same route.
     Batch {
-        /// The destination.
-        onion: OnionAddress,
+        /// The route.
+        key: RouteKey,
         /// The messages, oldest first.
         messages: Vec<QueuedMessage>,
     },
@@ -130,52 +151,47 @@ pub enum Job {
     Single(QueuedMessage),
 }
 
-/// Groups due messages into jobs. Messages from one identity whose pending recipients are all
-/// at one remote onion share a connection; a group is split into at most `concurrency` jobs
-/// of at most `max_batch` messages each, so a large queue uses parallel connections.
-/// `is_local` says whether an onion is hosted by this node.
+/// Groups due messages into jobs. Messages sharing a [`RouteKey`] share a connection; a group
+/// is split into at most `slots(key)` jobs (connections that route may still open; 0 means the
+/// route's connections are all busy and will take the messages themselves) of at most
+/// `max_batch` messages each. Returns the jobs and the messages left for the route's open
+/// connections.
 pub fn plan_jobs(
     due: Vec<QueuedMessage>,
     is_local: impl Fn(&OnionAddress) -> bool,
-    concurrency: usize,
+    slots: impl Fn(&RouteKey) -> usize,
     max_batch: usize,
-) -> Vec<Job> {
+) -> (Vec<Job>, Vec<QueuedMessage>) {
     use std::collections::BTreeMap;
-    let mut groups: BTreeMap<(String, OnionAddress), Vec<QueuedMessage>> = BTreeMap::new();
+    let mut groups: BTreeMap<RouteKey, Vec<QueuedMessage>> = BTreeMap::new();
     let mut jobs = Vec::new();
+    let mut left = Vec::new();
     for m in due {
-        let mut domains = m
-            .recipients
-            .iter()
-            .filter(|r| !r.done)
-            .map(|r| domain_of(&r.address));
-        let first = domains.next();
-        let single_onion = first
-            .filter(|f| domains.all(|d| &d == f))
-            .and_then(|d| d.parse::<OnionAddress>().ok())
-            .filter(|o| !is_local(o));
-        match single_onion {
-            Some(onion) => groups
-                .entry((m.identity.clone(), onion))
-                .or_default()
-                .push(m),
+        match route_key(&m, &is_local) {
+            Some(k) => groups.entry(k).or_default().push(m),
             None => jobs.push(Job::Single(m)),
         }
     }
-    for ((_, onion), msgs) in groups {
-        let per = msgs
-            .len()
-            .div_ceil(concurrency.max(1))
-            .clamp(1, max_batch.max(1));
+    for (key, msgs) in groups {
+        let n = slots(&key).min(msgs.len());
+        if n == 0 {
+            left.extend(msgs);
+            continue;
+        }
+        let per = msgs.len().div_ceil(n).clamp(1, max_batch.max(1));
         let mut msgs = msgs.into_iter().peekable();
-        while msgs.peek().is_some() {
+        for _ in 0..n {
+            if msgs.peek().is_none() {
+                break;
+            }
             jobs.push(Job::Batch {
-                onion,
+                key: key.clone(),
                 messages: msgs.by_ref().take(per).collect(),
             });
         }
+        left.extend(msgs);
     }
-    jobs
+    (jobs, left)
 }
 
 #[cfg(test)]
@@ -338,15 +354,24 @@ mod tests {
             due.push(message("alice", &[&to_b], i as f64));
         }
         due.push(message("bob", &[&to_b], 9.0));
+        due.push(message("carol", &[&to_b], 9.5));
         due.push(message("alice", &[&to_b, &to_c], 10.0));
         due.push(message("alice", &[&to_local], 11.0));
-        let jobs = plan_jobs(due, |o| *o == local, 2, 64);
+        // alice may open 2 connections to b, bob 1, carol none (hers are busy).
+        let (jobs, left) = plan_jobs(
+            due,
+            |o| *o == local,
+            |k| match k.0.as_str() {
+                "alice" => 2,
+                "bob" => 1,
+                _ => 0,
+            },
+            64,
+        );
         let batches: Vec<(usize, &str)> = jobs
             .iter()
             .filter_map(|j| match j {
-                Job::Batch { messages, .. } => {
-                    Some((messages.len(), messages[0].identity.as_str()))
-                }
+                Job::Batch { messages, key } => Some((messages.len(), key.0.as_str())),
                 _ => None,
             })
             .collect();
@@ -355,5 +380,14 @@ mod tests {
             jobs.iter().filter(|j| matches!(j, Job::Single(_))).count(),
             2
         );
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].identity, "carol");
+        // A batch never exceeds max_batch; what does not fit is left.
+        let many: Vec<_> = (0..10)
+            .map(|i| message("alice", &[&to_b], i as f64))
+            .collect();
+        let (jobs, left) = plan_jobs(many, |_| false, |_| 1, 4);
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(left.len(), 6);
     }
 }

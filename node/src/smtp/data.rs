@@ -146,9 +146,35 @@ impl DataReader {
     }
 }
 
+/// Brings the bytes of a BDAT (RFC 3030) message to the form DATA produces: CRLF line ends
+/// (a bare LF becomes CRLF) and no bare CR (refused, as in DATA). BDAT has no end-of-data
+/// marker to smuggle through, but the next hop may still end lines at a bare CR.
+pub fn normalize_chunked(data: &[u8]) -> Result<Vec<u8>, DataError> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 64);
+    for (i, &b) in data.iter().enumerate() {
+        match b {
+            b'\r' if data.get(i + 1) != Some(&b'\n') => return Err(DataError::BareCr),
+            b'\n' if i == 0 || data[i - 1] != b'\r' => out.extend_from_slice(b"\r\n"),
+            _ => out.push(b),
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunked_messages_get_crlf_and_no_bare_cr() {
+        assert_eq!(
+            normalize_chunked(b"a\nb\r\n.\r\n").unwrap(),
+            b"a\r\nb\r\n.\r\n"
+        );
+        assert_eq!(normalize_chunked(b"x\r.\r"), Err(DataError::BareCr));
+        assert_eq!(normalize_chunked(b"\n").unwrap(), b"\r\n");
+        assert_eq!(normalize_chunked(b"").unwrap(), b"");
+    }
 
     fn read_all(input: &[u8]) -> Progress {
         let mut r = DataReader::new(1 << 20);

@@ -1,5 +1,5 @@
 //! The SMTP server session as a sans-I/O state machine (RFC 5321, with ESMTP SIZE, PIPELINING,
-//! 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8 and, for submission, AUTH PLAIN).
+//! CHUNKING, 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8 and, for submission, AUTH PLAIN).
 //!
 //! Bytes go in through [`Session::receive`]; typed replies and effects come out as
 //! [`Output`]s. When a message is complete the session emits [`Output::Deliver`] and waits:
@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use base64::Engine;
 use smtp_proto::{Error as ParseError, Request};
 
-use super::data::{DataError, DataReader, Progress};
+use super::data::{DataError, DataReader, Progress, normalize_chunked};
 use super::reply::{Reply, reply};
 
 /// Which server this session is.
@@ -82,6 +82,13 @@ enum State {
     Mail,
     /// Reading message data.
     Data(DataReader),
+    /// Reading the `remaining` bytes of a BDAT chunk. With a `refusal`, the bytes are read
+    /// and dropped (they must never be taken for commands) and the refusal is the reply.
+    Chunk {
+        remaining: usize,
+        last: bool,
+        refusal: Option<Reply>,
+    },
     /// Waiting for the edge to store the message.
     Storing,
     /// Waiting for the AUTH PLAIN response line.
@@ -105,6 +112,12 @@ pub struct Session<P> {
     discarding: bool,
     from: String,
     recipients: Vec<String>,
+    /// The message so far of a BDAT transaction (`Some` once its first chunk came).
+    chunked: Option<Vec<u8>>,
+    /// The BDAT message outgrew the size limit (its bytes are dropped from then on).
+    chunk_too_big: bool,
+    /// EHLO or HELO was seen.
+    greeted: bool,
     authenticated: Option<String>,
     errors: u32,
     auth_failures: u32,
@@ -125,6 +138,9 @@ impl<P: Policy> Session<P> {
             discarding: false,
             from: String::new(),
             recipients: Vec::new(),
+            chunked: None,
+            chunk_too_big: false,
+            greeted: false,
             authenticated: None,
             errors: 0,
             auth_failures: 0,
@@ -230,6 +246,19 @@ impl<P: Policy> Session<P> {
                         }
                     }
                 }
+                State::Chunk { remaining, .. } => {
+                    let take = (*remaining).min(self.buf.len());
+                    *remaining -= take;
+                    let done = *remaining == 0;
+                    let bytes: Vec<u8> = self.buf.drain(..take).collect();
+                    self.chunk_bytes(&bytes);
+                    if !done {
+                        return out;
+                    }
+                    let o = self.chunk_done();
+                    out.push(o);
+                    continue;
+                }
                 _ => {}
             }
             let Some(nl) = self.buf.iter().position(|&b| b == b'\n') else {
@@ -272,6 +301,68 @@ impl<P: Policy> Session<P> {
     fn reset_transaction(&mut self) {
         self.from.clear();
         self.recipients.clear();
+        self.chunked = None;
+        self.chunk_too_big = false;
+    }
+
+    fn bdat(&mut self, size: usize, last: bool) -> Vec<Output> {
+        let refusal = match self.state {
+            State::Fresh => Some(reply(503, [5, 5, 1], "Error: send HELO/EHLO first")),
+            State::Mail if !self.recipients.is_empty() => None,
+            State::Mail => Some(reply(554, [5, 5, 1], "Error: no valid recipients")),
+            _ => Some(reply(503, [5, 5, 1], "Error: need MAIL and RCPT commands")),
+        };
+        if refusal.is_none() {
+            let so_far = self.chunked.get_or_insert_with(Vec::new).len();
+            if so_far.saturating_add(size) > self.cfg.max_message_size {
+                self.chunk_too_big = true;
+                self.chunked = Some(Vec::new());
+            }
+        }
+        self.state = State::Chunk {
+            remaining: size,
+            last,
+            refusal,
+        };
+        // The chunk's bytes follow at once, possibly already in the buffer.
+        Vec::new()
+    }
+
+    fn chunk_bytes(&mut self, bytes: &[u8]) {
+        let State::Chunk { refusal: None, .. } = self.state else {
+            return;
+        };
+        if self.chunk_too_big {
+            return;
+        }
+        if let Some(data) = &mut self.chunked {
+            data.extend_from_slice(bytes);
+        }
+    }
+
+    fn chunk_done(&mut self) -> Output {
+        let State::Chunk { last, refusal, .. } = std::mem::replace(&mut self.state, State::Ready)
+        else {
+            unreachable!("called at the end of a chunk");
+        };
+        if let Some(r) = refusal {
+            self.reset_transaction();
+            if !self.greeted {
+                self.state = State::Fresh;
+            }
+            return self.error(r);
+        }
+        if !last {
+            self.state = State::Mail;
+            let n = self.chunked.as_ref().map_or(0, Vec::len);
+            return Output::Reply(reply(250, [2, 0, 0], format!("{n} octets received")));
+        }
+        let data = self.chunked.take().unwrap_or_default();
+        if self.chunk_too_big {
+            self.reset_transaction();
+            return Output::Reply(reply(552, [5, 3, 4], "Error: message too big for system"));
+        }
+        self.end_of_data(normalize_chunked(&data))
     }
 
     fn end_of_data(&mut self, result: Result<Vec<u8>, DataError>) -> Output {
@@ -353,6 +444,7 @@ impl<P: Policy> Session<P> {
 
     fn ehlo(&mut self) -> Vec<Output> {
         self.reset_transaction();
+        self.greeted = true;
         self.state = State::Ready;
         let mut lines = vec![
             self.cfg.hostname.clone(),
@@ -360,6 +452,7 @@ impl<P: Policy> Session<P> {
             format!("SIZE {}", self.cfg.max_message_size),
             "8BITMIME".into(),
             "ENHANCEDSTATUSCODES".into(),
+            "CHUNKING".into(),
         ];
         if self.cfg.mode == Mode::Submission {
             lines.push("AUTH PLAIN".into());
@@ -397,6 +490,7 @@ impl<P: Policy> Session<P> {
             Request::Ehlo { .. } => self.ehlo(),
             Request::Helo { .. } => {
                 self.reset_transaction();
+                self.greeted = true;
                 self.state = State::Ready;
                 out(reply(250, [0, 0, 0], self.cfg.hostname.clone()))
             }
@@ -431,16 +525,22 @@ impl<P: Policy> Session<P> {
                 [5, 5, 1],
                 "Error: STARTTLS not offered (loopback and onion services)",
             ))],
-            Request::Bdat { .. }
-            | Request::Etrn { .. }
-            | Request::Atrn { .. }
-            | Request::Burl { .. } => {
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => self.bdat(chunk_size, is_last),
+            Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
                 vec![self.error(reply(502, [5, 5, 1], "Error: command not implemented"))]
             }
         }
     }
 
     fn data(&mut self) -> Vec<Output> {
+        if self.chunked.is_some() {
+            self.reset_transaction();
+            self.state = State::Ready;
+            return vec![self.error(reply(503, [5, 5, 1], "Error: DATA after BDAT"))];
+        }
         match self.state {
             State::Mail if !self.recipients.is_empty() => {
                 self.state = State::Data(DataReader::new(self.cfg.max_message_size));
@@ -486,6 +586,9 @@ impl<P: Policy> Session<P> {
     fn rcpt(&mut self, address: Cow<'_, str>) -> Vec<Output> {
         if !matches!(self.state, State::Mail) {
             return vec![self.error(reply(503, [5, 5, 1], "Error: need MAIL command"))];
+        }
+        if self.chunked.is_some() {
+            return vec![self.error(reply(503, [5, 5, 1], "Error: RCPT after BDAT"))];
         }
         if self.recipients.len() >= self.cfg.max_recipients {
             return out(reply(452, [4, 5, 3], "Error: too many recipients"));
@@ -673,6 +776,75 @@ mod tests {
         assert_eq!(codes(&mut s, "AUTH PLAIN AGFsaWNlAHB3\r\n"), ["502"]);
         assert_eq!(codes(&mut s, "QUIT\r\n"), ["221", "CLOSE"]);
         assert!(s.is_closed());
+    }
+
+    #[test]
+    fn bdat_chunks_pipelined_transactions_and_refusals_stay_in_sync() {
+        let mut s = session(Mode::Inbound);
+        // Two transactions in one write: chunked, then one chunk with LAST.
+        let input = "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<bob@here.onion>\r\n\
+                     BDAT 5\r\nab\ncdBDAT 3 LAST\r\nef\n\
+                     MAIL FROM:<a@b>\r\nRCPT TO:<bob@here.onion>\r\nBDAT 4 LAST\r\nxy\r\nNOOP\r\n";
+        let out = s.receive(input.as_bytes());
+        let mut codes: Vec<String> = Vec::new();
+        let mut first = None;
+        for o in &out {
+            match o {
+                Output::Reply(r) => codes.push(r.code.to_string()),
+                Output::Deliver(e) => first = Some(e.data.clone()),
+                Output::Close => {}
+            }
+        }
+        assert_eq!(codes, ["250", "250", "250", "250"]);
+        assert_eq!(first.unwrap(), b"ab\r\ncdef\r\n", "bare LF normalised");
+        let after = s.delivered(Ok(()));
+        let (mut codes, mut second) = (Vec::new(), None);
+        for o in &after {
+            match o {
+                Output::Reply(r) => codes.push(r.code.to_string()),
+                Output::Deliver(e) => second = Some(e.data.clone()),
+                Output::Close => {}
+            }
+        }
+        assert_eq!(codes, ["250", "250", "250"]);
+        assert_eq!(second.unwrap(), b"xy\r\n");
+        assert_eq!(
+            s.delivered(Ok(())),
+            [
+                Output::Reply(reply(250, [2, 0, 0], "Ok: queued")),
+                Output::Reply(reply(250, [2, 0, 0], "Ok")),
+            ]
+        );
+        // A BDAT outside a transaction is refused, and its bytes are never read as commands.
+        assert_eq!(
+            codes_of(&mut s, "BDAT 12 LAST\r\nQUIT\r\nQUIT\r\nNOOP\r\n"),
+            ["503", "250"]
+        );
+        // Too big: refused after the chunk, in sync.
+        let big = format!(
+            "MAIL FROM:<a@b>\r\nRCPT TO:<bob@here.onion>\r\nBDAT 200 LAST\r\n{}NOOP\r\n",
+            "z".repeat(200)
+        );
+        assert_eq!(codes_of(&mut s, &big), ["250", "250", "552", "250"]);
+        // DATA after BDAT in one transaction is an error; bare CR in BDAT is refused.
+        assert_eq!(
+            codes_of(
+                &mut s,
+                "MAIL FROM:<a@b>\r\nRCPT TO:<bob@here.onion>\r\nBDAT 1\r\nxDATA\r\n"
+            ),
+            ["250", "250", "250", "503"]
+        );
+        assert_eq!(
+            codes_of(
+                &mut s,
+                "MAIL FROM:<a@b>\r\nRCPT TO:<bob@here.onion>\r\nBDAT 3 LAST\r\na\rb"
+            ),
+            ["250", "250", "554"]
+        );
+    }
+
+    fn codes_of(s: &mut Session<TestPolicy>, input: &str) -> Vec<String> {
+        codes(s, input)
     }
 
     #[test]

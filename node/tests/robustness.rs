@@ -251,3 +251,61 @@ except Exception as e:
     assert!(!out.contains("LOGGED IN"), "{out}");
     assert_eq!(out.lines().last(), Some("CLOSED"), "{out}");
 }
+
+/// SMTP smuggling against a running node: for each known shape of a fake end of data, a
+/// client sends one message that hides a second, forged transaction behind it. The node must
+/// store exactly one message per connection (with the forgery inside it as text, or refuse
+/// it), never a second one.
+#[test]
+fn smuggled_second_messages_are_never_delivered() {
+    let mut b = Node::new("bob");
+    b.start();
+    let shapes: [&[u8]; 6] = [
+        b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r\n.\r", b"\r.\r\n",
+    ];
+    for (i, shape) in shapes.iter().enumerate() {
+        let mut c = BufReader::new(TcpStream::connect(("127.0.0.1", b.smtp)).unwrap());
+        assert!(read_line(&mut c).starts_with("220 "));
+        let mut msg = format!(
+            "EHLO x\r\nMAIL FROM:<a@a.onion>\r\nRCPT TO:<{to}>\r\nDATA\r\n\
+             Message-ID: <real-{i}@a.onion>\r\nSubject: real-{i}\r\n\r\nhello",
+            to = b.address
+        )
+        .into_bytes();
+        msg.extend_from_slice(shape);
+        msg.extend_from_slice(
+            format!(
+                "MAIL FROM:<ceo@bank.onion>\r\nRCPT TO:<{to}>\r\nDATA\r\n\
+                 Message-ID: <forged-{i}@bank.onion>\r\nSubject: forged-{i}\r\n\r\npay now\r\n.\r\nQUIT\r\n",
+                to = b.address
+            )
+            .as_bytes(),
+        );
+        c.get_mut().write_all(&msg).unwrap();
+        let mut replies = Vec::new();
+        loop {
+            let l = read_line(&mut c);
+            if l.is_empty() {
+                break;
+            }
+            replies.push(l);
+        }
+        let finals: Vec<&str> = replies
+            .iter()
+            .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+            .map(|l| &l[..3])
+            .collect();
+        // EHLO, MAIL, RCPT, 354, then one verdict for the one message, then QUIT's 221.
+        assert_eq!(finals.len(), 6, "shape {shape:?}: {replies:?}");
+        assert!(
+            finals[4] == "250" || finals[4] == "554",
+            "shape {shape:?}: {replies:?}"
+        );
+        assert_eq!(finals[5], "221", "shape {shape:?}: {replies:?}");
+    }
+    let subjects = imap_read(&b);
+    assert_eq!(subjects.matches("SUBJECT=forged-").count(), 0, "{subjects}");
+    for i in 0..shapes.len() {
+        assert!(b.count_in_maildir(&format!("Subject: real-{i}")) <= 1);
+    }
+}

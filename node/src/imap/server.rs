@@ -9,8 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::session::{Accounts, Session};
@@ -37,8 +36,8 @@ async fn blocking(
 }
 
 /// Serves one IMAP connection until the client logs out, goes silent, or `shutdown`.
-pub async fn handle(
-    mut stream: TcpStream,
+pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     accounts: Shared,
     max_literal: u32,
     shutdown: &CancellationToken,
@@ -73,5 +72,125 @@ pub async fn handle(
             }
             () = shutdown.cancelled() => session.shutdown(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DeliverOptions, Flags, MailStore, Maildir, StoreError};
+    use std::sync::{Condvar, Mutex};
+    use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};
+
+    /// A mailbox whose reads block until the test opens the gate (a disk that hangs).
+    #[derive(Debug)]
+    struct SlowDisk {
+        inner: Maildir,
+        open: Mutex<bool>,
+        gate: Condvar,
+    }
+
+    impl MailStore for SlowDisk {
+        fn deliver(
+            &self,
+            b: &[u8],
+            o: DeliverOptions,
+        ) -> Result<crate::store::Delivered, StoreError> {
+            self.inner.deliver(b, o)
+        }
+        fn snapshot(&self) -> crate::store::Snapshot {
+            self.inner.snapshot()
+        }
+        fn read(&self, uid: u32) -> Result<Vec<u8>, StoreError> {
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.gate.wait(open).unwrap();
+            }
+            self.inner.read(uid)
+        }
+        fn set_flags(&self, uid: u32, f: Flags) -> Result<(), StoreError> {
+            self.inner.set_flags(uid, f)
+        }
+        fn expunge(&self, uids: &[u32]) -> Result<Vec<u32>, StoreError> {
+            self.inner.expunge(uids)
+        }
+        fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+            self.inner.subscribe()
+        }
+    }
+
+    struct Bob(Arc<SlowDisk>);
+    impl Accounts for Bob {
+        fn login(&self, u: &str, p: &str) -> Option<Arc<dyn MailStore>> {
+            (u == "bob" && p == "pw").then(|| self.0.clone() as Arc<dyn MailStore>)
+        }
+    }
+
+    async fn until(r: &mut BufReader<DuplexStream>, tag: &str) -> String {
+        let mut all = String::new();
+        loop {
+            let mut l = String::new();
+            tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut l))
+                .await
+                .expect("a reply in time")
+                .unwrap();
+            all += &l;
+            if l.starts_with(tag) {
+                return all;
+            }
+        }
+    }
+
+    /// On a single-threaded runtime, one connection whose FETCH waits on a hung disk does not
+    /// stop another connection from being served: the mailbox I/O is off the async worker.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_hung_disk_stalls_only_its_own_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Arc::new(SlowDisk {
+            inner: Maildir::open(dir.path(), None).unwrap(),
+            open: Mutex::new(false),
+            gate: Condvar::new(),
+        });
+        disk.deliver(b"Subject: x\r\n\r\nbody\r\n", DeliverOptions::default())
+            .unwrap();
+        let accounts: Shared = Arc::new(Bob(disk.clone()));
+        let stop = CancellationToken::new();
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            let (c, s) = tokio::io::duplex(1 << 16);
+            let (a, st) = (accounts.clone(), stop.clone());
+            tokio::spawn(async move {
+                let _ = handle(s, a, 1 << 20, &st).await;
+            });
+            clients.push(BufReader::new(c));
+        }
+        let (mut one, mut two) = (clients.remove(0), clients.remove(0));
+        // Whatever happens, the hung read ends with the test (or the runtime never stops).
+        struct OpenOnDrop(Arc<SlowDisk>);
+        impl Drop for OpenOnDrop {
+            fn drop(&mut self) {
+                *self.0.open.lock().unwrap() = true;
+                self.0.gate.notify_all();
+            }
+        }
+        let _guard = OpenOnDrop(disk.clone());
+        one.get_mut()
+            .write_all(b"a LOGIN bob pw\r\nb SELECT INBOX\r\n")
+            .await
+            .unwrap();
+        until(&mut one, "b OK").await;
+        one.get_mut()
+            .write_all(b"c FETCH 1 BODY[]\r\n")
+            .await
+            .unwrap();
+        // `one` is now stuck in its FETCH; `two` is still served.
+        two.get_mut()
+            .write_all(b"x LOGIN bob pw\r\ny NOOP\r\n")
+            .await
+            .unwrap();
+        assert!(until(&mut two, "y ").await.contains("y OK"));
+        *disk.open.lock().unwrap() = true;
+        disk.gate.notify_all();
+        assert!(until(&mut one, "c ").await.contains("body"));
     }
 }

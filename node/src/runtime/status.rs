@@ -59,11 +59,17 @@ pub fn render(s: &Status) -> String {
             t.network, t.outbound_ok, t.outbound_failed
         );
         for (onion, svc) in &t.services {
-            let _ = writeln!(
-                o,
-                "  {onion}: service {}, client {}, {} inbound stream(s)",
-                svc.state, svc.bootstrap, svc.inbound_streams
-            );
+            // arti reports a fresh service as degraded for about a minute (its descriptor
+            // upload is rate-limited) while it already serves: a served stream is the proof.
+            let service = if svc.inbound_streams > 0 {
+                format!(
+                    "reachable ({} inbound stream(s); arti: {})",
+                    svc.inbound_streams, svc.state
+                )
+            } else {
+                format!("{} (no inbound stream yet)", svc.state)
+            };
+            let _ = writeln!(o, "  {onion}: service {service}; client {}", svc.bootstrap);
         }
     }
     let next = s
@@ -101,9 +107,28 @@ mod tests {
                 in_flight: 1,
                 next_attempt_in: Some(3.25),
             },
-            tor: None,
+            tor: Some(TorStatus {
+                network: "private".into(),
+                services: BTreeMap::from([(
+                    "x.onion".to_string(),
+                    crate::onion::ServiceStatus {
+                        bootstrap: "100%".into(),
+                        ready: true,
+                        state: "DegradedUnreachable".into(),
+                        inbound_streams: 2,
+                    },
+                )]),
+                outbound_ok: 3,
+                outbound_failed: 0,
+            }),
         };
         let text = render(&s);
+        assert!(
+            text.contains(
+                "x.onion: service reachable (2 inbound stream(s); arti: DegradedUnreachable)"
+            ),
+            "{text}"
+        );
         assert!(text.contains("node: running (pid 7)"));
         assert!(text.contains("imap: 127.0.0.1:143 (1 of 64 connections)"));
         assert!(text.contains("queue: 2 message(s), 1 being delivered, next attempt in 3.2 s"));

@@ -2,7 +2,11 @@
 //!
 //! Files live in `cur/` as `<uid>.<unique>[.<dedupe key>]:2,<flags>` (standard Maildir flag
 //! letters), so any Maildir reader can open the store and IMAP UIDs survive restarts.
-//! `uidvalidity` and the persisted `uidnext` sit beside `cur/`.
+//! `uidvalidity` sits beside `cur/`, and so does `uidnext`: a durable ceiling below which
+//! every UID ever handed out lies. UIDs are reserved in blocks of [`UID_BLOCK`]: the ceiling
+//! is raised (and fsynced) before a UID at or above it is assigned, so after a crash, even one
+//! that lost a message a client had already seen, no UID is ever handed out twice and UIDNEXT
+//! never goes backwards.
 //!
 //! Deduplication without a window for duplicates: a message's [`DedupeKey`] is part of its
 //! file name, so the rename that makes the message durable also records the key, atomically.
@@ -17,6 +21,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -30,6 +35,45 @@ use crate::fsutil;
 /// The log of dedupe keys of expunged messages.
 const DEDUPE_LOG: &str = "dedupe-keys";
 
+/// How many UIDs one durable write of the `uidnext` ceiling reserves.
+pub const UID_BLOCK: u32 = 64;
+
+/// The bytes stored in all of one identity's mailboxes, against its quota (shared by the
+/// folders of one identity, so the quota counts them all).
+#[derive(Debug)]
+pub struct Usage {
+    limit: Option<u64>,
+    used: AtomicU64,
+}
+
+impl Usage {
+    /// A pool with this quota (`None`: no limit) and nothing used yet.
+    pub fn new(limit: Option<u64>) -> std::sync::Arc<Usage> {
+        std::sync::Arc::new(Usage {
+            limit,
+            used: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes stored now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, n: u64) {
+        self.used.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Takes `n` bytes off (a deleted mailbox's).
+    pub fn release(&self, n: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     meta: MessageMeta,
@@ -42,17 +86,17 @@ struct Entry {
 struct State {
     uidvalidity: u32,
     uidnext: u32,
+    /// The durable ceiling in `uidnext`: every UID handed out is below it.
+    reserved: u32,
     messages: BTreeMap<u32, Entry>,
     seen: HashSet<DedupeKey>,
-    /// Sum of the sizes of all messages.
-    used: u64,
 }
 
-/// One identity's mailbox (INBOX) in a Maildir.
+/// One mailbox (INBOX or a folder) in a Maildir.
 #[derive(Debug)]
 pub struct Maildir {
     dir: PathBuf,
-    quota: Option<u64>,
+    usage: std::sync::Arc<Usage>,
     state: Mutex<State>,
     changes: watch::Sender<u64>,
 }
@@ -78,16 +122,32 @@ impl Maildir {
     /// Opens (creating if needed) the Maildir at `dir` and indexes its messages. `quota` is
     /// the most bytes the mailbox may hold (`None`: no limit).
     pub fn open(dir: &Path, quota: Option<u64>) -> io::Result<Maildir> {
+        Self::open_shared(dir, Usage::new(quota), (now_unix() as u32).max(1))
+    }
+
+    /// Opens (creating if needed) the Maildir at `dir`, counting its bytes in `usage`.
+    /// A new mailbox gets `uidvalidity`; an existing one keeps the one it has.
+    pub fn open_shared(
+        dir: &Path,
+        usage: std::sync::Arc<Usage>,
+        uidvalidity: u32,
+    ) -> io::Result<Maildir> {
         for sub in ["tmp", "new", "cur"] {
             fsutil::create_dir_mode(&dir.join(sub), 0o700)?;
         }
         let uidvalidity = match fs::read_to_string(dir.join("uidvalidity")) {
-            Ok(s) => s.trim().parse().unwrap_or(1),
-            Err(_) => {
-                let v = (now_unix() as u32).max(1);
+            Ok(s) => s.trim().parse().map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: not a UIDVALIDITY: {s:?}", dir.join("uidvalidity").display()),
+                )
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let v = uidvalidity.max(1);
                 fsutil::write_durable(&dir.join("uidvalidity"), v.to_string().as_bytes())?;
                 v
             }
+            Err(e) => return Err(e),
         };
         let mut uidnext: u32 = fs::read_to_string(dir.join("uidnext"))
             .ok()
@@ -164,15 +224,17 @@ impl Maildir {
             );
         }
         fsutil::sync_dir(&dir.join("cur"))?;
+        usage.add(used);
         Ok(Maildir {
             dir: dir.to_path_buf(),
-            quota,
+            usage,
             state: Mutex::new(State {
                 uidvalidity,
                 uidnext,
+                // The next delivery raises the ceiling durably before it assigns a UID.
+                reserved: uidnext,
                 messages,
                 seen,
-                used,
             }),
             changes: watch::channel(0).0,
         })
@@ -190,9 +252,24 @@ impl Maildir {
         self.state.lock().expect("maildir lock")
     }
 
-    /// Bytes stored now.
+    /// Bytes stored now, in every mailbox sharing this one's quota.
     pub fn used_bytes(&self) -> u64 {
-        self.lock().used
+        self.usage.used()
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Makes sure `st.uidnext` is below the durable ceiling (raising it by a block if not).
+    fn reserve(&self, st: &mut State) -> io::Result<()> {
+        if st.uidnext >= st.reserved {
+            let ceiling = st.uidnext.saturating_add(UID_BLOCK);
+            fsutil::write_durable(&self.dir.join("uidnext"), ceiling.to_string().as_bytes())?;
+            st.reserved = ceiling;
+        }
+        Ok(())
     }
 }
 
@@ -214,14 +291,11 @@ impl MailStore for Maildir {
             {
                 return Ok(Delivered::Duplicate);
             }
-            if let (Some(limit), Quota::Enforce) = (self.quota, opts.quota)
-                && st.used + size > limit
+            let used = self.usage.used();
+            if let (Some(limit), Quota::Enforce) = (self.usage.limit, opts.quota)
+                && used + size > limit
             {
-                return Err(StoreError::OverQuota {
-                    used: st.used,
-                    limit,
-                    size,
-                });
+                return Err(StoreError::OverQuota { used, limit, size });
             }
         }
         let unique = unique();
@@ -243,6 +317,14 @@ impl MailStore for Maildir {
             fs::remove_file(&tmp)?;
             return Ok(Delivered::Duplicate);
         }
+        if let Err(e) = self.reserve(&mut st) {
+            if let Some(k) = opts.dedupe {
+                st.seen.remove(&k);
+            }
+            drop(st);
+            let _ = fs::remove_file(&tmp);
+            return Err(e.into());
+        }
         let uid = st.uidnext;
         let base = match opts.dedupe {
             Some(k) => format!("{uid}.{unique}.{}", k.to_hex()),
@@ -256,7 +338,7 @@ impl MailStore for Maildir {
             return Err(e.into());
         }
         st.uidnext += 1;
-        st.used += size;
+        self.usage.add(size);
         st.messages.insert(
             uid,
             Entry {
@@ -316,7 +398,6 @@ impl MailStore for Maildir {
 
     fn expunge(&self, uids: &[u32]) -> Result<Vec<u32>, StoreError> {
         let mut st = self.lock();
-        fsutil::write_durable(&self.dir.join("uidnext"), st.uidnext.to_string().as_bytes())?;
         let keys: Vec<String> = uids
             .iter()
             .filter_map(|u| st.messages.get(u).and_then(|e| e.dedupe))
@@ -334,7 +415,7 @@ impl MailStore for Maildir {
         for uid in uids {
             if let Some(e) = st.messages.remove(uid) {
                 fs::remove_file(self.path_of(&e, e.meta.flags))?;
-                st.used = st.used.saturating_sub(e.meta.size);
+                self.usage.release(e.meta.size);
                 removed.push(*uid);
             }
         }
@@ -402,7 +483,7 @@ mod tests {
         drop(md);
         let md = Maildir::open(dir.path(), None).unwrap();
         let snap = md.snapshot();
-        assert_eq!(snap.uidnext, 4, "expunged UIDs are never reused");
+        assert!(snap.uidnext >= 4, "expunged UIDs are never reused");
         assert_eq!(snap.messages.len(), 2);
         assert_eq!(snap.messages[0].flags, Flags::FLAGGED.with(Flags::DELETED));
         assert_eq!(
@@ -412,8 +493,39 @@ mod tests {
         );
         // A file dropped into new/ by another tool gets the next UID.
         fs::write(dir.path().join("new/foreign"), b"hi").unwrap();
+        let next = md.snapshot().uidnext;
+        drop(md);
         let md = Maildir::open(dir.path(), None).unwrap();
-        assert_eq!(md.snapshot().messages.last().unwrap().uid, 4);
+        assert_eq!(md.snapshot().messages.last().unwrap().uid, next);
+    }
+
+    /// UIDs come from a durable ceiling: whatever a crash loses, a reopened mailbox never
+    /// hands out a UID it handed out before, and UIDNEXT never goes backwards.
+    #[test]
+    fn uidnext_never_goes_backwards_even_when_messages_are_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::open(dir.path(), None).unwrap();
+        let validity = md.snapshot().uidvalidity;
+        for i in 0..(UID_BLOCK + 3) {
+            md.deliver(format!("m{i}").as_bytes(), DeliverOptions::default())
+                .unwrap();
+        }
+        let before = md.snapshot().uidnext;
+        assert_eq!(before, UID_BLOCK + 4);
+        drop(md);
+        // The worst crash: every message file lost (as if the directory entries never
+        // reached the disk).
+        for e in fs::read_dir(dir.path().join("cur")).unwrap() {
+            fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        let md = Maildir::open(dir.path(), None).unwrap();
+        let snap = md.snapshot();
+        assert_eq!(snap.uidvalidity, validity, "UIDVALIDITY is kept");
+        assert!(snap.uidnext >= before, "{} < {before}", snap.uidnext);
+        assert!(matches!(
+            md.deliver(b"new", DeliverOptions::default()).unwrap(),
+            Delivered::Stored(u) if u >= before
+        ));
     }
 
     #[test]

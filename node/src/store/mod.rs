@@ -1,10 +1,14 @@
-//! The `MailStore` seam: one identity's mail, as IMAP and the delivery stages see it.
+//! The `MailStore` and `Mailboxes` seams: one identity's mail, as IMAP and the delivery
+//! stages see it. A [`MailStore`] is one mailbox (INBOX or a folder); [`Mailboxes`] is the
+//! identity's set of them (LIST, CREATE, DELETE, RENAME, subscriptions, special use).
 //!
 //! Contract: every method that changes the store is durable (fsynced) before it returns `Ok`,
 //! and every method may block on the disk, so async callers run them on blocking threads
-//! (`tokio::task::spawn_blocking`), never on an async worker. [`Maildir`] is the implementation.
+//! (`tokio::task::spawn_blocking`), never on an async worker. [`Maildir`] and
+//! [`MaildirFolders`] are the implementations.
 
 mod flags;
+mod folders;
 mod maildir;
 
 use std::fmt;
@@ -14,7 +18,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 pub use flags::Flags;
-pub use maildir::Maildir;
+pub use folders::{
+    DELIMITER, FolderError, FolderInfo, Mailboxes, MaildirFolders, SpecialUse, normalize,
+};
+pub use maildir::{Maildir, UID_BLOCK, Usage};
 
 /// What the store knows about one message without reading it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -451,3 +451,59 @@ fn mbsync_syncs_every_folder_both_ways_then_transfers_nothing() {
     assert!(moving.is_empty(), "the third sync transferred: {moving:?}");
     assert_eq!(remote(&node, "dump"), far, "the third sync changed the server");
 }
+
+/// A client that submits a message and then files its own copy in Sent (what Thunderbird
+/// and K-9 do) ends up with one copy: the node filed one at submission, and the APPEND of
+/// the same message (same Message-ID, the client's original headers) is recognised.
+#[test]
+fn a_submitted_message_appended_to_sent_is_stored_once() {
+    let mut node = Node::new("bob");
+    node.start();
+    let out = python(
+        r#"
+import re, smtplib, sys
+from email.message import EmailMessage
+from imapclient import IMAPClient
+sub_port, imap_port, user, pw = sys.argv[1:]
+m = EmailMessage()
+m['From'] = user
+m['To'] = user
+m['Subject'] = 'filed once'
+m['User-Agent'] = 'LeakyClient/1.0'
+m['Message-ID'] = '<filed-once@my-laptop.example>'
+m.set_content('hello')
+with smtplib.SMTP('127.0.0.1', int(sub_port)) as s:
+    s.login(user, pw)
+    s.send_message(m)
+c = IMAPClient('127.0.0.1', port=int(imap_port), ssl=False, timeout=30)
+c.login(user, pw)
+before = c.folder_status('Sent', [b'MESSAGES', b'UIDNEXT'])
+r = c.append('Sent', m.as_bytes(), flags=[b'\\Seen'])
+after = c.folder_status('Sent', [b'MESSAGES', b'UIDNEXT'])
+uid = int(re.search(rb'\[APPENDUID \d+ (\d+)\]', r).group(1))
+c.select_folder('Sent')
+subjects = [d[b'BODY[HEADER.FIELDS (SUBJECT)]'].decode().strip()
+            for d in c.fetch(c.search(), ['BODY.PEEK[HEADER.FIELDS (SUBJECT)]']).values()]
+print('BEFORE=%d AFTER=%d UIDNEXT_SAME=%s UID_IN_SENT=%s SUBJECTS=%r' % (
+    before[b'MESSAGES'], after[b'MESSAGES'], before[b'UIDNEXT'] == after[b'UIDNEXT'],
+    uid in c.search(), subjects))
+# A different message appended to Sent is stored as usual.
+r = c.append('Sent', b'Message-ID: <other@x>\r\nSubject: other\r\n\r\nx\r\n')
+print('OTHER=%d' % c.folder_status('Sent', [b'MESSAGES'])[b'MESSAGES'])
+c.logout()
+"#,
+        &[
+            &node.submission.to_string(),
+            &node.imap.to_string(),
+            &node.address,
+            &node.password,
+        ],
+    );
+    assert!(
+        out.contains(
+            "BEFORE=1 AFTER=1 UIDNEXT_SAME=True UID_IN_SENT=True SUBJECTS=['Subject: filed once']"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("OTHER=2"), "{out}");
+}

@@ -12,8 +12,10 @@ use imap_codec::imap_types::status::StatusDataItemName;
 
 use super::session::{ALL_FLAGS, Accounts, Selected, Session, to_flags};
 use super::utf7;
+use crate::message::message_id;
 use crate::store::{
-    DELIMITER, DeliverOptions, Delivered, FolderError, Flags, MailStore, Mailboxes, StoreError,
+    DELIMITER, DedupeKey, DeliverOptions, Delivered, Flags, FolderError, MailStore, Mailboxes,
+    SpecialUse, StoreError,
 };
 
 /// A mailbox argument as a UTF-8 name.
@@ -358,6 +360,19 @@ impl<A: Accounts> Session<A> {
         let Some(store) = self.target(tag, mbs, mailbox, "TRYCREATE") else {
             return;
         };
+        // The node filed a copy of what its user submitted in Sent; the client's own copy
+        // of the same message is not stored a second time.
+        if let Some(sent) = mbs.special(SpecialUse::Sent)
+            && Arc::ptr_eq(&sent, &store)
+            && let Some(id) = message_id(data)
+            && let Some(uid) = store.uid_of(DedupeKey::sent_copy(&id))
+        {
+            let v = store.snapshot().uidvalidity;
+            return self.ok(
+                tag,
+                &format!("[APPENDUID {v} {uid}] APPEND completed (filed at submission)"),
+            );
+        }
         let opts = DeliverOptions {
             flags: to_flags(flags),
             internal_date: date,

@@ -428,6 +428,14 @@ impl MailStore for Maildir {
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
+
+    fn uid_of(&self, key: DedupeKey) -> Option<u32> {
+        let st = self.lock();
+        st.messages
+            .values()
+            .find(|e| e.dedupe == Some(key))
+            .map(|e| e.meta.uid)
+    }
 }
 
 fn mtime(md: &fs::Metadata) -> i64 {

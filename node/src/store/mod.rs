@@ -72,6 +72,23 @@ impl DedupeKey {
         DedupeKey(k)
     }
 
+    /// The key of the node's own copy of a message its user submitted, filed in Sent: the
+    /// client's Message-ID alone, so the copy the client APPENDs to Sent afterwards (with
+    /// the headers the node removed or changed at submission) is recognised as the same.
+    pub fn sent_copy(message_id: &str) -> Self {
+        let id = message_id
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>');
+        let mut h = Sha256::new();
+        h.update(b"onionpost/sent-copy/v1\0");
+        h.update(id.as_bytes());
+        let d = h.finalize();
+        let mut k = [0u8; 16];
+        k.copy_from_slice(&d[..16]);
+        DedupeKey(k)
+    }
+
     /// Lower-case hex, as stored on disk.
     pub fn to_hex(self) -> String {
         hex::encode(self.0)
@@ -158,6 +175,12 @@ pub trait MailStore: Send + Sync + fmt::Debug + 'static {
     fn expunge(&self, uids: &[u32]) -> Result<Vec<u32>, StoreError>;
     /// A receiver that changes whenever messages are added, removed or re-flagged.
     fn subscribe(&self) -> watch::Receiver<u64>;
+    /// The UID of a message in the mailbox now that was stored with this dedupe key
+    /// (not one expunged since). The default knows of none.
+    fn uid_of(&self, key: DedupeKey) -> Option<u32> {
+        let _ = key;
+        None
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use imap_codec::imap_types::command::CommandBody;
+use imap_codec::imap_types::command::{CommandBody, SelectParameter};
 use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
 use imap_codec::imap_types::flag::Flag;
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
@@ -106,8 +106,20 @@ impl<A: Accounts> Session<A> {
         body: CommandBody<'_>,
     ) {
         match body {
-            CommandBody::Select { mailbox, .. } => self.select(tag, mbs, &mailbox, false),
-            CommandBody::Examine { mailbox, .. } => self.select(tag, mbs, &mailbox, true),
+            CommandBody::Select {
+                mailbox,
+                parameters,
+            } => {
+                self.condstore |= parameters.contains(&SelectParameter::CondStore);
+                self.select(tag, mbs, &mailbox, false)
+            }
+            CommandBody::Examine {
+                mailbox,
+                parameters,
+            } => {
+                self.condstore |= parameters.contains(&SelectParameter::CondStore);
+                self.select(tag, mbs, &mailbox, true)
+            }
             CommandBody::List {
                 reference,
                 mailbox_wildcard,
@@ -239,6 +251,10 @@ impl<A: Accounts> Session<A> {
             "* OK [UIDNEXT {}] Predicted next UID",
             snap.uidnext
         ));
+        self.line(&format!(
+            "* OK [HIGHESTMODSEQ {}] Highest",
+            snap.highest_modseq
+        ));
         self.selected = Some(Selected {
             read_only,
             store,
@@ -333,6 +349,9 @@ impl<A: Accounts> Session<A> {
                 StatusDataItemName::UidNext => Some(format!("UIDNEXT {}", snap.uidnext)),
                 StatusDataItemName::UidValidity => {
                     Some(format!("UIDVALIDITY {}", snap.uidvalidity))
+                }
+                StatusDataItemName::HighestModSeq => {
+                    Some(format!("HIGHESTMODSEQ {}", snap.highest_modseq))
                 }
                 StatusDataItemName::Unseen => Some(format!(
                     "UNSEEN {}",

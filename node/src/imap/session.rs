@@ -20,6 +20,8 @@ use imap_codec::imap_types::core::LiteralMode;
 use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
 use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName, Section};
 use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_codec::imap_types::command::{FetchModifier, StoreModifier};
+use imap_codec::imap_types::extensions::enable::CapabilityEnable;
 use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::SequenceSet;
 use mail_parser::MessageParser;
@@ -47,7 +49,7 @@ pub const MAX_AUTH_FAILURES: u32 = 3;
 pub const CAPABILITIES_BEFORE_LOGIN: &str = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE AUTH=PLAIN";
 /// What the server offers once logged in.
 pub const CAPABILITIES: &str = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT \
-    UIDPLUS MOVE SPECIAL-USE CHILDREN";
+    UIDPLUS MOVE SPECIAL-USE CHILDREN CONDSTORE";
 pub(super) const ALL_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
 /// After this many BAD/NO answers in a row the session ends.
 const MAX_ERRORS: u32 = 50;
@@ -71,6 +73,9 @@ pub struct Session<A> {
     auth_tag: Option<String>,
     /// Tag of the running IDLE.
     idle_tag: Option<String>,
+    /// CONDSTORE is on (ENABLE, or a command that uses it, RFC 7162 §3.1): flag updates
+    /// carry MODSEQ.
+    pub(super) condstore: bool,
     max_literal: u32,
     errors: u32,
     auth_failures: u32,
@@ -88,6 +93,7 @@ impl<A: Accounts> Session<A> {
             selected: None,
             auth_tag: None,
             idle_tag: None,
+            condstore: false,
             max_literal,
             errors: 0,
             auth_failures: 0,
@@ -331,9 +337,17 @@ impl<A: Accounts> Session<A> {
             CommandBody::Login { .. } | CommandBody::Authenticate { .. } => {
                 self.bad(tag, "Already authenticated")
             }
-            CommandBody::Enable { .. } => {
-                // Nothing this server offers needs enabling.
-                self.line("* ENABLED");
+            CommandBody::Enable { capabilities } => {
+                let condstore = capabilities
+                    .as_ref()
+                    .iter()
+                    .any(|c| matches!(c, CapabilityEnable::CondStore));
+                if condstore {
+                    self.condstore = true;
+                    self.line("* ENABLED CONDSTORE");
+                } else {
+                    self.line("* ENABLED");
+                }
                 self.ok(tag, "ENABLE completed")
             }
             CommandBody::Namespace => {
@@ -423,11 +437,23 @@ impl<A: Accounts> Session<A> {
                         return self.no(tag, "[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
                     }
                 }
+                let by_modseq = criteria
+                    .iter()
+                    .any(|k| matches!(k, SearchKey::ModSequence { .. }));
+                if by_modseq {
+                    self.condstore = true;
+                }
                 let key = SearchKey::And(criteria);
                 let hits = self.search(mb, &key, uid);
-                let list: Vec<String> = hits.iter().map(u32::to_string).collect();
+                let list: Vec<String> = hits.iter().map(|(n, _)| n.to_string()).collect();
+                // RFC 7162 §3.1.5: with MODSEQ in the criteria, the highest mod-sequence
+                // of the messages found.
+                let highest = match hits.iter().map(|(_, m)| *m).max() {
+                    Some(m) if by_modseq => format!(" (MODSEQ {m})"),
+                    _ => String::new(),
+                };
                 self.line(&format!(
-                    "* SEARCH{}{}",
+                    "* SEARCH{}{}{highest}",
                     if list.is_empty() { "" } else { " " },
                     list.join(" ")
                 ));
@@ -437,8 +463,12 @@ impl<A: Accounts> Session<A> {
                 sequence_set,
                 macro_or_item_names,
                 uid,
-                ..
+                modifiers,
             } => {
+                let changed_since = modifiers.iter().find_map(|m| match m {
+                    FetchModifier::ChangedSince(n) => Some(n.get()),
+                    FetchModifier::Vanished => None,
+                });
                 let items = match macro_or_item_names {
                     MacroOrMessageDataItemNames::Macro(m) => m
                         .expand()
@@ -447,7 +477,12 @@ impl<A: Accounts> Session<A> {
                         .collect(),
                     MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
                 };
-                self.fetch(mb, &sequence_set, &items, uid);
+                if changed_since.is_some()
+                    || items.iter().any(|i| matches!(i, MessageDataItemName::ModSeq))
+                {
+                    self.condstore = true;
+                }
+                self.fetch(mb, &sequence_set, &items, uid, changed_since);
                 if uid {
                     self.sync(false);
                 }
@@ -459,38 +494,66 @@ impl<A: Accounts> Session<A> {
                 response,
                 flags,
                 uid,
-                ..
+                modifiers,
             } => {
                 if read_only {
                     return self.no(tag, "[READ-ONLY] Mailbox is read-only");
                 }
+                let unchanged_since = modifiers.iter().find_map(|m| match m {
+                    StoreModifier::UnchangedSince(n) => Some(*n),
+                });
+                if unchanged_since.is_some() {
+                    self.condstore = true;
+                }
                 let change = to_flags(&flags);
-                let targets = self.resolve(&sequence_set, uid);
-                for (seq, meta) in targets {
+                let mut modified = Vec::new();
+                let mut changes = Vec::new();
+                let mut touched = Vec::new();
+                for (seq, meta) in self.resolve(&sequence_set, uid) {
+                    if unchanged_since.is_some_and(|n| meta.modseq > n) {
+                        modified.push(if uid { meta.uid } else { seq });
+                        continue;
+                    }
                     let new = match kind {
                         StoreType::Replace => change,
                         StoreType::Add => meta.flags.with(change),
                         StoreType::Remove => meta.flags.without(change),
                     };
-                    if let Err(e) = mb.set_flags(meta.uid, new) {
-                        return self.no(tag, &format!("[SERVERBUG] {e}"));
-                    }
+                    changes.push((meta.uid, new));
+                    touched.push((seq, meta.uid));
+                }
+                if let Err(e) = mb.set_flags_many(&changes) {
+                    self.sync(false);
+                    return self.no(tag, &format!("[SERVERBUG] {e}"));
+                }
+                let snap = mb.snapshot();
+                for (seq, u) in touched {
+                    let Ok(j) = snap.messages.binary_search_by_key(&u, |m| m.uid) else {
+                        continue;
+                    };
+                    let now = snap.messages[j].clone();
                     if let Some(sel) = self.selected.as_mut() {
-                        sel.messages[seq as usize - 1].flags = new;
+                        sel.messages[seq as usize - 1] = now.clone();
                     }
                     if response == StoreResponse::Answer {
                         let uid_part = if uid {
-                            format!("UID {} ", meta.uid)
+                            format!("UID {} ", now.uid)
                         } else {
                             String::new()
                         };
+                        let modseq = self.modseq_part(&now);
                         self.line(&format!(
-                            "* {seq} FETCH ({uid_part}FLAGS ({}))",
-                            new.to_imap()
+                            "* {seq} FETCH ({uid_part}FLAGS ({}){modseq})",
+                            now.flags.to_imap()
                         ));
                     }
                 }
-                self.ok(tag, "STORE completed")
+                if modified.is_empty() {
+                    self.ok(tag, "STORE completed")
+                } else {
+                    let set = super::transfer::uid_set(&modified);
+                    self.ok(tag, &format!("[MODIFIED {set}] Conditional STORE failed for some"))
+                }
             }
             CommandBody::Copy {
                 sequence_set,
@@ -503,6 +566,15 @@ impl<A: Accounts> Session<A> {
                 uid,
             } => self.transfer(tag, &sequence_set, &mailbox, uid, true),
             _ => self.bad(tag, "Command not supported"),
+        }
+    }
+
+    /// ` MODSEQ (n)` when CONDSTORE is on, else nothing.
+    fn modseq_part(&self, m: &MessageMeta) -> String {
+        if self.condstore {
+            format!(" MODSEQ ({})", m.modseq)
+        } else {
+            String::new()
         }
     }
 
@@ -564,10 +636,21 @@ impl<A: Accounts> Session<A> {
         }
         for (i, m) in sel.messages.iter_mut().enumerate() {
             if let Ok(j) = snap.messages.binary_search_by_key(&m.uid, |x| x.uid)
-                && snap.messages[j].flags != m.flags
+                && (snap.messages[j].flags != m.flags
+                    || (self.condstore && snap.messages[j].modseq != m.modseq))
             {
                 m.flags = snap.messages[j].flags;
-                lines.push(format!("* {} FETCH (FLAGS ({}))", i + 1, m.flags.to_imap()));
+                m.modseq = snap.messages[j].modseq;
+                let modseq = if self.condstore {
+                    format!(" MODSEQ ({})", m.modseq)
+                } else {
+                    String::new()
+                };
+                lines.push(format!(
+                    "* {} FETCH (FLAGS ({}){modseq})",
+                    i + 1,
+                    m.flags.to_imap()
+                ));
             }
         }
         let max = sel.messages.last().map(|m| m.uid).unwrap_or(0);
@@ -582,7 +665,13 @@ impl<A: Accounts> Session<A> {
         }
     }
 
-    fn search(&mut self, mb: &Arc<dyn MailStore>, key: &SearchKey<'_>, uid: bool) -> Vec<u32> {
+    /// Matching messages: (sequence number or UID, mod-sequence).
+    fn search(
+        &mut self,
+        mb: &Arc<dyn MailStore>,
+        key: &SearchKey<'_>,
+        uid: bool,
+    ) -> Vec<(u32, u64)> {
         let msgs = self.selected_messages().to_vec();
         let max_seq = msgs.len() as u32;
         let max_uid = self.max_uid();
@@ -598,7 +687,7 @@ impl<A: Accounts> Session<A> {
                 raw: Default::default(),
             };
             if search::matches(key, &c) {
-                hits.push(if uid { m.uid } else { i as u32 + 1 });
+                hits.push((if uid { m.uid } else { i as u32 + 1 }, m.modseq));
             }
         }
         hits
@@ -610,6 +699,7 @@ impl<A: Accounts> Session<A> {
         set: &SequenceSet,
         items: &[MessageDataItemName<'_>],
         uid: bool,
+        changed_since: Option<u64>,
     ) {
         let read_only = self.selected.as_ref().is_some_and(|s| s.read_only);
         let needs_text = items.iter().any(|i| {
@@ -640,6 +730,9 @@ impl<A: Accounts> Session<A> {
             _ => false,
         });
         for (seq, meta) in self.resolve(set, uid) {
+            if changed_since.is_some_and(|n| meta.modseq <= n) {
+                continue;
+            }
             let raw = if needs_text {
                 match mb.read(meta.uid) {
                     Ok(r) => r,
@@ -670,6 +763,8 @@ impl<A: Accounts> Session<A> {
                         want_flags = true;
                         continue;
                     }
+                    // Written with FLAGS below (the value may change when \\Seen is set).
+                    MessageDataItemName::ModSeq => continue,
                     MessageDataItemName::InternalDate => out.extend_from_slice(
                         format!(
                             "INTERNALDATE \"{}\"",
@@ -749,17 +844,28 @@ impl<A: Accounts> Session<A> {
                 }
                 parts.push(out);
             }
+            let mut modseq = meta.modseq;
             if sets_seen && !read_only && !flags.contains(Flags::SEEN) {
                 flags = flags.with(Flags::SEEN);
                 if mb.set_flags(meta.uid, flags).is_ok() {
+                    let snap = mb.snapshot();
+                    if let Ok(j) = snap.messages.binary_search_by_key(&meta.uid, |m| m.uid) {
+                        modseq = snap.messages[j].modseq;
+                    }
                     if let Some(sel) = self.selected.as_mut() {
-                        sel.messages[seq as usize - 1].flags = flags;
+                        let m = &mut sel.messages[seq as usize - 1];
+                        m.flags = flags;
+                        m.modseq = modseq;
                     }
                     want_flags = true;
                 }
             }
             if want_flags {
                 parts.push(format!("FLAGS ({})", flags.to_imap()).into_bytes());
+            }
+            let asked_modseq = items.iter().any(|i| matches!(i, MessageDataItemName::ModSeq));
+            if asked_modseq || changed_since.is_some() || (self.condstore && want_flags) {
+                parts.push(format!("MODSEQ ({modseq})").into_bytes());
             }
             self.out
                 .extend_from_slice(format!("* {seq} FETCH (").as_bytes());
@@ -1078,6 +1184,59 @@ mod tests {
         assert!(talk(&mut s, "30 DELETE Trash\r\n").starts_with("30 OK"));
         assert!(talk(&mut s, "31 FETCH 1 FLAGS\r\n").starts_with("31 BAD"), "deleted mailbox is deselected");
         assert!(talk(&mut s, "32 SELECT Trash\r\n").starts_with("32 NO [NONEXISTENT]"));
+    }
+
+    #[test]
+    fn condstore_modseq_changedsince_unchangedsince() {
+        let (_d, inbox, mut s) = setup();
+        for i in 0..3 {
+            inbox
+                .deliver(format!("Subject: c{i}\r\n\r\n").as_bytes(), DeliverOptions::default())
+                .unwrap();
+        }
+        talk(&mut s, "1 LOGIN bob pw\r\n");
+        let out = talk(&mut s, "2 SELECT INBOX (CONDSTORE)\r\n");
+        let high: u64 = out
+            .split("[HIGHESTMODSEQ ")
+            .nth(1)
+            .unwrap()
+            .split(']')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(high, inbox.snapshot().highest_modseq);
+        let out = talk(&mut s, "3 STORE 2 +FLAGS.SILENT (\\Seen)\r\n");
+        assert_eq!(out, "3 OK STORE completed\r\n");
+        let m2 = inbox.snapshot().messages[1].modseq;
+        assert!(m2 > high, "a flag change raises the mod-sequence");
+        // Only what changed since `high`.
+        let out = talk(&mut s, &format!("4 UID FETCH 1:* (FLAGS) (CHANGEDSINCE {high})\r\n"));
+        assert_eq!(
+            out,
+            format!("* 2 FETCH (UID 2 FLAGS (\\Seen) MODSEQ ({m2}))\r\n4 OK FETCH completed\r\n")
+        );
+        // A conditional STORE refuses messages changed since.
+        let out = talk(
+            &mut s,
+            &format!("5 UID STORE 1:2 (UNCHANGEDSINCE {high}) +FLAGS (\\Flagged)\r\n"),
+        );
+        assert!(out.ends_with("5 OK [MODIFIED 2] Conditional STORE failed for some\r\n"), "{out}");
+        assert!(out.contains("* 1 FETCH (UID 1 FLAGS (\\Flagged) MODSEQ ("), "{out}");
+        let snap = inbox.snapshot();
+        assert!(!snap.messages[1].flags.contains(Flags::FLAGGED));
+        let out = talk(&mut s, &format!("6 SEARCH MODSEQ {}\r\n", m2 + 1));
+        assert_eq!(
+            out,
+            format!("* SEARCH 1 (MODSEQ {})\r\n6 OK SEARCH completed\r\n", snap.messages[0].modseq)
+        );
+        let out = talk(&mut s, "7 STATUS INBOX (HIGHESTMODSEQ)\r\n");
+        assert!(out.contains(&format!("HIGHESTMODSEQ {}", snap.highest_modseq)), "{out}");
+        // Another session's change reaches this one with its MODSEQ.
+        inbox.set_flags(3, Flags::ANSWERED).unwrap();
+        let out = talk(&mut s, "8 NOOP\r\n");
+        let m3 = inbox.snapshot().messages[2].modseq;
+        assert!(out.starts_with(&format!("* 3 FETCH (FLAGS (\\Answered) MODSEQ ({m3}))\r\n")), "{out}");
     }
 
     fn inbox_validity_of(s: &mut Session<One>, name: &str) -> String {

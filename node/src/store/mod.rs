@@ -34,6 +34,8 @@ pub struct MessageMeta {
     pub size: u64,
     /// Arrival time, Unix seconds (INTERNALDATE).
     pub internal_date: i64,
+    /// CONDSTORE mod-sequence: raised whenever the message is stored or re-flagged.
+    pub modseq: u64,
 }
 
 /// A consistent view of a mailbox.
@@ -43,6 +45,8 @@ pub struct Snapshot {
     pub uidvalidity: u32,
     /// The UID the next message will get.
     pub uidnext: u32,
+    /// The highest mod-sequence of any change so far (CONDSTORE HIGHESTMODSEQ).
+    pub highest_modseq: u64,
     /// Messages in UID order.
     pub messages: Vec<MessageMeta>,
 }
@@ -171,6 +175,13 @@ pub trait MailStore: Send + Sync + fmt::Debug + 'static {
     fn read(&self, uid: u32) -> Result<Vec<u8>, StoreError>;
     /// Replaces a message's flags. Unknown UIDs are ignored.
     fn set_flags(&self, uid: u32, flags: Flags) -> Result<(), StoreError>;
+    /// Replaces the flags of several messages, durable together (one fsync where the store
+    /// can). Unknown UIDs are ignored.
+    fn set_flags_many(&self, changes: &[(u32, Flags)]) -> Result<(), StoreError> {
+        changes
+            .iter()
+            .try_for_each(|&(uid, flags)| self.set_flags(uid, flags))
+    }
     /// Removes messages for good; returns the UIDs removed.
     fn expunge(&self, uids: &[u32]) -> Result<Vec<u32>, StoreError>;
     /// A receiver that changes whenever messages are added, removed or re-flagged.

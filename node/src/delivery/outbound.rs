@@ -12,10 +12,10 @@ use chrono::{TimeZone, Utc};
 use crate::clock::Clock;
 use crate::context::{Context, Hosted, Identities};
 use crate::message::{SubmitError, message_id, sanitize_submission};
-use crate::store::{DedupeKey, DeliverOptions, Flags, Quota, SpecialUse};
 use crate::queue::Queue;
 use crate::smtp::reply::{Reply, reply};
 use crate::smtp::session::{Envelope, Policy};
+use crate::store::{DedupeKey, DeliverOptions, Flags, Quota, SpecialUse};
 
 /// Applies the header allow-list (see [`crate::message::sanitize`]) for the identity
 /// `sender` at Unix time `now`. Pure.
@@ -104,7 +104,7 @@ impl Submission {
                     tracing::warn!(identity = %name, "filing the sent copy: {e}");
                 }
             }
-            Ok(queued)
+            Ok::<_, std::io::Error>(queued)
         })
         .await;
         match queued {
@@ -195,13 +195,27 @@ mod tests {
         assert_eq!(expand(vec![bob.clone()]), vec![bob.clone()]);
 
         // The user's copy is filed in Sent once, even when the client submits it again.
-        let sent = ctx.identities().by_name("alice").unwrap().mailboxes.special(SpecialUse::Sent).unwrap();
-        assert_eq!(sent.snapshot().messages.len(), 1, "the first message's copy");
+        let sent = ctx
+            .identities()
+            .by_name("alice")
+            .unwrap()
+            .mailboxes
+            .special(SpecialUse::Sent)
+            .unwrap();
+        assert_eq!(
+            sent.snapshot().messages.len(),
+            1,
+            "the first message's copy"
+        );
         let with_id = "Message-ID: <once@my-laptop.example>\r\nSubject: twice\r\n\r\nbody\r\n";
         sub.accept(env(with_id)).await.unwrap();
         sub.accept(env(with_id)).await.unwrap();
         let snap = sent.snapshot();
-        assert_eq!(snap.messages.len(), 2, "one copy of the resubmitted message");
+        assert_eq!(
+            snap.messages.len(),
+            2,
+            "one copy of the resubmitted message"
+        );
         assert!(snap.messages[1].flags.contains(Flags::SEEN));
         assert_eq!(
             sent.uid_of(DedupeKey::sent_copy("<once@my-laptop.example>")),

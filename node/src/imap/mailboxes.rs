@@ -132,9 +132,9 @@ impl<A: Accounts> Session<A> {
                 mailbox,
                 item_names,
             } => self.status(tag, mbs, &mailbox, &item_names),
-            CommandBody::Create { mailbox } => self.named(tag, &mailbox, "CREATE", |n| {
-                mbs.create(n)
-            }),
+            CommandBody::Create { mailbox } => {
+                self.named(tag, &mailbox, "CREATE", |n| mbs.create(n))
+            }
             CommandBody::Delete { mailbox } => {
                 let gone = mailbox_name(&mailbox).ok().and_then(|n| mbs.open(&n));
                 self.named(tag, &mailbox, "DELETE", |n| mbs.delete(n));
@@ -151,12 +151,12 @@ impl<A: Accounts> Session<A> {
                 };
                 self.named(tag, &from, "RENAME", |n| mbs.rename(n, &to))
             }
-            CommandBody::Subscribe { mailbox } => self.named(tag, &mailbox, "SUBSCRIBE", |n| {
-                mbs.set_subscribed(n, true)
-            }),
-            CommandBody::Unsubscribe { mailbox } => {
-                self.named(tag, &mailbox, "UNSUBSCRIBE", |n| mbs.set_subscribed(n, false))
+            CommandBody::Subscribe { mailbox } => {
+                self.named(tag, &mailbox, "SUBSCRIBE", |n| mbs.set_subscribed(n, true))
             }
+            CommandBody::Unsubscribe { mailbox } => self.named(tag, &mailbox, "UNSUBSCRIBE", |n| {
+                mbs.set_subscribed(n, false)
+            }),
             CommandBody::Append {
                 mailbox,
                 flags,

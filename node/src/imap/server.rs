@@ -61,7 +61,12 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(());
         }
         let selected = session.selected_store();
-        if selected.map(Arc::as_ptr) != watched.as_ref().map(|(m, _)| Arc::as_ptr(m)) {
+        let same = match (selected, watched.as_ref()) {
+            (Some(a), Some((b, _))) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
             // Subscribed when the mailbox is selected, so a change between the SELECT and a
             // later IDLE wakes that IDLE at once (the session then reports what it missed).
             watched = selected.map(|m| (m.clone(), m.subscribe()));
@@ -89,8 +94,7 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
 mod tests {
     use super::*;
     use crate::store::{
-        DeliverOptions, FolderError, FolderInfo, Flags, Mailboxes, Maildir, SpecialUse,
-        StoreError,
+        DeliverOptions, Flags, FolderError, FolderInfo, Mailboxes, Maildir, SpecialUse, StoreError,
     };
     use std::sync::{Condvar, Mutex};
     use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};

@@ -16,12 +16,11 @@ use imap_codec::decode::Decoder;
 use imap_codec::fragmentizer::{FragmentInfo, Fragmentizer, LiteralAnnouncement};
 use imap_codec::imap_types::auth::AuthMechanism;
 use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::command::{FetchModifier, StoreModifier};
 use imap_codec::imap_types::core::LiteralMode;
-use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_codec::imap_types::extensions::enable::CapabilityEnable;
 use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName, Section};
 use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
-use imap_codec::imap_types::command::{FetchModifier, StoreModifier};
-use imap_codec::imap_types::extensions::enable::CapabilityEnable;
 use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::SequenceSet;
 use mail_parser::MessageParser;
@@ -438,6 +437,7 @@ impl<A: Accounts> Session<A> {
                     }
                 }
                 let by_modseq = criteria
+                    .as_ref()
                     .iter()
                     .any(|k| matches!(k, SearchKey::ModSequence { .. }));
                 if by_modseq {
@@ -478,7 +478,9 @@ impl<A: Accounts> Session<A> {
                     MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
                 };
                 if changed_since.is_some()
-                    || items.iter().any(|i| matches!(i, MessageDataItemName::ModSeq))
+                    || items
+                        .iter()
+                        .any(|i| matches!(i, MessageDataItemName::ModSeq))
                 {
                     self.condstore = true;
                 }
@@ -552,7 +554,10 @@ impl<A: Accounts> Session<A> {
                     self.ok(tag, "STORE completed")
                 } else {
                     let set = super::transfer::uid_set(&modified);
-                    self.ok(tag, &format!("[MODIFIED {set}] Conditional STORE failed for some"))
+                    self.ok(
+                        tag,
+                        &format!("[MODIFIED {set}] Conditional STORE failed for some"),
+                    )
                 }
             }
             CommandBody::Copy {
@@ -863,7 +868,9 @@ impl<A: Accounts> Session<A> {
             if want_flags {
                 parts.push(format!("FLAGS ({})", flags.to_imap()).into_bytes());
             }
-            let asked_modseq = items.iter().any(|i| matches!(i, MessageDataItemName::ModSeq));
+            let asked_modseq = items
+                .iter()
+                .any(|i| matches!(i, MessageDataItemName::ModSeq));
             if asked_modseq || changed_since.is_some() || (self.condstore && want_flags) {
                 parts.push(format!("MODSEQ ({modseq})").into_bytes());
             }
@@ -920,8 +927,7 @@ mod tests {
     fn setup() -> (tempfile::TempDir, Arc<dyn MailStore>, Session<One>) {
         let dir = tempfile::tempdir().unwrap();
         let mbs: Arc<dyn Mailboxes> = Arc::new(
-            MaildirFolders::open(&dir.path().join("Maildir"), &dir.path().join("f"), None)
-                .unwrap(),
+            MaildirFolders::open(&dir.path().join("Maildir"), &dir.path().join("f"), None).unwrap(),
         );
         let s = Session::new(One(mbs.clone()), 1000);
         (dir, mbs.inbox(), s)
@@ -1090,22 +1096,46 @@ mod tests {
     fn capabilities_before_and_after_login() {
         let (_d, _md, mut s) = setup();
         let hello = talk(&mut s, "");
-        assert!(hello.contains("AUTH=PLAIN") && !hello.contains("MOVE"), "{hello}");
+        assert!(
+            hello.contains("AUTH=PLAIN") && !hello.contains("MOVE"),
+            "{hello}"
+        );
         let out = talk(&mut s, "1 CAPABILITY\r\n");
         assert!(out.starts_with(&format!("* CAPABILITY {CAPABILITIES_BEFORE_LOGIN}\r\n")));
-        assert_eq!(talk(&mut s, "2 ID (\"name\" \"x\")\r\n"), "* ID NIL\r\n2 OK ID completed\r\n");
+        assert_eq!(
+            talk(&mut s, "2 ID (\"name\" \"x\")\r\n"),
+            "* ID NIL\r\n2 OK ID completed\r\n"
+        );
         assert!(talk(&mut s, "3 NAMESPACE\r\n").starts_with("3 BAD"));
         let out = talk(&mut s, "4 LOGIN bob pw\r\n5 CAPABILITY\r\n");
-        assert!(out.contains(&format!("4 OK [CAPABILITY {CAPABILITIES}]")), "{out}");
-        assert!(out.contains(&format!("* CAPABILITY {CAPABILITIES}\r\n")), "{out}");
-        for cap in ["UIDPLUS", "MOVE", "IDLE", "NAMESPACE", "ENABLE", "ID", "LITERAL+", "SPECIAL-USE"] {
+        assert!(
+            out.contains(&format!("4 OK [CAPABILITY {CAPABILITIES}]")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("* CAPABILITY {CAPABILITIES}\r\n")),
+            "{out}"
+        );
+        for cap in [
+            "UIDPLUS",
+            "MOVE",
+            "IDLE",
+            "NAMESPACE",
+            "ENABLE",
+            "ID",
+            "LITERAL+",
+            "SPECIAL-USE",
+        ] {
             assert!(CAPABILITIES.split(' ').any(|c| c == cap), "{cap}");
         }
         assert_eq!(
             talk(&mut s, "6 NAMESPACE\r\n"),
             "* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n6 OK NAMESPACE completed\r\n"
         );
-        assert_eq!(talk(&mut s, "7 ENABLE CONDSTORE\r\n"), "* ENABLED\r\n7 OK ENABLE completed\r\n");
+        assert_eq!(
+            talk(&mut s, "7 ENABLE CONDSTORE\r\n"),
+            "* ENABLED\r\n7 OK ENABLE completed\r\n"
+        );
     }
 
     #[test]
@@ -1121,56 +1151,101 @@ mod tests {
             ("\\Archive", "Archive"),
         ] {
             assert!(
-                out.contains(&format!("* LIST (\\HasNoChildren {attr}) \"/\" \"{name}\"\r\n")),
+                out.contains(&format!(
+                    "* LIST (\\HasNoChildren {attr}) \"/\" \"{name}\"\r\n"
+                )),
                 "{out}"
             );
         }
         assert!(talk(&mut s, "3 CREATE \"Entw&APw-rfe/Alt\"\r\n").starts_with("3 OK"));
         assert!(talk(&mut s, "4 CREATE Sent\r\n").starts_with("4 NO [ALREADYEXISTS]"));
-        assert!(talk(&mut s, "5 CREATE \"Entwürfe\"\r\n").starts_with("5 BAD"), "raw UTF-8 name");
+        assert!(
+            talk(&mut s, "5 CREATE \"Entwürfe\"\r\n").starts_with("5 BAD"),
+            "raw UTF-8 name"
+        );
         let out = talk(&mut s, "6 LIST \"\" %\r\n");
-        assert!(out.contains("* LIST (\\HasChildren) \"/\" \"Entw&APw-rfe\"\r\n"), "{out}");
+        assert!(
+            out.contains("* LIST (\\HasChildren) \"/\" \"Entw&APw-rfe\"\r\n"),
+            "{out}"
+        );
         assert!(!out.contains("Alt"), "{out}");
         let out = talk(&mut s, "7 LIST \"Entw&APw-rfe/\" %\r\n");
-        assert!(out.starts_with("* LIST (\\HasNoChildren) \"/\" \"Entw&APw-rfe/Alt\"\r\n"), "{out}");
+        assert!(
+            out.starts_with("* LIST (\\HasNoChildren) \"/\" \"Entw&APw-rfe/Alt\"\r\n"),
+            "{out}"
+        );
         // Subscriptions.
         assert!(talk(&mut s, "8 SUBSCRIBE \"Entw&APw-rfe/Alt\"\r\n").starts_with("8 OK"));
         let out = talk(&mut s, "9 LSUB \"\" %\r\n");
-        assert!(out.contains("* LSUB (\\Noselect) \"/\" \"Entw&APw-rfe\"\r\n"), "{out}");
+        assert!(
+            out.contains("* LSUB (\\Noselect) \"/\" \"Entw&APw-rfe\"\r\n"),
+            "{out}"
+        );
         assert!(out.contains("* LSUB () \"/\" \"Sent\"\r\n"), "{out}");
         assert!(talk(&mut s, "10 UNSUBSCRIBE Sent\r\n").starts_with("10 OK"));
         assert!(!talk(&mut s, "11 LSUB \"\" *\r\n").contains("\"Sent\""));
 
         // Two messages in INBOX; COPY one to Archive, MOVE both to Trash.
         for i in 0..2 {
-            inbox.deliver(format!("Subject: m{i}\r\n\r\nhi\r\n").as_bytes(), DeliverOptions::default()).unwrap();
+            inbox
+                .deliver(
+                    format!("Subject: m{i}\r\n\r\nhi\r\n").as_bytes(),
+                    DeliverOptions::default(),
+                )
+                .unwrap();
         }
-        let out = talk(&mut s, "12 STATUS Archive (MESSAGES UIDNEXT UIDVALIDITY UNSEEN)\r\n");
-        assert!(out.contains("* STATUS \"Archive\" (MESSAGES 0 UIDNEXT 1 UIDVALIDITY "), "{out}");
+        let out = talk(
+            &mut s,
+            "12 STATUS Archive (MESSAGES UIDNEXT UIDVALIDITY UNSEEN)\r\n",
+        );
+        assert!(
+            out.contains("* STATUS \"Archive\" (MESSAGES 0 UIDNEXT 1 UIDVALIDITY "),
+            "{out}"
+        );
         talk(&mut s, "13 SELECT INBOX\r\n");
         assert!(talk(&mut s, "14 STORE 1 +FLAGS (\\Flagged)\r\n").starts_with("* 1 FETCH"));
         let out = talk(&mut s, "15 UID COPY 1 Archive\r\n");
         let archive_v = {
             let out = talk(&mut s, "16 STATUS Archive (UIDVALIDITY MESSAGES)\r\n");
             assert!(out.contains("MESSAGES 1"), "{out}");
-            out.split("UIDVALIDITY ").nth(1).unwrap().split([' ', ')']).next().unwrap().to_string()
+            out.split("UIDVALIDITY ")
+                .nth(1)
+                .unwrap()
+                .split([' ', ')'])
+                .next()
+                .unwrap()
+                .to_string()
         };
-        assert!(out.starts_with(&format!("15 OK [COPYUID {archive_v} 1 1] COPY completed")), "{out}");
+        assert!(
+            out.starts_with(&format!("15 OK [COPYUID {archive_v} 1 1] COPY completed")),
+            "{out}"
+        );
         assert!(talk(&mut s, "17 COPY 1 Nowhere\r\n").starts_with("17 NO [TRYCREATE]"));
         let out = talk(&mut s, "18 MOVE 1:2 Trash\r\n");
         let trash_v = inbox_validity_of(&mut s, "Trash");
         assert_eq!(
             out,
-            format!("* OK [COPYUID {trash_v} 1:2 1:2] Moved\r\n* 2 EXPUNGE\r\n* 1 EXPUNGE\r\n18 OK MOVE completed\r\n")
+            format!(
+                "* OK [COPYUID {trash_v} 1:2 1:2] Moved\r\n* 2 EXPUNGE\r\n* 1 EXPUNGE\r\n18 OK MOVE completed\r\n"
+            )
         );
         assert!(inbox.snapshot().messages.is_empty(), "MOVE really moves");
         let out = talk(&mut s, "20 SELECT Trash\r\n");
         assert!(out.contains("* 2 EXISTS"), "{out}");
-        let out = talk(&mut s, "21 FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n");
-        assert!(out.contains("FLAGS (\\Flagged)") && out.contains("Subject: m1"), "{out}");
+        let out = talk(
+            &mut s,
+            "21 FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n",
+        );
+        assert!(
+            out.contains("FLAGS (\\Flagged)") && out.contains("Subject: m1"),
+            "{out}"
+        );
         // UID EXPUNGE removes only the named \Deleted messages.
         talk(&mut s, "22 STORE 1:2 +FLAGS (\\Deleted)\r\n");
-        assert_eq!(talk(&mut s, "23 UID EXPUNGE 2\r\n"), "* 2 EXPUNGE\r\n23 OK UID EXPUNGE completed\r\n");
+        assert_eq!(
+            talk(&mut s, "23 UID EXPUNGE 2\r\n"),
+            "* 2 EXPUNGE\r\n23 OK UID EXPUNGE completed\r\n"
+        );
         // APPENDUID names the target's UIDVALIDITY.
         let out = talk(&mut s, "24 APPEND Drafts (\\Draft) {9+}\r\nSubject: \r\n");
         assert!(out.starts_with("24 OK [APPENDUID "), "{out}");
@@ -1182,7 +1257,10 @@ mod tests {
         assert!(talk(&mut s, "28 DELETE Old\r\n").starts_with("28 NO [CANNOT]"));
         assert!(talk(&mut s, "29 DELETE Old/Alt\r\n").starts_with("29 OK"));
         assert!(talk(&mut s, "30 DELETE Trash\r\n").starts_with("30 OK"));
-        assert!(talk(&mut s, "31 FETCH 1 FLAGS\r\n").starts_with("31 BAD"), "deleted mailbox is deselected");
+        assert!(
+            talk(&mut s, "31 FETCH 1 FLAGS\r\n").starts_with("31 BAD"),
+            "deleted mailbox is deselected"
+        );
         assert!(talk(&mut s, "32 SELECT Trash\r\n").starts_with("32 NO [NONEXISTENT]"));
     }
 
@@ -1191,7 +1269,10 @@ mod tests {
         let (_d, inbox, mut s) = setup();
         for i in 0..3 {
             inbox
-                .deliver(format!("Subject: c{i}\r\n\r\n").as_bytes(), DeliverOptions::default())
+                .deliver(
+                    format!("Subject: c{i}\r\n\r\n").as_bytes(),
+                    DeliverOptions::default(),
+                )
                 .unwrap();
         }
         talk(&mut s, "1 LOGIN bob pw\r\n");
@@ -1211,7 +1292,10 @@ mod tests {
         let m2 = inbox.snapshot().messages[1].modseq;
         assert!(m2 > high, "a flag change raises the mod-sequence");
         // Only what changed since `high`.
-        let out = talk(&mut s, &format!("4 UID FETCH 1:* (FLAGS) (CHANGEDSINCE {high})\r\n"));
+        let out = talk(
+            &mut s,
+            &format!("4 UID FETCH 1:* (FLAGS) (CHANGEDSINCE {high})\r\n"),
+        );
         assert_eq!(
             out,
             format!("* 2 FETCH (UID 2 FLAGS (\\Seen) MODSEQ ({m2}))\r\n4 OK FETCH completed\r\n")
@@ -1221,26 +1305,47 @@ mod tests {
             &mut s,
             &format!("5 UID STORE 1:2 (UNCHANGEDSINCE {high}) +FLAGS (\\Flagged)\r\n"),
         );
-        assert!(out.ends_with("5 OK [MODIFIED 2] Conditional STORE failed for some\r\n"), "{out}");
-        assert!(out.contains("* 1 FETCH (UID 1 FLAGS (\\Flagged) MODSEQ ("), "{out}");
+        assert!(
+            out.ends_with("5 OK [MODIFIED 2] Conditional STORE failed for some\r\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("* 1 FETCH (UID 1 FLAGS (\\Flagged) MODSEQ ("),
+            "{out}"
+        );
         let snap = inbox.snapshot();
         assert!(!snap.messages[1].flags.contains(Flags::FLAGGED));
         let out = talk(&mut s, &format!("6 SEARCH MODSEQ {}\r\n", m2 + 1));
         assert_eq!(
             out,
-            format!("* SEARCH 1 (MODSEQ {})\r\n6 OK SEARCH completed\r\n", snap.messages[0].modseq)
+            format!(
+                "* SEARCH 1 (MODSEQ {})\r\n6 OK SEARCH completed\r\n",
+                snap.messages[0].modseq
+            )
         );
         let out = talk(&mut s, "7 STATUS INBOX (HIGHESTMODSEQ)\r\n");
-        assert!(out.contains(&format!("HIGHESTMODSEQ {}", snap.highest_modseq)), "{out}");
+        assert!(
+            out.contains(&format!("HIGHESTMODSEQ {}", snap.highest_modseq)),
+            "{out}"
+        );
         // Another session's change reaches this one with its MODSEQ.
         inbox.set_flags(3, Flags::ANSWERED).unwrap();
         let out = talk(&mut s, "8 NOOP\r\n");
         let m3 = inbox.snapshot().messages[2].modseq;
-        assert!(out.starts_with(&format!("* 3 FETCH (FLAGS (\\Answered) MODSEQ ({m3}))\r\n")), "{out}");
+        assert!(
+            out.starts_with(&format!("* 3 FETCH (FLAGS (\\Answered) MODSEQ ({m3}))\r\n")),
+            "{out}"
+        );
     }
 
     fn inbox_validity_of(s: &mut Session<One>, name: &str) -> String {
         let out = talk(s, &format!("v STATUS {name} (UIDVALIDITY)\r\n"));
-        out.split("UIDVALIDITY ").nth(1).unwrap().split(')').next().unwrap().to_string()
+        out.split("UIDVALIDITY ")
+            .nth(1)
+            .unwrap()
+            .split(')')
+            .next()
+            .unwrap()
+            .to_string()
     }
 }

@@ -107,14 +107,24 @@ mod tests {
     #[test]
     fn rfc_examples_and_round_trips() {
         // RFC 3501 §5.1.3.
-        assert_eq!(encode("~peter/mail/台北/日本語"), "~peter/mail/&U,BTFw-/&ZeVnLIqe-");
+        assert_eq!(
+            encode("~peter/mail/台北/日本語"),
+            "~peter/mail/&U,BTFw-/&ZeVnLIqe-"
+        );
         assert_eq!(
             decode(b"~peter/mail/&U,BTFw-/&ZeVnLIqe-").unwrap(),
             "~peter/mail/台北/日本語"
         );
         assert_eq!(encode("Tom & Jerry"), "Tom &- Jerry");
         assert_eq!(decode(b"Tom &- Jerry").unwrap(), "Tom & Jerry");
-        for s in ["Entwürfe", "Gelöschte Elemente", "😀 smile", "a&b", "Отправленные", ""] {
+        for s in [
+            "Entwürfe",
+            "Gelöschte Elemente",
+            "😀 smile",
+            "a&b",
+            "Отправленные",
+            "",
+        ] {
             assert_eq!(decode(encode(s).as_bytes()).unwrap(), s, "{s}");
         }
         assert_eq!(encode("Entwürfe"), "Entw&APw-rfe");

@@ -170,8 +170,13 @@ pub fn normalize(name: &str) -> Result<String, FolderError> {
     if trimmed.len() > MAX_NAME {
         return Err(bad("longer than 255 bytes"));
     }
-    if trimmed.chars().any(|c| c.is_control() || c == '*' || c == '%') {
-        return Err(bad("control characters and the wildcards * and % are not allowed"));
+    if trimmed
+        .chars()
+        .any(|c| c.is_control() || c == '*' || c == '%')
+    {
+        return Err(bad(
+            "control characters and the wildcards * and % are not allowed",
+        ));
     }
     let levels: Vec<&str> = trimmed.split(DELIMITER).collect();
     if levels.len() > MAX_DEPTH {
@@ -279,8 +284,11 @@ impl MaildirFolders {
         {
             let mut st = me.lock();
             let entries = st.index.folders.clone();
+            // Every folder in the index has its UIDVALIDITY on disk (it is written before
+            // the index names the folder); the fallback only matters if that file was lost.
+            let fallback = now_unix().max(st.index.last_uidvalidity.saturating_add(1));
             for e in entries {
-                let md = me.open_dir(e.id, 1)?;
+                let md = me.open_dir(e.id, fallback)?;
                 st.open.insert(e.id, Arc::new(md));
             }
             let mut changed = fresh;
@@ -314,7 +322,11 @@ impl MaildirFolders {
     }
 
     fn open_dir(&self, id: u64, uidvalidity: u32) -> io::Result<Maildir> {
-        Maildir::open_shared(&self.root.join(id.to_string()), self.usage.clone(), uidvalidity)
+        Maildir::open_shared(
+            &self.root.join(id.to_string()),
+            self.usage.clone(),
+            uidvalidity,
+        )
     }
 
     fn save(&self, index: &Index) -> io::Result<()> {
@@ -463,7 +475,9 @@ impl Mailboxes for MaildirFolders {
         }
         if from == "INBOX" {
             self.create(&to)?;
-            let dest = self.open(&to).ok_or_else(|| FolderError::NotFound(to.clone()))?;
+            let dest = self
+                .open(&to)
+                .ok_or_else(|| FolderError::NotFound(to.clone()))?;
             let snap = self.inbox.snapshot();
             for m in &snap.messages {
                 let bytes = self.inbox.read(m.uid)?;
@@ -567,7 +581,10 @@ mod tests {
         assert_eq!(sent.special_use.unwrap().attribute(), "\\Sent");
         let mut subs = f.subscriptions();
         subs.sort();
-        assert_eq!(subs, ["Archive", "Drafts", "INBOX", "Junk", "Sent", "Trash"]);
+        assert_eq!(
+            subs,
+            ["Archive", "Drafts", "INBOX", "Junk", "Sent", "Trash"]
+        );
         // A deleted special-use folder comes back at the next open, with a new UIDVALIDITY.
         let v = f.open("Trash").unwrap().snapshot().uidvalidity;
         f.delete("Trash").unwrap();
@@ -584,11 +601,20 @@ mod tests {
         let f = open(dir.path());
         f.create("Work/Projects/").unwrap();
         assert!(names(&f).contains(&"Work".to_string()), "parents created");
-        assert!(matches!(f.create("work/Projects").map(|_| ()), Ok(())), "names are case-sensitive");
+        assert!(
+            matches!(f.create("work/Projects").map(|_| ()), Ok(())),
+            "names are case-sensitive"
+        );
         assert!(matches!(f.create("Work"), Err(FolderError::Exists(_))));
         assert!(matches!(f.create("inbox"), Err(FolderError::Exists(_))));
-        assert!(matches!(f.create("a//b"), Err(FolderError::InvalidName { .. })));
-        assert!(matches!(f.create("a*"), Err(FolderError::InvalidName { .. })));
+        assert!(matches!(
+            f.create("a//b"),
+            Err(FolderError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            f.create("a*"),
+            Err(FolderError::InvalidName { .. })
+        ));
         let p = f.open("Work/Projects").unwrap();
         p.deliver(b"Subject: p\r\n\r\n", DeliverOptions::default())
             .unwrap();
@@ -604,7 +630,10 @@ mod tests {
             .unwrap();
         assert_eq!(moved.snapshot().messages.len(), 2);
         assert!(matches!(f.delete("INBOX"), Err(FolderError::Inbox(_))));
-        assert!(matches!(f.rename("Jobs", "Jobs/x"), Err(FolderError::InvalidName { .. })));
+        assert!(matches!(
+            f.rename("Jobs", "Jobs/x"),
+            Err(FolderError::InvalidName { .. })
+        ));
         f.delete("work/Projects").unwrap();
         f.set_subscribed("Jobs/Old", true).unwrap();
         f.set_subscribed("Gone", true).unwrap();
@@ -613,9 +642,23 @@ mod tests {
         let f = open(dir.path());
         assert_eq!(
             names(&f),
-            ["INBOX", "Archive", "Drafts", "Jobs", "Jobs/Old", "Jobs/Old/Projects", "Junk", "Sent", "Trash", "work"]
+            [
+                "INBOX",
+                "Archive",
+                "Drafts",
+                "Jobs",
+                "Jobs/Old",
+                "Jobs/Old/Projects",
+                "Junk",
+                "Sent",
+                "Trash",
+                "work"
+            ]
         );
-        assert_eq!(f.open("Jobs/Old/Projects").unwrap().snapshot().uidvalidity, v);
+        assert_eq!(
+            f.open("Jobs/Old/Projects").unwrap().snapshot().uidvalidity,
+            v
+        );
         let subs = f.subscriptions();
         assert!(subs.contains(&"Gone".to_string()) && !subs.contains(&"Sent".to_string()));
         // Deleting and creating a name again gives a new UIDVALIDITY.
@@ -644,13 +687,18 @@ mod tests {
             .unwrap()
             .deliver(b"12345", DeliverOptions::default())
             .unwrap_err();
-        assert!(matches!(err, StoreError::OverQuota { used: 6, .. }), "{err}");
+        assert!(
+            matches!(err, StoreError::OverQuota { used: 6, .. }),
+            "{err}"
+        );
         f.rename("INBOX", "Old").unwrap();
         assert!(f.inbox().snapshot().messages.is_empty());
         let old = f.open("Old").unwrap().snapshot();
         assert_eq!(old.messages.len(), 1);
         assert_eq!(old.messages[0].flags, Flags::SEEN);
         f.delete("Old").unwrap();
-        f.inbox().deliver(b"12345", DeliverOptions::default()).unwrap();
+        f.inbox()
+            .deliver(b"12345", DeliverOptions::default())
+            .unwrap();
     }
 }

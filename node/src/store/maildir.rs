@@ -188,7 +188,10 @@ impl Maildir {
             Ok(s) => s.trim().parse().map_err(|_| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("{}: not a UIDVALIDITY: {s:?}", dir.join("uidvalidity").display()),
+                    format!(
+                        "{}: not a UIDVALIDITY: {s:?}",
+                        dir.join("uidvalidity").display()
+                    ),
                 )
             })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {

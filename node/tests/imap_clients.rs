@@ -29,14 +29,15 @@ check(b'AUTH=PLAIN' in pre and b'MOVE' not in pre, 'pre-login capabilities %r' %
 c.login(user, pw)
 caps = c.capabilities()
 for cap in [b'IDLE', b'UIDPLUS', b'MOVE', b'NAMESPACE', b'ENABLE', b'ID', b'LITERAL+',
-            b'SPECIAL-USE', b'UNSELECT']:
+            b'SPECIAL-USE', b'UNSELECT', b'CONDSTORE']:
     check(cap in caps, 'post-login capabilities lack %r: %r' % (cap, caps))
 print('CAPS=' + b' '.join(caps).decode())
 ns = c.namespace()
 check(ns.personal == (('', '/'),) and ns.other is None and ns.shared is None, repr(ns))
 idr = c.id_({'name': 'imapclient'})
 check(idr in (None, (None,), [None]), 'ID says nothing about the server: %r' % (idr,))
-print('ENABLED=%r' % (c.enable('CONDSTORE'),))
+enabled = c.enable('CONDSTORE')
+check(enabled == [b'CONDSTORE'], 'ENABLE CONDSTORE: %r' % (enabled,))
 
 # Special-use folders, found by their attributes.
 for flag in [SENT, DRAFTS, TRASH, JUNK, ARCHIVE]:

@@ -1133,8 +1133,8 @@ mod tests {
             "* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n6 OK NAMESPACE completed\r\n"
         );
         assert_eq!(
-            talk(&mut s, "7 ENABLE CONDSTORE\r\n"),
-            "* ENABLED\r\n7 OK ENABLE completed\r\n"
+            talk(&mut s, "7 ENABLE CONDSTORE X-UNKNOWN\r\n"),
+            "* ENABLED CONDSTORE\r\n7 OK ENABLE completed\r\n"
         );
     }
 

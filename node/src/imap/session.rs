@@ -501,9 +501,10 @@ impl<A: Accounts> Session<A> {
                 if read_only {
                     return self.no(tag, "[READ-ONLY] Mailbox is read-only");
                 }
-                let unchanged_since = modifiers.iter().find_map(|m| match m {
-                    StoreModifier::UnchangedSince(n) => Some(*n),
-                });
+                let unchanged_since = modifiers
+                    .iter()
+                    .map(|StoreModifier::UnchangedSince(n)| *n)
+                    .next();
                 if unchanged_since.is_some() {
                     self.condstore = true;
                 }

@@ -479,6 +479,7 @@ fn mbsync_syncs_every_folder_both_ways_then_transfers_nothing() {
                 || u.contains(" CREATE ")
         })
         .collect();
+    println!("third run sent: {cmds:#?}");
     assert!(!cmds.is_empty(), "no trace of mbsync's commands:\n{trace}");
     assert!(moving.is_empty(), "the third sync transferred: {moving:?}");
     assert_eq!(

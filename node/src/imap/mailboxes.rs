@@ -91,6 +91,7 @@ fn folder_error(e: &FolderError) -> String {
         FolderError::InvalidName { .. } | FolderError::Inbox(_) | FolderError::HasChildren(_) => {
             "CANNOT"
         }
+        FolderError::TooMany(_) => "LIMIT",
         FolderError::Store(StoreError::OverQuota { .. }) => "OVERQUOTA",
         FolderError::Store(_) | FolderError::Io(_) => "SERVERBUG",
     };

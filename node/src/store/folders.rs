@@ -41,6 +41,10 @@ pub const MAX_NAME: usize = 255;
 /// How deep names nest.
 pub const MAX_DEPTH: usize = 16;
 
+/// The most mailboxes (and, separately, subscriptions) one identity may have: the index is
+/// read whole and every folder is opened at start, so a client must not grow them unbounded.
+pub const MAX_FOLDERS: usize = 1000;
+
 const INDEX: &str = "index.json";
 
 /// RFC 6154 special-use attributes; every identity has one folder for each.
@@ -120,6 +124,9 @@ pub enum FolderError {
     /// INBOX cannot be deleted (nor created).
     #[error("INBOX cannot be {0}")]
     Inbox(&'static str),
+    /// The identity has [`MAX_FOLDERS`] mailboxes or subscriptions already.
+    #[error("too many mailboxes or subscriptions (at most {0})")]
+    TooMany(usize),
     /// DELETE of a mailbox that has mailboxes below it.
     #[error("mailbox {0:?} has mailboxes below it; delete those first")]
     HasChildren(String),
@@ -236,6 +243,7 @@ pub struct MaildirFolders {
     usage: Arc<Usage>,
     inbox: Arc<Maildir>,
     state: Mutex<State>,
+    max_folders: usize,
 }
 
 fn now_unix() -> u32 {
@@ -280,6 +288,7 @@ impl MaildirFolders {
                 index,
                 open: HashMap::new(),
             }),
+            max_folders: MAX_FOLDERS,
         };
         {
             let mut st = me.lock();
@@ -315,6 +324,12 @@ impl MaildirFolders {
             }
         }
         Ok(me)
+    }
+
+    /// Lowers the limit on mailboxes and subscriptions (default [`MAX_FOLDERS`]).
+    pub fn with_limit(mut self, max_folders: usize) -> Self {
+        self.max_folders = max_folders;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -422,6 +437,9 @@ impl Mailboxes for MaildirFolders {
         if Self::exists(&st, &name) {
             return Err(FolderError::Exists(name));
         }
+        if st.index.folders.len() + name.split(DELIMITER).count() > self.max_folders {
+            return Err(FolderError::TooMany(self.max_folders));
+        }
         let mut prefix = String::new();
         for level in name.split(DELIMITER) {
             if !prefix.is_empty() {
@@ -511,6 +529,10 @@ impl Mailboxes for MaildirFolders {
         }
         // Levels above the new name that do not exist yet.
         let levels: Vec<&str> = to.split(DELIMITER).collect();
+        if st.index.folders.len() + levels.len() > self.max_folders {
+            st.index = before;
+            return Err(FolderError::TooMany(self.max_folders));
+        }
         for n in 1..levels.len() {
             let parent = levels[..n].join(&DELIMITER.to_string());
             if !Self::exists(&st, &parent)
@@ -537,6 +559,9 @@ impl Mailboxes for MaildirFolders {
         let had = st.index.subscribed.contains(&name);
         if had == subscribed {
             return Ok(());
+        }
+        if subscribed && st.index.subscribed.len() >= self.max_folders {
+            return Err(FolderError::TooMany(self.max_folders));
         }
         if subscribed {
             st.index.subscribed.push(name.clone());
@@ -666,6 +691,31 @@ mod tests {
         f.create("work").unwrap();
         let again = f.open("work").unwrap().snapshot().uidvalidity;
         assert!(again > v, "{again} > {v}");
+    }
+
+    #[test]
+    fn a_client_cannot_grow_the_index_without_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = open(dir.path()).with_limit(20);
+        let have = f.list().len() - 1; // the special-use folders
+        for i in 0..(20 - have) {
+            f.create(&format!("f{i}")).unwrap();
+        }
+        assert!(matches!(
+            f.create("one-more"),
+            Err(FolderError::TooMany(20))
+        ));
+        assert!(f.open("one-more").is_none());
+        f.delete("f0").unwrap();
+        f.create("one-more").unwrap();
+        for i in 0..(20 - f.subscriptions().len()) {
+            f.set_subscribed(&format!("s{i}"), true).unwrap();
+        }
+        assert!(matches!(
+            f.set_subscribed("x", true),
+            Err(FolderError::TooMany(20))
+        ));
+        f.set_subscribed("s0", false).unwrap();
     }
 
     #[test]

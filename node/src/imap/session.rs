@@ -715,6 +715,7 @@ impl<A: Accounts> Session<A> {
                     | MessageDataItemName::Uid
                     | MessageDataItemName::InternalDate
                     | MessageDataItemName::Rfc822Size
+                    | MessageDataItemName::ModSeq
             )
         });
         // MIME parsing only for items that need the structure; BODY[] and headers do not.
@@ -735,10 +736,46 @@ impl<A: Accounts> Session<A> {
             ),
             _ => false,
         });
-        for (seq, meta) in self.resolve(set, uid) {
-            if changed_since.is_some_and(|n| meta.modseq <= n) {
-                continue;
+        let mut targets: Vec<(u32, MessageMeta)> = self
+            .resolve(set, uid)
+            .into_iter()
+            .filter(|(_, m)| changed_since.is_none_or(|n| m.modseq > n))
+            .collect();
+        // Bodies fetched without PEEK set \Seen: for all of them at once, durable (one
+        // directory fsync) before any of it is reported.
+        let sets_seen = !read_only
+            && items.iter().any(|i| {
+                matches!(
+                    i,
+                    MessageDataItemName::BodyExt { peek: false, .. }
+                        | MessageDataItemName::Rfc822
+                        | MessageDataItemName::Rfc822Text
+                )
+            });
+        let mut newly_seen = std::collections::HashSet::new();
+        if sets_seen {
+            let changes: Vec<(u32, Flags)> = targets
+                .iter()
+                .filter(|(_, m)| !m.flags.contains(Flags::SEEN))
+                .map(|(_, m)| (m.uid, m.flags.with(Flags::SEEN)))
+                .collect();
+            if !changes.is_empty() && mb.set_flags_many(&changes).is_ok() {
+                let snap = mb.snapshot();
+                newly_seen.extend(changes.iter().map(|(u, _)| *u));
+                for (seq, meta) in targets.iter_mut() {
+                    if !newly_seen.contains(&meta.uid) {
+                        continue;
+                    }
+                    if let Ok(j) = snap.messages.binary_search_by_key(&meta.uid, |m| m.uid) {
+                        *meta = snap.messages[j].clone();
+                    }
+                    if let Some(sel) = self.selected.as_mut() {
+                        sel.messages[*seq as usize - 1] = meta.clone();
+                    }
+                }
             }
+        }
+        for (seq, meta) in targets {
             let raw = if needs_text {
                 match mb.read(meta.uid) {
                     Ok(r) => r,
@@ -753,9 +790,8 @@ impl<A: Accounts> Session<A> {
                 None
             };
             let mut parts: Vec<Vec<u8>> = Vec::new();
-            let mut flags = meta.flags;
-            let mut sets_seen = false;
-            let mut want_flags = false;
+            let flags = meta.flags;
+            let mut want_flags = newly_seen.contains(&meta.uid);
             if uid && !items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
                 parts.push(format!("UID {}", meta.uid).into_bytes());
             }
@@ -804,9 +840,7 @@ impl<A: Accounts> Session<A> {
                         }
                     }
                     MessageDataItemName::BodyExt {
-                        section,
-                        partial,
-                        peek,
+                        section, partial, ..
                     } => {
                         let bytes = fetch::section_bytes(&raw, parsed.as_ref(), section.as_ref());
                         let name = fetch::section_name(section.as_ref());
@@ -820,12 +854,10 @@ impl<A: Accounts> Session<A> {
                         };
                         out.extend_from_slice(format!("BODY[{name}]{origin} ").as_bytes());
                         fetch::literal(&mut out, &bytes);
-                        sets_seen |= !peek;
                     }
                     MessageDataItemName::Rfc822 => {
                         out.extend_from_slice(b"RFC822 ");
                         fetch::literal(&mut out, &raw);
-                        sets_seen = true;
                     }
                     MessageDataItemName::Rfc822Header => {
                         out.extend_from_slice(b"RFC822.HEADER ");
@@ -844,28 +876,12 @@ impl<A: Accounts> Session<A> {
                             Some(&imap_codec::imap_types::fetch::Section::Text(None)),
                         );
                         fetch::literal(&mut out, &t);
-                        sets_seen = true;
                     }
                     _ => continue,
                 }
                 parts.push(out);
             }
-            let mut modseq = meta.modseq;
-            if sets_seen && !read_only && !flags.contains(Flags::SEEN) {
-                flags = flags.with(Flags::SEEN);
-                if mb.set_flags(meta.uid, flags).is_ok() {
-                    let snap = mb.snapshot();
-                    if let Ok(j) = snap.messages.binary_search_by_key(&meta.uid, |m| m.uid) {
-                        modseq = snap.messages[j].modseq;
-                    }
-                    if let Some(sel) = self.selected.as_mut() {
-                        let m = &mut sel.messages[seq as usize - 1];
-                        m.flags = flags;
-                        m.modseq = modseq;
-                    }
-                    want_flags = true;
-                }
-            }
+            let modseq = meta.modseq;
             if want_flags {
                 parts.push(format!("FLAGS ({})", flags.to_imap()).into_bytes());
             }

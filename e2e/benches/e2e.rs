@@ -31,21 +31,32 @@ fn main() -> Result<()> {
     let mut body = String::new();
     let mut i = 0;
     while body.len() < SIZE {
-        body.push_str(&format!("line {i:05}: the quick brown fox jumps over the lazy dog\r\n"));
+        body.push_str(&format!(
+            "line {i:05}: the quick brown fox jumps over the lazy dog\r\n"
+        ));
         i += 1;
     }
     body.truncate(SIZE);
     let message = format!("From: {ALICE}\r\nTo: {BOB}\r\nSubject: bench\r\n\r\n{body}");
     let entity = format!("Content-Type: text/plain; charset=us-ascii\r\n\r\n{body}");
 
-    println!("message body {} bytes, {iterations} iterations each", body.len());
+    println!(
+        "message body {} bytes, {iterations} iterations each",
+        body.len()
+    );
     println!("{:<44} {:>10} {:>12}", "operation", "msg/s", "ms/msg");
 
     // The crate.
     let start = Instant::now();
     let mut sealed = Vec::new();
     for _ in 0..iterations {
-        sealed = sign_and_encrypt(rand::thread_rng(), message.as_bytes(), &alice, &[bob.public()], Protect::default())?;
+        sealed = sign_and_encrypt(
+            rand::thread_rng(),
+            message.as_bytes(),
+            &alice,
+            &[bob.public()],
+            Protect::default(),
+        )?;
     }
     let crate_seal = start.elapsed();
     report("onionpost-e2e sign+encrypt", crate_seal, iterations);
@@ -54,7 +65,10 @@ fn main() -> Result<()> {
     for _ in 0..iterations {
         let opened = decrypt(&sealed, &bob, &certs)?;
         if opened.signature.is_err() || !opened.message.ends_with(body.as_bytes()) {
-            bail!("the crate's own message did not verify: {:?}", opened.signature);
+            bail!(
+                "the crate's own message did not verify: {:?}",
+                opened.signature
+            );
         }
     }
     let crate_open = start.elapsed();
@@ -62,11 +76,25 @@ fn main() -> Result<()> {
 
     // GnuPG, same keys, one process per message.
     let home = tempfile::tempdir()?;
-    std::fs::set_permissions(home.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    std::fs::set_permissions(
+        home.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
     let gpg = |args: &[&str], input: &[u8]| -> Result<Vec<u8>> {
         let mut child = Command::new("gpg")
             .env("GNUPGHOME", home.path())
-            .args(["--batch", "--yes", "--no-tty", "--quiet", "--trust-model", "always", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args([
+                "--batch",
+                "--yes",
+                "--no-tty",
+                "--quiet",
+                "--trust-model",
+                "always",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+            ])
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -76,7 +104,10 @@ fn main() -> Result<()> {
         child.stdin.take().expect("piped").write_all(input)?;
         let out = child.wait_with_output()?;
         if !out.status.success() {
-            bail!("gpg {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "gpg {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(out.stdout)
     };
@@ -85,10 +116,27 @@ fn main() -> Result<()> {
     let start = Instant::now();
     let mut armored = Vec::new();
     for _ in 0..iterations {
-        armored = gpg(&["--armor", "--sign", "--encrypt", "-u", ALICE, "-r", BOB, "--compress-algo", "none"], entity.as_bytes())?;
+        armored = gpg(
+            &[
+                "--armor",
+                "--sign",
+                "--encrypt",
+                "-u",
+                ALICE,
+                "-r",
+                BOB,
+                "--compress-algo",
+                "none",
+            ],
+            entity.as_bytes(),
+        )?;
     }
     let gpg_seal = start.elapsed();
-    report("gpg sign+encrypt (process per message)", gpg_seal, iterations);
+    report(
+        "gpg sign+encrypt (process per message)",
+        gpg_seal,
+        iterations,
+    );
     let start = Instant::now();
     for _ in 0..iterations {
         let plain = gpg(&["--decrypt"], &armored)?;
@@ -97,8 +145,15 @@ fn main() -> Result<()> {
         }
     }
     let gpg_open = start.elapsed();
-    report("gpg verify+decrypt (process per message)", gpg_open, iterations);
-    let _ = Command::new("gpgconf").env("GNUPGHOME", home.path()).args(["--kill", "all"]).output();
+    report(
+        "gpg verify+decrypt (process per message)",
+        gpg_open,
+        iterations,
+    );
+    let _ = Command::new("gpgconf")
+        .env("GNUPGHOME", home.path())
+        .args(["--kill", "all"])
+        .output();
 
     println!(
         "ratio crate/gpg (throughput): sign+encrypt {:.1}x, verify+decrypt {:.1}x",

@@ -79,14 +79,17 @@ impl Autocrypt {
         }
     }
 
-    /// The header value (after `Autocrypt: `), folded at 78 columns.
+    /// The header value (after `Autocrypt: `), folded: one attribute per line, keydata in
+    /// lines of 76 base64 characters.
     pub fn value(&self) -> Result<String, Error> {
         let keydata = data_encoding::BASE64.encode(&self.cert.to_bytes()?);
+        // One attribute per line: an onion address alone is 62+ characters, so the `addr`
+        // line is the only one that can pass 78 columns (never the 998 limit).
         let mut value = format!("addr={};", self.addr);
         if self.prefer_encrypt == PreferEncrypt::Mutual {
-            value.push_str(" prefer-encrypt=mutual;");
+            value.push_str("\r\n prefer-encrypt=mutual;");
         }
-        value.push_str(" keydata=");
+        value.push_str("\r\n keydata=");
         for chunk in keydata.as_bytes().chunks(76) {
             value.push_str("\r\n ");
             value.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
@@ -138,9 +141,8 @@ impl Autocrypt {
         let bytes = data_encoding::BASE64
             .decode(compact.as_bytes())
             .map_err(|e| AutocryptError::BadKeydata(format!("base64: {e}")))?;
-        let cert = PublicCert::from_bytes(&bytes).map_err(|e| {
-            AutocryptError::BadKeydata(crate::error_chain(&e))
-        })?;
+        let cert = PublicCert::from_bytes(&bytes)
+            .map_err(|e| AutocryptError::BadKeydata(crate::error_chain(&e)))?;
         let prefer_encrypt = match prefer.as_deref() {
             Some(v) if v.eq_ignore_ascii_case("mutual") => PreferEncrypt::Mutual,
             _ => PreferEncrypt::NoPreference,

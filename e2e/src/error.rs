@@ -152,7 +152,9 @@ pub enum SignatureError {
     },
     /// The signature is good, but the signing certificate does not hold the From address
     /// (someone signed a message that claims to be from someone else).
-    #[error("signed by {cert}, whose User IDs {addresses:?} do not include the From address {from:?}")]
+    #[error(
+        "signed by {cert}, whose User IDs {addresses:?} do not include the From address {from:?}"
+    )]
     SignerNotFrom {
         /// The signing certificate's primary fingerprint.
         cert: Fingerprint,

@@ -132,21 +132,21 @@ impl SecretCert {
 
     /// Reads a transferable secret key, armored or binary, and checks its self-signatures.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        let (key, _) = SignedSecretKey::from_reader_single(Cursor::new(bytes)).map_err(|source| {
-            Error::KeyParse {
-                what: "secret key",
-                source,
-            }
-        })?;
+        let (key, _) =
+            SignedSecretKey::from_reader_single(Cursor::new(bytes)).map_err(|source| {
+                Error::KeyParse {
+                    what: "secret key",
+                    source,
+                }
+            })?;
         Self::from_key(key)
     }
 
     fn from_key(key: SignedSecretKey) -> Result<Self, Error> {
-        key.verify_bindings()
-            .map_err(|source| Error::KeyBindings {
-                fingerprint: Fingerprint::of(&key.primary_key),
-                source,
-            })?;
+        key.verify_bindings().map_err(|source| Error::KeyBindings {
+            fingerprint: Fingerprint::of(&key.primary_key),
+            source,
+        })?;
         let public = PublicCert::from_key(key.to_public_key())?;
         Ok(SecretCert { key, public })
     }
@@ -200,21 +200,21 @@ impl PublicCert {
     /// Reads a certificate, armored or binary, and checks its self-signatures. A certificate
     /// with no User ID holding an e-mail address is refused.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        let (key, _) = SignedPublicKey::from_reader_single(Cursor::new(bytes)).map_err(|source| {
-            Error::KeyParse {
-                what: "public key",
-                source,
-            }
-        })?;
+        let (key, _) =
+            SignedPublicKey::from_reader_single(Cursor::new(bytes)).map_err(|source| {
+                Error::KeyParse {
+                    what: "public key",
+                    source,
+                }
+            })?;
         Self::from_key(key)
     }
 
     pub(crate) fn from_key(key: SignedPublicKey) -> Result<Self, Error> {
-        key.verify_bindings()
-            .map_err(|source| Error::KeyBindings {
-                fingerprint: Fingerprint::of(&key.primary_key),
-                source,
-            })?;
+        key.verify_bindings().map_err(|source| Error::KeyBindings {
+            fingerprint: Fingerprint::of(&key.primary_key),
+            source,
+        })?;
         let addresses: Vec<String> = key
             .details
             .users
@@ -250,7 +250,9 @@ impl PublicCert {
 
     /// Whether one of the User IDs holds `address` (compared case-insensitively).
     pub fn holds(&self, address: &str) -> bool {
-        self.addresses.iter().any(|a| a.eq_ignore_ascii_case(address))
+        self.addresses
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(address))
     }
 
     /// The certificate, ASCII-armored (what `gpg --import`, `rnp --import`, `sq` take).

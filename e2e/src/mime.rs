@@ -94,7 +94,9 @@ pub(crate) fn split_entity(msg: &[u8]) -> Result<Entity<'_>, Error> {
         }
         if continues {
             if start_of_field.is_none() {
-                return Err(Error::Malformed("a header continuation line without a field"));
+                return Err(Error::Malformed(
+                    "a header continuation line without a field",
+                ));
             }
         } else {
             let colon = line
@@ -104,7 +106,9 @@ pub(crate) fn split_entity(msg: &[u8]) -> Result<Entity<'_>, Error> {
             let name = std::str::from_utf8(&line[..colon])
                 .map_err(|_| Error::Malformed("a header field name that is not ASCII"))?;
             if name.is_empty() || name.bytes().any(|b| !b.is_ascii_graphic()) {
-                return Err(Error::Malformed("a header field name with spaces or controls"));
+                return Err(Error::Malformed(
+                    "a header field name with spaces or controls",
+                ));
             }
             start_of_field = Some((pos, name));
         }
@@ -187,9 +191,7 @@ pub(crate) fn content_type(header: &[u8]) -> Option<(String, Vec<(String, String
     block.extend_from_slice(b"\r\n");
     let parsed = MessageParser::default().parse_headers(&block[..])?;
     let ct = parsed.headers().iter().find_map(|h| match &h.value {
-        HeaderValue::ContentType(ct)
-            if h.name.as_str().eq_ignore_ascii_case("content-type") =>
-        {
+        HeaderValue::ContentType(ct) if h.name.as_str().eq_ignore_ascii_case("content-type") => {
             Some(ct.clone())
         }
         _ => None,
@@ -266,8 +268,11 @@ pub(crate) fn decode_transfer(fields: &[Field<'_>], body: &[u8]) -> Result<Vec<u
                 .decode(&compact)
                 .map_err(|_| Error::Malformed("a base64 part that does not decode"))
         }
-        Some("quoted-printable") => Ok(mail_parser::decoders::quoted_printable::quoted_printable_decode(body)
-            .ok_or(Error::Malformed("a quoted-printable part that does not decode"))?),
+        Some("quoted-printable") => Ok(
+            mail_parser::decoders::quoted_printable::quoted_printable_decode(body).ok_or(
+                Error::Malformed("a quoted-printable part that does not decode"),
+            )?,
+        ),
         Some(_) => Err(Error::Malformed("an unknown Content-Transfer-Encoding")),
     }
 }
@@ -311,7 +316,10 @@ mod tests {
     fn multipart_parts_exclude_delimiter_crlf() {
         let body = b"preamble\r\n--b\r\npart one\r\n\r\n--b\r\nContent-Type: x/y\r\n\r\ntwo\r\n--b--\r\nepilogue";
         let parts = split_multipart(body, "b").unwrap();
-        assert_eq!(parts, vec![&b"part one\r\n"[..], &b"Content-Type: x/y\r\n\r\ntwo"[..]]);
+        assert_eq!(
+            parts,
+            vec![&b"part one\r\n"[..], &b"Content-Type: x/y\r\n\r\ntwo"[..]]
+        );
     }
 
     #[test]
@@ -321,9 +329,10 @@ mod tests {
 
     #[test]
     fn content_type_parameters() {
-        let (ct, params) =
-            content_type(b"Content-Type: Multipart/Signed; micalg=pgp-sha256;\r\n boundary=\"x y\"\r\n")
-                .unwrap();
+        let (ct, params) = content_type(
+            b"Content-Type: Multipart/Signed; micalg=pgp-sha256;\r\n boundary=\"x y\"\r\n",
+        )
+        .unwrap();
         assert_eq!(ct, "multipart/signed");
         assert_eq!(param(&params, "boundary"), Some("x y"));
     }

@@ -57,7 +57,11 @@ pub struct Opened {
 /// Opens any incoming message: decrypts `multipart/encrypted` with `me` (error
 /// [`Error::NotForUs`] without it), verifies `multipart/signed`, and reports anything else
 /// as [`SignatureError::Unsigned`] with the message unchanged (CRLF-normalised).
-pub fn open(message: &[u8], me: Option<&SecretCert>, certs: &[PublicCert]) -> Result<Opened, Error> {
+pub fn open(
+    message: &[u8],
+    me: Option<&SecretCert>,
+    certs: &[PublicCert],
+) -> Result<Opened, Error> {
     let message = mime::to_crlf(message);
     let entity = mime::split_entity(&message)?;
     let (ctype, params) = mime::content_type(entity.header).unwrap_or_default();
@@ -124,14 +128,18 @@ fn two_parts<'a>(
 ) -> Result<(&'a [u8], &'a [u8]), Error> {
     let found = mime::param(params, "protocol").unwrap_or("");
     if !found.eq_ignore_ascii_case(protocol) {
-        return Err(Error::Malformed("PGP/MIME protocol parameter missing or unknown"));
+        return Err(Error::Malformed(
+            "PGP/MIME protocol parameter missing or unknown",
+        ));
     }
     let boundary =
         mime::param(params, "boundary").ok_or(Error::Malformed("multipart without a boundary"))?;
     let parts = mime::split_multipart(entity.body, boundary)?;
     match parts.as_slice() {
         [first, second] => Ok((first, second)),
-        _ => Err(Error::Malformed("a PGP/MIME multipart must have exactly two parts")),
+        _ => Err(Error::Malformed(
+            "a PGP/MIME multipart must have exactly two parts",
+        )),
     }
 }
 
@@ -185,7 +193,10 @@ fn decrypt_entity(
     let recipients: Vec<String> = esk
         .iter()
         .filter_map(|e| match e {
-            Esk::PublicKeyEncryptedSessionKey(p) => p.id().ok().map(|id| format!("{id:X}")),
+            Esk::PublicKeyEncryptedSessionKey(p) => p
+                .id()
+                .ok()
+                .map(|id| data_encoding::HEXUPPER.encode(id.as_ref())),
             Esk::SymKeyEncryptedSessionKey(_) => None,
         })
         .collect();
@@ -211,7 +222,8 @@ fn decrypt_entity(
                 continue;
             };
             let verdict = check(sig, certs, from.as_deref(), |key| {
-                msg.verify_nested_explicit(i, key.as_verifying()).map(|_| ())
+                msg.verify_nested_explicit(i, key.as_verifying())
+                    .map(|_| ())
             });
             let valid = verdict.is_ok();
             if i == 0 || valid {
@@ -232,7 +244,8 @@ fn decrypt_entity(
 
     // The nested form: a multipart/signed entity inside the encryption.
     let (inner_type, inner_params) = mime::content_type(payload.header).unwrap_or_default();
-    if inner_type == "multipart/signed" && matches!(signature, Err(SignatureError::Unsigned { .. })) {
+    if inner_type == "multipart/signed" && matches!(signature, Err(SignatureError::Unsigned { .. }))
+    {
         let mut wrapped = Vec::new();
         for field in entity.fields.iter().filter(|f| !f.is_content()) {
             wrapped.extend_from_slice(field.raw);

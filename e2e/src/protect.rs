@@ -112,8 +112,10 @@ fn prepare(
             "utf-8"
         };
         inner.extend_from_slice(
-            format!("Content-Type: text/plain; charset=\"{charset}\";\r\n protected-headers=\"v1\"\r\n")
-                .as_bytes(),
+            format!(
+                "Content-Type: text/plain; charset=\"{charset}\";\r\n protected-headers=\"v1\"\r\n"
+            )
+            .as_bytes(),
         );
     }
     for field in &entity.fields {
@@ -160,7 +162,11 @@ pub fn sign<R: Rng + CryptoRng>(
     let boundary = mime::boundary(&mut rng, &prepared.inner);
     let mut out = prepared.outer;
     if options.autocrypt {
-        out.extend_from_slice(Autocrypt::new(signer.public(), PreferEncrypt::Mutual).header()?.as_bytes());
+        out.extend_from_slice(
+            Autocrypt::new(signer.public(), PreferEncrypt::Mutual)
+                .header()?
+                .as_bytes(),
+        );
     }
     out.extend_from_slice(
         format!(
@@ -231,7 +237,11 @@ pub fn sign_and_encrypt<R: Rng + CryptoRng>(
     let boundary = mime::boundary(&mut rng, &armored);
     let mut out = prepared.outer;
     if options.autocrypt {
-        out.extend_from_slice(Autocrypt::new(signer.public(), PreferEncrypt::Mutual).header()?.as_bytes());
+        out.extend_from_slice(
+            Autocrypt::new(signer.public(), PreferEncrypt::Mutual)
+                .header()?
+                .as_bytes(),
+        );
     }
     out.extend_from_slice(
         format!(

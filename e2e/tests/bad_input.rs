@@ -2,8 +2,8 @@
 //! never a panic, and never in a message shown as verified.
 
 use onionpost_e2e::{
-    Error, Protect, PublicCert, SecretCert, SignatureError, decrypt, open, sign,
-    sign_and_encrypt, verify,
+    Error, Protect, PublicCert, SecretCert, SignatureError, decrypt, open, sign, sign_and_encrypt,
+    verify,
 };
 
 const ALICE: &str = "alice@aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.onion";
@@ -23,7 +23,15 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fn signed_by(signer: &SecretCert, from: &str) -> String {
-    text(&sign(rand::thread_rng(), &mail(from, BOB, "Pay 10 to Bob.\r\n"), signer, Protect::default()).unwrap())
+    text(
+        &sign(
+            rand::thread_rng(),
+            &mail(from, BOB, "Pay 10 to Bob.\r\n"),
+            signer,
+            Protect::default(),
+        )
+        .unwrap(),
+    )
 }
 
 #[test]
@@ -51,7 +59,10 @@ fn tampered_protected_subject_is_a_bad_signature() {
     let (head, tail) = signed.split_at(at);
     let tampered = format!("{head}{}", tail.replacen("Subject: pay", "Subject: PAY", 1));
     let opened = verify(tampered.as_bytes(), &[alice.public().clone()]).unwrap();
-    assert!(matches!(opened.signature, Err(SignatureError::BadSignature { .. })));
+    assert!(matches!(
+        opened.signature,
+        Err(SignatureError::BadSignature { .. })
+    ));
 }
 
 #[test]
@@ -78,7 +89,12 @@ fn tampered_ciphertext_fails_to_decrypt() {
     let line = &mut lines[mid];
     let c = line.remove(10);
     line.insert(10, if c == 'A' { 'B' } else { 'A' });
-    let tampered = format!("{}{}\r\n{}", &sealed[..begin], lines.join("\r\n"), &sealed[end..]);
+    let tampered = format!(
+        "{}{}\r\n{}",
+        &sealed[..begin],
+        lines.join("\r\n"),
+        &sealed[end..]
+    );
     let err = decrypt(tampered.as_bytes(), &bob, &[alice.public().clone()]).unwrap_err();
     assert!(
         matches!(err, Error::Decrypt(_) | Error::Read(_)),
@@ -106,7 +122,10 @@ fn wrong_key_gives_not_for_us_with_the_recipients() {
         }
         other => panic!("wrong key gave {other:?}"),
     }
-    assert!(matches!(open(&sealed, None, &[]), Err(Error::NotForUs { ours: None, .. })));
+    assert!(matches!(
+        open(&sealed, None, &[]),
+        Err(Error::NotForUs { ours: None, .. })
+    ));
 }
 
 #[test]
@@ -116,7 +135,9 @@ fn signature_verified_with_the_wrong_certificate_is_unknown_key() {
     let signed = signed_by(&alice, ALICE);
     let opened = verify(signed.as_bytes(), &[mallory.public().clone()]).unwrap();
     match opened.signature {
-        Err(SignatureError::UnknownKey { issuer }) => assert_eq!(issuer, alice.fingerprint().to_hex()),
+        Err(SignatureError::UnknownKey { issuer }) => {
+            assert_eq!(issuer, alice.fingerprint().to_hex())
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -135,7 +156,10 @@ fn unsigned_message_claiming_a_signer_is_unsigned() {
     // verify() insists on a signed message.
     assert!(matches!(
         verify(&forged, &[alice.public().clone()]),
-        Err(Error::NotPgpMime { expected: "multipart/signed", .. })
+        Err(Error::NotPgpMime {
+            expected: "multipart/signed",
+            ..
+        })
     ));
 }
 
@@ -166,9 +190,16 @@ fn rewrapped_signed_part_is_a_from_mismatch() {
     // break nothing; instead take Alice's signed message and claim it is from Mallory.
     let signed = signed_by(&alice, ALICE);
     let rewrapped = signed.replacen(&format!("From: {ALICE}"), &format!("From: {MALLORY}"), 1);
-    let opened = verify(rewrapped.as_bytes(), &[alice.public().clone(), mallory.public().clone()]).unwrap();
+    let opened = verify(
+        rewrapped.as_bytes(),
+        &[alice.public().clone(), mallory.public().clone()],
+    )
+    .unwrap();
     // Alice's key does not hold Mallory's address: the signer does not match the From.
-    assert!(matches!(opened.signature, Err(SignatureError::SignerNotFrom { .. })));
+    assert!(matches!(
+        opened.signature,
+        Err(SignatureError::SignerNotFrom { .. })
+    ));
 }
 
 #[test]
@@ -187,12 +218,22 @@ fn truncated_armor_is_a_typed_error() {
     );
     let end = sealed.find("-----END PGP MESSAGE-----").unwrap();
     // Cut the armor short but keep the MIME structure whole.
-    let cut = format!("{}\r\n{}", &sealed[..end - 40], &sealed[sealed.rfind("--op=").unwrap()..]);
+    let cut = format!(
+        "{}\r\n{}",
+        &sealed[..end - 40],
+        &sealed[sealed.rfind("--op=").unwrap()..]
+    );
     let err = decrypt(cut.as_bytes(), &bob, &[]).unwrap_err();
-    assert!(matches!(err, Error::Armor { .. } | Error::Decrypt(_) | Error::Read(_)), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Armor { .. } | Error::Decrypt(_) | Error::Read(_)
+        ),
+        "{err:?}"
+    );
 
     // Cut the whole message short: the multipart has no close delimiter.
-    let err = decrypt(sealed[..end].as_bytes(), &bob, &[]).unwrap_err();
+    let err = decrypt(&sealed.as_bytes()[..end], &bob, &[]).unwrap_err();
     assert!(matches!(err, Error::Malformed(_)), "{err:?}");
 
     // A truncated detached signature: the message stays readable, the verdict says why.
@@ -214,8 +255,14 @@ fn garbage_never_panics() {
     let bob = key(BOB);
     let certs = [alice.public().clone()];
     let sealed = text(
-        &sign_and_encrypt(rand::thread_rng(), &mail(ALICE, BOB, "x\r\n"), &alice, &[bob.public()], Protect::default())
-            .unwrap(),
+        &sign_and_encrypt(
+            rand::thread_rng(),
+            &mail(ALICE, BOB, "x\r\n"),
+            &alice,
+            &[bob.public()],
+            Protect::default(),
+        )
+        .unwrap(),
     );
     let signed = signed_by(&alice, ALICE);
     let inputs: Vec<Vec<u8>> = vec![

@@ -27,10 +27,8 @@ fn key(address: &str) -> SecretCert {
 }
 
 fn mail(from: &str, to: &str) -> Vec<u8> {
-    format!(
-        "From: {from}\r\nTo: {to}\r\nSubject: interop\r\nMessage-ID: <i@x.onion>\r\n\r\n{BODY}"
-    )
-    .into_bytes()
+    format!("From: {from}\r\nTo: {to}\r\nSubject: interop\r\nMessage-ID: <i@x.onion>\r\n\r\n{BODY}")
+        .into_bytes()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -39,10 +37,9 @@ fn text(bytes: &[u8]) -> String {
 
 /// Runs a tool, failing the test with its output if it fails.
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (scripts/test.sh installs gnupg rnp sq)"));
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?}: {e} (scripts/test.sh installs gnupg rnp sq)")
+    });
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
@@ -56,7 +53,11 @@ fn run(cmd: &mut Command) -> Output {
 /// Runs a tool that must fail.
 fn run_fails(cmd: &mut Command) -> Output {
     let out = cmd.stdin(Stdio::null()).output().unwrap();
-    assert!(!out.status.success(), "{cmd:?} succeeded but must fail: {}", text(&out.stderr));
+    assert!(
+        !out.status.success(),
+        "{cmd:?} succeeded but must fail: {}",
+        text(&out.stderr)
+    );
     out
 }
 
@@ -64,12 +65,18 @@ fn run_fails(cmd: &mut Command) -> Output {
 /// independent of the crate's).
 fn parts(message: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let s = text(message);
-    let b = s.split("boundary=\"").nth(1).unwrap().split('"').next().unwrap();
+    let b = s
+        .split("boundary=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
     let delim = format!("\r\n--{b}\r\n");
     let first = s.find(&format!("--{b}\r\n")).unwrap() + b.len() + 4;
     let second = s[first..].find(&delim).unwrap() + first;
     let close = s.find(&format!("\r\n--{b}--")).unwrap();
-    let part1 = s[first..second].as_bytes().to_vec();
+    let part1 = s.as_bytes()[first..second].to_vec();
     let part2 = &s[second + delim.len()..close];
     let body = part2.split_once("\r\n\r\n").unwrap().1;
     (part1, body.as_bytes().to_vec())
@@ -186,20 +193,36 @@ fn gpg_verifies_and_decrypts_what_the_crate_sends() {
     gpg.import(&bob.to_armored().unwrap());
     let dir = Dir::new();
 
-    let signed = sign(rand::thread_rng(), &mail(ALICE, BOB), &alice, Protect::default()).unwrap();
+    let signed = sign(
+        rand::thread_rng(),
+        &mail(ALICE, BOB),
+        &alice,
+        Protect::default(),
+    )
+    .unwrap();
     let (part, sig) = parts(&signed);
     let part_path = dir.write("part", &part);
     let sig_path = dir.write("part.asc", &sig);
     let out = run(gpg.cmd().arg("--verify").arg(&sig_path).arg(&part_path));
     let status = text(&out.stderr);
-    assert!(status.contains(&format!("[GNUPG:] VALIDSIG {}", alice.fingerprint())), "{status}");
-    assert!(status.contains(&format!("GOODSIG {}", &alice.fingerprint().to_hex()[24..])), "{status}");
+    assert!(
+        status.contains(&format!("[GNUPG:] VALIDSIG {}", alice.fingerprint())),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("GOODSIG {}", &alice.fingerprint().to_hex()[24..])),
+        "{status}"
+    );
 
     // gpg agrees that a changed part no longer verifies.
     let changed = text(&part).replace("noon", "dusk");
     let changed_path = dir.write("changed", changed.as_bytes());
     let out = run_fails(gpg.cmd().arg("--verify").arg(&sig_path).arg(&changed_path));
-    assert!(text(&out.stderr).contains("BADSIG"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("BADSIG"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let sealed = sign_and_encrypt(
         rand::thread_rng(),
@@ -214,17 +237,29 @@ fn gpg_verifies_and_decrypts_what_the_crate_sends() {
     let out = run(gpg.cmd().arg("--decrypt").arg(&msg));
     let status = text(&out.stderr);
     assert!(status.contains("[GNUPG:] DECRYPTION_OKAY"), "{status}");
-    assert!(status.contains(&format!("[GNUPG:] VALIDSIG {}", alice.fingerprint())), "{status}");
+    assert!(
+        status.contains(&format!("[GNUPG:] VALIDSIG {}", alice.fingerprint())),
+        "{status}"
+    );
     let plain = text(&out.stdout);
     assert!(plain.ends_with(&format!("\r\n\r\n{BODY}")), "{plain}");
-    assert!(plain.contains("Subject: interop\r\n"), "protected Subject: {plain}");
+    assert!(
+        plain.contains("Subject: interop\r\n"),
+        "protected Subject: {plain}"
+    );
 }
 
 #[test]
 fn crate_verifies_and_decrypts_what_gpg_sends() {
     let bob = key(BOB);
     let gpg = Gpg::new();
-    run(gpg.cmd().args(["--quick-gen-key", ALICE, "future-default", "default", "never"]));
+    run(gpg.cmd().args([
+        "--quick-gen-key",
+        ALICE,
+        "future-default",
+        "default",
+        "never",
+    ]));
     let exported = run(gpg.cmd().args(["--armor", "--export", ALICE])).stdout;
     let gpg_alice = PublicCert::from_bytes(&exported).expect("crate reads gpg's certificate");
     assert!(gpg_alice.holds(ALICE));
@@ -233,7 +268,20 @@ fn crate_verifies_and_decrypts_what_gpg_sends() {
     let entity = dir.write("entity", ENTITY.as_bytes());
 
     // Detached signature of the MIME entity, as mutt makes it for multipart/signed.
-    let sig = run(gpg.cmd().args(["--armor", "--detach-sign", "--digest-algo", "SHA256", "-u", ALICE, "-o", "-"]).arg(&entity)).stdout;
+    let sig = run(gpg
+        .cmd()
+        .args([
+            "--armor",
+            "--detach-sign",
+            "--digest-algo",
+            "SHA256",
+            "-u",
+            ALICE,
+            "-o",
+            "-",
+        ])
+        .arg(&entity))
+    .stdout;
     let message = wrap_signed(ALICE, ENTITY.as_bytes(), &sig);
     let opened = verify(&message, std::slice::from_ref(&gpg_alice)).unwrap();
     let signer = opened.signature.expect("gpg's signature verifies");
@@ -241,16 +289,54 @@ fn crate_verifies_and_decrypts_what_gpg_sends() {
     assert!(text(&opened.message).ends_with(&format!("\r\n\r\n{BODY}")));
 
     // Sign and encrypt to the crate's key (gpg's default compresses the signed data).
-    let armored = run(gpg.cmd().args(["--armor", "--sign", "--encrypt", "-u", ALICE, "-r", BOB, "-o", "-"]).arg(&entity)).stdout;
-    let opened = decrypt(&wrap_encrypted(ALICE, &armored), &bob, std::slice::from_ref(&gpg_alice)).unwrap();
+    let armored = run(gpg
+        .cmd()
+        .args([
+            "--armor",
+            "--sign",
+            "--encrypt",
+            "-u",
+            ALICE,
+            "-r",
+            BOB,
+            "-o",
+            "-",
+        ])
+        .arg(&entity))
+    .stdout;
+    let opened = decrypt(
+        &wrap_encrypted(ALICE, &armored),
+        &bob,
+        std::slice::from_ref(&gpg_alice),
+    )
+    .unwrap();
     assert!(opened.encrypted);
-    assert_eq!(opened.signature.expect("signed by gpg").cert, gpg_alice.fingerprint());
-    assert!(text(&opened.message).ends_with(&format!("\r\n\r\n{BODY}")), "{}", text(&opened.message));
+    assert_eq!(
+        opened.signature.expect("signed by gpg").cert,
+        gpg_alice.fingerprint()
+    );
+    assert!(
+        text(&opened.message).ends_with(&format!("\r\n\r\n{BODY}")),
+        "{}",
+        text(&opened.message)
+    );
 
     // Encrypted only: readable, and unsigned.
-    let armored = run(gpg.cmd().args(["--armor", "--encrypt", "-r", BOB, "-o", "-"]).arg(&entity)).stdout;
-    let opened = decrypt(&wrap_encrypted(ALICE, &armored), &bob, std::slice::from_ref(&gpg_alice)).unwrap();
-    assert!(matches!(opened.signature, Err(SignatureError::Unsigned { .. })));
+    let armored = run(gpg
+        .cmd()
+        .args(["--armor", "--encrypt", "-r", BOB, "-o", "-"])
+        .arg(&entity))
+    .stdout;
+    let opened = decrypt(
+        &wrap_encrypted(ALICE, &armored),
+        &bob,
+        std::slice::from_ref(&gpg_alice),
+    )
+    .unwrap();
+    assert!(matches!(
+        opened.signature,
+        Err(SignatureError::Unsigned { .. })
+    ));
     assert!(text(&opened.message).ends_with(&format!("\r\n\r\n{BODY}")));
 }
 
@@ -262,23 +348,63 @@ fn sq_verifies_and_decrypts_what_the_crate_sends() {
     let alice_cert = dir.write("alice.pub", alice.public().to_armored().unwrap().as_bytes());
     let bob_key = dir.write("bob.key", bob.to_armored().unwrap().as_bytes());
 
-    let signed = sign(rand::thread_rng(), &mail(ALICE, BOB), &alice, Protect::default()).unwrap();
+    let signed = sign(
+        rand::thread_rng(),
+        &mail(ALICE, BOB),
+        &alice,
+        Protect::default(),
+    )
+    .unwrap();
     let (part, sig) = parts(&signed);
     let part_path = dir.write("part", &part);
     let sig_path = dir.write("part.asc", &sig);
-    let out = run(Command::new("sq").arg("verify").arg("--detached").arg(&sig_path).arg("--signer-cert").arg(&alice_cert).arg(&part_path));
-    assert!(text(&out.stderr).contains("Good signature"), "{}", text(&out.stderr));
+    let out = run(Command::new("sq")
+        .arg("verify")
+        .arg("--detached")
+        .arg(&sig_path)
+        .arg("--signer-cert")
+        .arg(&alice_cert)
+        .arg(&part_path));
+    assert!(
+        text(&out.stderr).contains("Good signature"),
+        "{}",
+        text(&out.stderr)
+    );
 
-    let sealed = sign_and_encrypt(rand::thread_rng(), &mail(ALICE, BOB), &alice, &[bob.public()], Protect::default()).unwrap();
+    let sealed = sign_and_encrypt(
+        rand::thread_rng(),
+        &mail(ALICE, BOB),
+        &alice,
+        &[bob.public()],
+        Protect::default(),
+    )
+    .unwrap();
     let (_, armored) = parts(&sealed);
     let msg = dir.write("msg.asc", &armored);
-    let out = run(Command::new("sq").arg("decrypt").arg("--recipient-key").arg(&bob_key).arg("--signer-cert").arg(&alice_cert).arg(&msg));
-    assert!(text(&out.stderr).contains("Good signature"), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).ends_with(&format!("\r\n\r\n{BODY}")), "{}", text(&out.stdout));
+    let out = run(Command::new("sq")
+        .arg("decrypt")
+        .arg("--recipient-key")
+        .arg(&bob_key)
+        .arg("--signer-cert")
+        .arg(&alice_cert)
+        .arg(&msg));
+    assert!(
+        text(&out.stderr).contains("Good signature"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).ends_with(&format!("\r\n\r\n{BODY}")),
+        "{}",
+        text(&out.stdout)
+    );
 
     // Sequoia's Autocrypt parser reads the crate's header and gets the same certificate.
     let header_mail = dir.write("mail.eml", &signed);
-    let decoded = run(Command::new("sq").args(["autocrypt", "decode"]).arg(&header_mail)).stdout;
+    let decoded = run(Command::new("sq")
+        .args(["autocrypt", "decode"])
+        .arg(&header_mail))
+    .stdout;
     let cert = PublicCert::from_bytes(&decoded).expect("sq's decoded Autocrypt key");
     assert_eq!(cert.fingerprint(), alice.fingerprint());
 }
@@ -288,23 +414,61 @@ fn crate_verifies_and_decrypts_what_sq_sends() {
     let bob = key(BOB);
     let dir = Dir::new();
     let sq_key = dir.path("alice.key");
-    run(Command::new("sq").args(["key", "generate", "--userid", &format!("<{ALICE}>"), "--export"]).arg(&sq_key));
-    let sq_cert = run(Command::new("sq").args(["key", "extract-cert"]).arg(&sq_key)).stdout;
+    run(Command::new("sq")
+        .args([
+            "key",
+            "generate",
+            "--userid",
+            &format!("<{ALICE}>"),
+            "--export",
+        ])
+        .arg(&sq_key));
+    let sq_cert = run(Command::new("sq")
+        .args(["key", "extract-cert"])
+        .arg(&sq_key))
+    .stdout;
     let sq_alice = PublicCert::from_bytes(&sq_cert).expect("crate reads sq's certificate");
     let bob_cert = dir.write("bob.pub", bob.public().to_armored().unwrap().as_bytes());
     let entity = dir.write("entity", ENTITY.as_bytes());
 
     // sq signs with a signing subkey, not the primary key.
-    let sig = run(Command::new("sq").args(["sign", "--detached", "--signer-key"]).arg(&sq_key).arg(&entity)).stdout;
-    let opened = verify(&wrap_signed(ALICE, ENTITY.as_bytes(), &sig), std::slice::from_ref(&sq_alice)).unwrap();
+    let sig = run(Command::new("sq")
+        .args(["sign", "--detached", "--signer-key"])
+        .arg(&sq_key)
+        .arg(&entity))
+    .stdout;
+    let opened = verify(
+        &wrap_signed(ALICE, ENTITY.as_bytes(), &sig),
+        std::slice::from_ref(&sq_alice),
+    )
+    .unwrap();
     let signer = opened.signature.expect("sq's signature verifies");
     assert_eq!(signer.cert, sq_alice.fingerprint());
     assert_ne!(signer.key, signer.cert, "made by the signing subkey");
 
-    let armored = run(Command::new("sq").arg("encrypt").arg("--recipient-cert").arg(&bob_cert).arg("--signer-key").arg(&sq_key).arg(&entity)).stdout;
-    let opened = decrypt(&wrap_encrypted(ALICE, &armored), &bob, std::slice::from_ref(&sq_alice)).unwrap();
-    assert_eq!(opened.signature.expect("signed by sq").cert, sq_alice.fingerprint());
-    assert!(text(&opened.message).ends_with(&format!("\r\n\r\n{BODY}")), "{}", text(&opened.message));
+    let armored = run(Command::new("sq")
+        .arg("encrypt")
+        .arg("--recipient-cert")
+        .arg(&bob_cert)
+        .arg("--signer-key")
+        .arg(&sq_key)
+        .arg(&entity))
+    .stdout;
+    let opened = decrypt(
+        &wrap_encrypted(ALICE, &armored),
+        &bob,
+        std::slice::from_ref(&sq_alice),
+    )
+    .unwrap();
+    assert_eq!(
+        opened.signature.expect("signed by sq").cert,
+        sq_alice.fingerprint()
+    );
+    assert!(
+        text(&opened.message).ends_with(&format!("\r\n\r\n{BODY}")),
+        "{}",
+        text(&opened.message)
+    );
 }
 
 #[test]
@@ -319,25 +483,56 @@ fn rnp_verifies_and_decrypts_what_the_crate_sends() {
     ring.extend_from_slice(alice.public().to_armored().unwrap().as_bytes());
     let bob_ring = dir.write("bob-ring.asc", &ring);
 
-    let signed = sign(rand::thread_rng(), &mail(ALICE, BOB), &alice, Protect::default()).unwrap();
+    let signed = sign(
+        rand::thread_rng(),
+        &mail(ALICE, BOB),
+        &alice,
+        Protect::default(),
+    )
+    .unwrap();
     let (part, sig) = parts(&signed);
     let part_path = dir.write("part", &part);
     let sig_path = dir.write("part.asc", &sig);
-    let out = run(rnp(&home, &alice_cert).arg("--verify").arg(&sig_path).arg("--source").arg(&part_path));
+    let out = run(rnp(&home, &alice_cert)
+        .arg("--verify")
+        .arg(&sig_path)
+        .arg("--source")
+        .arg(&part_path));
     let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(report.contains("Good signature"), "{report}");
     let changed = dir.write("changed", text(&part).replace("noon", "dusk").as_bytes());
-    run_fails(rnp(&home, &alice_cert).arg("--verify").arg(&sig_path).arg("--source").arg(&changed));
+    run_fails(
+        rnp(&home, &alice_cert)
+            .arg("--verify")
+            .arg(&sig_path)
+            .arg("--source")
+            .arg(&changed),
+    );
 
-    let sealed = sign_and_encrypt(rand::thread_rng(), &mail(ALICE, BOB), &alice, &[bob.public()], Protect::default()).unwrap();
+    let sealed = sign_and_encrypt(
+        rand::thread_rng(),
+        &mail(ALICE, BOB),
+        &alice,
+        &[bob.public()],
+        Protect::default(),
+    )
+    .unwrap();
     let (_, armored) = parts(&sealed);
     let msg = dir.write("msg.asc", &armored);
     let plain_path = dir.path("plain");
-    let out = run(rnp(&home, &bob_ring).arg("--decrypt").arg(&msg).arg("--output").arg(&plain_path));
+    let out = run(rnp(&home, &bob_ring)
+        .arg("--decrypt")
+        .arg(&msg)
+        .arg("--output")
+        .arg(&plain_path));
     let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(report.contains("Good signature"), "{report}");
     let plain = std::fs::read(&plain_path).unwrap();
-    assert!(text(&plain).ends_with(&format!("\r\n\r\n{BODY}")), "{}", text(&plain));
+    assert!(
+        text(&plain).ends_with(&format!("\r\n\r\n{BODY}")),
+        "{}",
+        text(&plain)
+    );
 }
 
 #[test]
@@ -345,8 +540,16 @@ fn crate_decrypts_what_rnp_sends() {
     let bob = key(BOB);
     let gpg = Gpg::new();
     // An rnp-usable signing key for Alice, made by gpg, exported with its secret.
-    run(gpg.cmd().args(["--quick-gen-key", ALICE, "future-default", "default", "never"]));
-    let alice_cert = PublicCert::from_bytes(&run(gpg.cmd().args(["--armor", "--export", ALICE])).stdout).unwrap();
+    run(gpg.cmd().args([
+        "--quick-gen-key",
+        ALICE,
+        "future-default",
+        "default",
+        "never",
+    ]));
+    let alice_cert =
+        PublicCert::from_bytes(&run(gpg.cmd().args(["--armor", "--export", ALICE])).stdout)
+            .unwrap();
     let mut ring = run(gpg.cmd().args(["--armor", "--export-secret-keys", ALICE])).stdout;
     ring.extend_from_slice(bob.public().to_armored().unwrap().as_bytes());
     let dir = Dir::new();
@@ -360,7 +563,19 @@ fn crate_decrypts_what_rnp_sends() {
         .arg("--output")
         .arg(&out_path));
     let armored = std::fs::read(&out_path).unwrap();
-    let opened = decrypt(&wrap_encrypted(ALICE, &armored), &bob, std::slice::from_ref(&alice_cert)).unwrap();
-    assert_eq!(opened.signature.expect("signed by rnp").cert, alice_cert.fingerprint());
-    assert!(text(&opened.message).ends_with(&format!("\r\n\r\n{BODY}")), "{}", text(&opened.message));
+    let opened = decrypt(
+        &wrap_encrypted(ALICE, &armored),
+        &bob,
+        std::slice::from_ref(&alice_cert),
+    )
+    .unwrap();
+    assert_eq!(
+        opened.signature.expect("signed by rnp").cert,
+        alice_cert.fingerprint()
+    );
+    assert!(
+        text(&opened.message).ends_with(&format!("\r\n\r\n{BODY}")),
+        "{}",
+        text(&opened.message)
+    );
 }

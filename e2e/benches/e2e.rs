@@ -150,6 +150,16 @@ fn main() -> Result<()> {
         gpg_open,
         iterations,
     );
+    // What a gpg process costs before any OpenPGP work: the floor under the two figures above.
+    let start = Instant::now();
+    for _ in 0..iterations {
+        gpg(&["--version"], b"")?;
+    }
+    report(
+        "gpg --version (process start only)",
+        start.elapsed(),
+        iterations,
+    );
     let _ = Command::new("gpgconf")
         .env("GNUPGHOME", home.path())
         .args(["--kill", "all"])

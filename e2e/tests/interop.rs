@@ -579,3 +579,58 @@ fn crate_decrypts_what_rnp_sends() {
         text(&opened.message)
     );
 }
+
+#[test]
+fn signed_from_differing_from_outer_from_is_a_mismatch() {
+    // A gpg key with two addresses signs a part whose protected From is one of them; the
+    // outer From is changed to the other. The signature is good and the key holds the outer
+    // From, but the signed From says otherwise.
+    const ALICE2: &str = "alice2@aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.onion";
+    let gpg = Gpg::new();
+    run(gpg.cmd().args([
+        "--quick-gen-key",
+        ALICE,
+        "future-default",
+        "default",
+        "never",
+    ]));
+    let fpr = run(gpg.cmd().args(["--with-colons", "--list-keys", ALICE])).stdout;
+    let fpr = text(&fpr)
+        .lines()
+        .find(|l| l.starts_with("fpr:"))
+        .and_then(|l| l.split(':').nth(9).map(str::to_string))
+        .unwrap();
+    run(gpg.cmd().args(["--quick-add-uid", &fpr, ALICE2]));
+    let cert = PublicCert::from_bytes(&run(gpg.cmd().args(["--armor", "--export", ALICE])).stdout)
+        .unwrap();
+    assert!(cert.holds(ALICE) && cert.holds(ALICE2));
+    let dir = Dir::new();
+    let part = format!(
+        "Content-Type: text/plain; protected-headers=\"v1\"\r\nFrom: {ALICE}\r\n\r\n{BODY}"
+    );
+    let part_path = dir.write("part", part.as_bytes());
+    let sig = run(gpg
+        .cmd()
+        .args(["--armor", "--detach-sign", "-u", ALICE, "-o", "-"])
+        .arg(&part_path))
+    .stdout;
+
+    let honest = verify(
+        &wrap_signed(ALICE, part.as_bytes(), &sig),
+        std::slice::from_ref(&cert),
+    )
+    .unwrap();
+    assert_eq!(honest.signature.unwrap().address, ALICE);
+    let rewrapped = verify(
+        &wrap_signed(ALICE2, part.as_bytes(), &sig),
+        std::slice::from_ref(&cert),
+    )
+    .unwrap();
+    assert_eq!(
+        rewrapped.signature,
+        Err(SignatureError::FromMismatch {
+            signed: ALICE.to_string(),
+            outer: Some(ALICE2.to_string()),
+        })
+    );
+}

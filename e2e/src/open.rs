@@ -54,9 +54,10 @@ pub struct Opened {
     pub gossip: Vec<Autocrypt>,
 }
 
-/// Opens any incoming message: decrypts `multipart/encrypted` with `me` (error
-/// [`Error::NotForUs`] without it), verifies `multipart/signed`, and reports anything else
-/// as [`SignatureError::Unsigned`] with the message unchanged (CRLF-normalised).
+/// Opens any incoming message: decrypts PGP/MIME `multipart/encrypted` with `me` (error
+/// [`Error::NotForUs`] without it), verifies PGP/MIME `multipart/signed`, and reports
+/// anything else (S/MIME included) as [`SignatureError::Unsigned`] with the message
+/// unchanged (CRLF-normalised).
 pub fn open(
     message: &[u8],
     me: Option<&SecretCert>,
@@ -65,6 +66,15 @@ pub fn open(
     let message = mime::to_crlf(message);
     let entity = mime::split_entity(&message)?;
     let (ctype, params) = mime::content_type(entity.header).unwrap_or_default();
+    // S/MIME and other protocols are not ours: such a message is, for OpenPGP, unsigned.
+    let protocol = mime::param(&params, "protocol")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let ctype = match (ctype.as_str(), protocol.as_str()) {
+        ("multipart/encrypted", "application/pgp-encrypted")
+        | ("multipart/signed", "application/pgp-signature") => ctype,
+        _ => String::new(),
+    };
     match ctype.as_str() {
         "multipart/encrypted" => match me {
             Some(me) => decrypt_entity(&entity, &params, me, certs),

@@ -289,3 +289,18 @@ fn garbage_never_panics() {
         let _ = onionpost_e2e::Autocrypt::from_message(input);
     }
 }
+
+#[test]
+fn smime_signed_mail_is_unsigned_for_openpgp_not_an_error() {
+    let alice = key(ALICE);
+    let smime = format!(
+        "From: {ALICE}\r\nTo: {BOB}\r\nContent-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; micalg=sha-256; boundary=\"s\"\r\n\r\n\
+         --s\r\nContent-Type: text/plain\r\n\r\nhello\r\n--s\r\nContent-Type: application/pkcs7-signature\r\n\r\nMIIB\r\n--s--\r\n"
+    );
+    let opened = open(smime.as_bytes(), None, &[alice.public().clone()]).unwrap();
+    assert!(matches!(
+        opened.signature,
+        Err(SignatureError::Unsigned { .. })
+    ));
+    assert_eq!(opened.message, smime.as_bytes());
+}

@@ -693,6 +693,25 @@ mod tests {
         assert!(again > v, "{again} > {v}");
     }
 
+    /// A crash after a new folder's directory was made and before the index named it leaves
+    /// a directory nobody refers to; it is not a mailbox, and the next CREATE starts clean.
+    #[test]
+    fn a_folder_half_created_by_a_crash_is_not_a_mailbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = open(dir.path());
+        let next = f.lock().index.next_id;
+        drop(f);
+        let leftover = dir.path().join("folders").join(next.to_string());
+        for sub in ["cur", "new", "tmp"] {
+            fs::create_dir_all(leftover.join(sub)).unwrap();
+        }
+        fs::write(leftover.join("cur/1.x:2,"), b"Subject: half\r\n\r\n").unwrap();
+        let f = open(dir.path());
+        assert_eq!(f.list().len(), 6, "INBOX and the special-use folders only");
+        f.create("New").unwrap();
+        assert!(f.open("New").unwrap().snapshot().messages.is_empty());
+    }
+
     #[test]
     fn a_client_cannot_grow_the_index_without_bound() {
         let dir = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use ed25519_consensus::SigningKey;
 use onionpost_proto::keys;
 use onionpost_proto::tx::sign;
-use onionpost_proto::v1::{self as pb, tx_body::Action};
+use onionpost_proto::v1::{self as pb, key_history_entry::Kind, tx_body::Action};
 use prost::Message;
 
 use super::*;

@@ -21,6 +21,7 @@ use prost::Message;
 use crate::error::TxError;
 
 mod e2e_keys;
+mod governance;
 mod identities;
 mod lists;
 mod mailbox;
@@ -28,6 +29,7 @@ mod trust;
 mod validators;
 
 pub use e2e_keys::e2e_key_id;
+pub use governance::{PROPOSAL_LIFETIME_BLOCKS, required_approvals};
 
 /// Largest encoded transaction accepted.
 pub const MAX_TX_BYTES: usize = 16 * 1024;
@@ -297,6 +299,38 @@ pub fn apply_tx<R: StateRead + ?Sized>(
     tx: &DecodedTx,
     tx_index: u32,
 ) -> Result<Result<Applied, TxError>, ReadError> {
+    apply(overlay, ctx, tx, tx_index, OnReject::SpendNonce)
+}
+
+/// CheckTx's dry run of one transaction (signature already verified) on the mempool's check
+/// state: like [`apply_tx`] but a refused transaction leaves no trace, not even a spent
+/// nonce. It never enters the mempool, so the signer's next transaction must still carry
+/// this nonce; in a block, by contrast, a rejected transaction is on the chain for good and
+/// its nonce must be spent.
+pub fn check_tx<R: StateRead + ?Sized>(
+    overlay: &mut Overlay<'_, R>,
+    ctx: &BlockContext,
+    tx: &DecodedTx,
+) -> Result<Result<Applied, TxError>, ReadError> {
+    apply(overlay, ctx, tx, 0, OnReject::LeaveNoTrace)
+}
+
+/// What a rejected transaction leaves behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnReject {
+    /// Its nonce is spent (in a block).
+    SpendNonce,
+    /// Nothing (in CheckTx).
+    LeaveNoTrace,
+}
+
+fn apply<R: StateRead + ?Sized>(
+    overlay: &mut Overlay<'_, R>,
+    ctx: &BlockContext,
+    tx: &DecodedTx,
+    tx_index: u32,
+    on_reject: OnReject,
+) -> Result<Result<Applied, TxError>, ReadError> {
     let signer = tx.signer;
     let existing: Option<IdentityRecord> = match overlay.get_record(&keys::identity(&signer)) {
         Ok(r) => r,
@@ -353,7 +387,7 @@ pub fn apply_tx<R: StateRead + ?Sized>(
         Err(ExecError::Read(e)) => Err(e),
         Err(ExecError::Rejected(e)) => {
             overlay.discard_tx();
-            if !is_register {
+            if !is_register && on_reject == OnReject::SpendNonce {
                 // Spend the nonce of the rejected action.
                 let key = keys::identity(&signer);
                 let mut rec: IdentityRecord = match overlay.get_record(&key) {
@@ -447,7 +481,8 @@ impl<R: StateRead + ?Sized> Exec<'_, '_, R> {
             Action::RemoveAdmin(a) => self.remove_admin(a)?,
             Action::SetListPolicy(a) => self.set_list_policy(a)?,
             Action::ProposeValidatorUpdate(a) => self.propose_validator_update(a)?,
-            Action::ApproveValidatorUpdate(a) => self.approve_validator_update(a)?,
+            Action::Propose(a) => self.propose(a)?,
+            Action::Approve(a) => self.approve(a)?,
         }
         me.next_nonce += 1;
         self.overlay.put(keys::identity(&self.signer), &me);

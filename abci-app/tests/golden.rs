@@ -131,6 +131,7 @@ fn blocks() -> Vec<Vec<Vec<u8>>> {
             policy: Some(pb::ListPolicy {
                 posting: pb::list_policy::Posting::Admins as i32,
                 max_message_bytes: 4096,
+                admin_approvals: 0,
             }),
         })),
     ];
@@ -145,12 +146,8 @@ fn blocks() -> Vec<Vec<Vec<u8>>> {
         })),
     ];
     let b6 = vec![
-        s[2].sign(Action::ApproveValidatorUpdate(pb::ApproveValidatorUpdate {
-            proposal_id: 1,
-        })),
-        s[3].sign(Action::ApproveValidatorUpdate(pb::ApproveValidatorUpdate {
-            proposal_id: 1,
-        })),
+        s[2].sign(Action::Approve(pb::Approve { proposal_id: 1 })),
+        s[3].sign(Action::Approve(pb::Approve { proposal_id: 1 })),
         s[2].sign(unadmin(GOVERNING_LIST, 2)),
     ];
     vec![b1, b2, b3, b4, b5, b6, vec![]]
@@ -178,7 +175,7 @@ fn a_fixed_history_ends_at_the_pinned_app_hash() {
             vec![0, 0, 0, 0, 8, 7, 2],
             vec![0, 0, 0, 0, 13, 0, 11],
             vec![0, 0, 0, 12, 0, 0, 13],
-            vec![0, 13, 0, 0, 9, 0, 0, 0, 9, 0],
+            vec![0, 13, 0, 0, 9, 0, 16, 0, 9, 0],
             vec![0, 0, 0],
             vec![0, 9, 0],
             vec![],

@@ -1,9 +1,10 @@
-//! Lists: creation, membership (single-admin) and admins.
+//! Lists: creation, membership (one admin decides) and admin changes (where one admin's
+//! approval is enough; otherwise they go through [`super::governance`]).
 
 use onionpost_proto::keys;
 use onionpost_proto::v1::{
-    AddAdmin, AddMember, CreateList, ListRecord, MembershipRecord, RemoveAdmin, RemoveMember,
-    SetListPolicy,
+    AddAdmin, AddMember, CreateList, ListPolicy, ListRecord, MembershipRecord, RemoveAdmin,
+    RemoveMember, SetListPolicy,
 };
 
 use super::{
@@ -11,6 +12,17 @@ use super::{
     sorted_contains, sorted_insert, sorted_remove,
 };
 use crate::error::TxError;
+
+/// Refuses an `admin_approvals` larger than a list can have admins.
+fn check_admin_approvals(policy: Option<&ListPolicy>) -> Result<(), TxError> {
+    let approvals = policy.map_or(0, |p| p.admin_approvals);
+    if approvals as usize > MAX_LIST_ADMINS {
+        return Err(TxError::Invalid(format!(
+            "admin_approvals {approvals} is more than the {MAX_LIST_ADMINS} admins a list may have"
+        )));
+    }
+    Ok(())
+}
 
 impl<R: StateRead + ?Sized> Exec<'_, '_, R> {
     /// `create_list`: the signer becomes its first admin and member.
@@ -26,6 +38,7 @@ impl<R: StateRead + ?Sized> Exec<'_, '_, R> {
         if self.overlay.get(&keys::list(&a.name))?.is_some() {
             return Err(TxError::Conflict(format!("list {:?} exists already", a.name)).into());
         }
+        check_admin_approvals(a.policy.as_ref())?;
         let list = ListRecord {
             name: a.name.clone(),
             admins: vec![self.signer.to_vec()],
@@ -95,10 +108,59 @@ impl<R: StateRead + ?Sized> Exec<'_, '_, R> {
         Ok(())
     }
 
-    /// `add_admin`: makes a member an admin.
+    /// `add_admin`: makes a member an admin, where one admin's approval is enough.
     pub(super) fn add_admin(&mut self, a: &AddAdmin) -> ExecResult {
         let admin = identity_key(&a.admin, "admin")?;
-        let mut list = self.admin_list(&a.list, &admin)?;
+        let list = self.admin_list(&a.list, &admin)?;
+        self.require_single_approval(&list, "adding an admin")?;
+        let list = self.check_add_admin(&list, a)?;
+        self.put_list(&list);
+        Ok(())
+    }
+
+    /// `remove_admin`: an admin removes itself, or (where one admin's approval is enough)
+    /// another admin.
+    pub(super) fn remove_admin(&mut self, a: &RemoveAdmin) -> ExecResult {
+        let admin = identity_key(&a.admin, "admin")?;
+        let list = self.list(&a.list, &admin)?;
+        if admin != self.signer {
+            if !sorted_contains(&list.admins, &self.signer) {
+                return Err(TxError::Unauthorized(format!(
+                    "only an admin of {:?} may remove another admin",
+                    a.list
+                ))
+                .into());
+            }
+            self.require_single_approval(&list, "removing another admin")?;
+        }
+        let list = self.check_remove_admin(&list, a)?;
+        self.put_list(&list);
+        Ok(())
+    }
+
+    /// `set_list_policy`: posting rules and size limit need one admin; a change of
+    /// `admin_approvals` is an admin change.
+    pub(super) fn set_list_policy(&mut self, a: &SetListPolicy) -> ExecResult {
+        let mut list = self.admin_list(&a.list, &self.signer.clone())?;
+        self.check_policy(&list, a)?;
+        let old = list.policy.as_ref().map_or(0, |p| p.admin_approvals);
+        let new = a.policy.as_ref().map_or(0, |p| p.admin_approvals);
+        if old != new {
+            self.require_single_approval(&list, "changing admin_approvals")?;
+        }
+        list.policy = Some(a.policy.unwrap_or_default());
+        self.put_list(&list);
+        Ok(())
+    }
+
+    /// `list` with `a.admin` added as an admin, if that is valid now.
+    pub(super) fn check_add_admin(
+        &self,
+        list: &ListRecord,
+        a: &AddAdmin,
+    ) -> ExecResult<ListRecord> {
+        let admin = identity_key(&a.admin, "admin")?;
+        let mut list = list.clone();
         if self
             .overlay
             .get(&keys::membership(&a.list, &admin))?
@@ -124,21 +186,17 @@ impl<R: StateRead + ?Sized> Exec<'_, '_, R> {
             ))
             .into());
         }
-        self.overlay.put(keys::list(&a.list), &list);
-        Ok(())
+        Ok(list)
     }
 
-    /// `remove_admin`: takes admin rights away; a list always keeps one admin.
-    pub(super) fn remove_admin(&mut self, a: &RemoveAdmin) -> ExecResult {
+    /// `list` without admin `a.admin`, if that is valid now (a list keeps one admin).
+    pub(super) fn check_remove_admin(
+        &self,
+        list: &ListRecord,
+        a: &RemoveAdmin,
+    ) -> ExecResult<ListRecord> {
         let admin = identity_key(&a.admin, "admin")?;
-        let mut list = self.list(&a.list, &admin)?;
-        if admin != self.signer && !sorted_contains(&list.admins, &self.signer) {
-            return Err(TxError::Unauthorized(format!(
-                "only an admin of {:?} may remove another admin",
-                a.list
-            ))
-            .into());
-        }
+        let mut list = list.clone();
         if !sorted_remove(&mut list.admins, &admin) {
             return Err(TxError::Conflict(format!(
                 "{} is not an admin of {:?}",
@@ -155,16 +213,26 @@ impl<R: StateRead + ?Sized> Exec<'_, '_, R> {
             ))
             .into());
         }
-        self.overlay.put(keys::list(&a.list), &list);
+        Ok(list)
+    }
+
+    /// Checks a policy's values for `list`.
+    pub(super) fn check_policy(&self, list: &ListRecord, a: &SetListPolicy) -> ExecResult {
+        check_admin_approvals(a.policy.as_ref())?;
+        let approvals = a.policy.as_ref().map_or(0, |p| p.admin_approvals);
+        if approvals != 0 && self.governing_list()? == list.name {
+            return Err(TxError::Invalid(format!(
+                "admin_approvals of the governing list {:?} must be 0: its admin changes always need more than two thirds of its admins",
+                list.name
+            ))
+            .into());
+        }
         Ok(())
     }
 
-    /// `set_list_policy`: posting rules and size limit.
-    pub(super) fn set_list_policy(&mut self, a: &SetListPolicy) -> ExecResult {
-        let mut list = self.admin_list(&a.list, &self.signer.clone())?;
-        list.policy = Some(a.policy.unwrap_or_default());
-        self.overlay.put(keys::list(&a.list), &list);
-        Ok(())
+    /// Stores a list record.
+    pub(super) fn put_list(&mut self, list: &ListRecord) {
+        self.overlay.put(keys::list(&list.name), list);
     }
 
     /// The list `name`, naming it and `subject` in the event.

@@ -53,16 +53,16 @@ pub enum MempoolError {
     #[error("transaction is already in the mempool")]
     Duplicate,
     /// Full.
-    #[error("mempool is full ({0} transactions); try again after the next block")]
+    #[error("mempool is full ({0} transactions); retry after the next block")]
     Full(usize),
     /// The registration lane is full.
     #[error(
-        "{0} registrations are already waiting, the most the mempool holds; try again after the next block"
+        "the mempool's lane for registrations is full ({0} registrations are already waiting); retry after the next block"
     )]
     RegistrationsFull(usize),
     /// The signer has too many transactions waiting.
     #[error(
-        "this identity already has {0} transactions waiting, the most the mempool holds for one identity; wait for a block"
+        "this identity already has {0} transactions waiting, the most the mempool holds for one identity; retry after the next block"
     )]
     SignerFull(usize),
 }

@@ -173,7 +173,7 @@ fn a_flood_of_registrations_is_refused_without_delaying_other_transactions() {
     assert_eq!(refused.len(), 10, "the lane holds {lane}");
     for (code, log) in &refused {
         assert_eq!(*code, 15, "{log}");
-        assert!(log.contains("registrations are already waiting"), "{log}");
+        assert!(log.contains("lane for registrations is full"), "{log}");
     }
     assert_eq!(app.mempool().registrations(), lane);
 

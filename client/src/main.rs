@@ -372,10 +372,10 @@ async fn run_tx(args: TxArgs) -> Result<()> {
                 applied(&mut client, &ans_hash, submitted_at + 1, height).await?
             {
                 println!("applied");
-                if ["propose", "propose_validator_update"].contains(&event.kind.as_str()) {
-                    if let Ok(id) = <[u8; 8]>::try_from(event.subject.as_slice()) {
-                        println!("proposal {}", u64::from_be_bytes(id));
-                    }
+                if ["propose", "propose_validator_update"].contains(&event.kind.as_str())
+                    && let Ok(id) = <[u8; 8]>::try_from(event.subject.as_slice())
+                {
+                    println!("proposal {}", u64::from_be_bytes(id));
                 }
                 Ok(())
             } else {

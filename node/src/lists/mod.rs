@@ -10,4 +10,5 @@
 pub mod address;
 pub mod broadcast;
 pub mod check;
+pub mod engine;
 pub mod post;

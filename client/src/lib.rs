@@ -64,7 +64,8 @@ pub fn node_home() -> Result<PathBuf> {
     match std::env::var_os("XDG_DATA_HOME") {
         Some(d) if !d.is_empty() => Ok(PathBuf::from(d).join("onionpost")),
         _ => Ok(PathBuf::from(
-            std::env::var_os("HOME").context("neither XDG_DATA_HOME nor HOME is set: pass --home")?,
+            std::env::var_os("HOME")
+                .context("neither XDG_DATA_HOME nor HOME is set: pass --home")?,
         )
         .join(".local/share/onionpost")),
     }
@@ -140,7 +141,9 @@ mod tests {
     #[test]
     fn a_node_identity_key_is_found_in_the_node_home() {
         let home = tempfile::tempdir().unwrap();
-        let err = identity_key_path(home.path(), "alice").unwrap_err().to_string();
+        let err = identity_key_path(home.path(), "alice")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("identity new alice"), "{err}");
         assert!(identity_key_path(home.path(), "../x").is_err());
         let dir = home.path().join("identities/alice");

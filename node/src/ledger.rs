@@ -202,7 +202,9 @@ pub enum RegisterError {
         log: String,
     },
     /// Not visible in verified state within the time limit.
-    #[error("register_identity was accepted but is not in verified state after {0:?}; is a block producer running?")]
+    #[error(
+        "register_identity was accepted but is not in verified state after {0:?}; is a block producer running?"
+    )]
     NotCommitted(Duration),
 }
 
@@ -220,7 +222,10 @@ pub async fn register(
 ) -> Result<Registration, RegisterError> {
     let client = ledger.client()?;
     let who: IdentityKey = key.verification_key().to_bytes();
-    let known = client.identity(&who, At::Latest).await.map_err(LedgerError::from)?;
+    let known = client
+        .identity(&who, At::Latest)
+        .await
+        .map_err(LedgerError::from)?;
     if known.value.is_some() {
         return Ok(Registration::Already(known.height));
     }
@@ -269,7 +274,7 @@ mod tests {
     #[test]
     fn no_ledger_says_what_is_missing_and_is_not_transient() {
         let l = NodeLedger::none();
-        let e = l.client().unwrap_err();
+        let e = l.client().err().expect("no client without [ledger]");
         assert!(matches!(e, LedgerError::NotConfigured));
         assert!(!e.is_transient());
         assert!(e.to_string().contains("[ledger]"), "{e}");

@@ -217,7 +217,10 @@ fn register_identity(
     let pk = hex::encode(key.verification_key().to_bytes());
     match outcome {
         ledger::Registration::Registered(h) => {
-            println!("registered: {} (ledger account {pk}) at height {h}", id.address())
+            println!(
+                "registered: {} (ledger account {pk}) at height {h}",
+                id.address()
+            )
         }
         ledger::Registration::Already(h) => println!(
             "registered: {} (ledger account {pk}) already, as of height {h}",

@@ -106,7 +106,9 @@ fn member_rcpt(list: &str, node: &Node) -> String {
 /// Starts `n` member nodes, registers them on the ledger, creates list `dev` (admin: the
 /// first) with all of them, and a registered non-member, `mallory`.
 fn setup(net: &Devnet, n: usize) -> (Vec<Node>, Node) {
-    let names = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
+    let names = [
+        "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+    ];
     let mut nodes: Vec<Node> = names[..n].iter().map(|name| Node::new(name)).collect();
     let mut mallory = Node::new("mallory");
     // Everyone routes to everyone.
@@ -121,7 +123,13 @@ fn setup(net: &Devnet, n: usize) -> (Vec<Node>, Node) {
         let cfg = node.home.join("node.toml");
         std::fs::write(&cfg, node.config()).unwrap();
         let name = node.address.split('@').next().unwrap().to_string();
-        let out = node.cli(&["identity", "register", &name, "--config", cfg.to_str().unwrap()]);
+        let out = node.cli(&[
+            "identity",
+            "register",
+            &name,
+            "--config",
+            cfg.to_str().unwrap(),
+        ]);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && text.contains("registered:"),
@@ -133,12 +141,20 @@ fn setup(net: &Devnet, n: usize) -> (Vec<Node>, Node) {
     let url = net.url(1);
     tx_as(&nodes[0].home, "alice", &url, &["create-list", "dev"]);
     for m in &nodes[1..] {
-        tx_as(&nodes[0].home, "alice", &url, &["add-member", "dev", &m.address]);
-    }
-    for node in nodes.iter_mut().chain(std::iter::once(&mut mallory)) {
-        node.start();
+        tx_as(
+            &nodes[0].home,
+            "alice",
+            &url,
+            &["add-member", "dev", &m.address],
+        );
     }
     (nodes, mallory)
+}
+
+fn start_all(nodes: &mut [Node], mallory: &mut Node) {
+    for node in nodes.iter_mut().chain(std::iter::once(mallory)) {
+        node.start();
+    }
 }
 
 fn copies_queued(nodes: &[Node]) -> usize {
@@ -152,7 +168,8 @@ fn copies_queued(nodes: &[Node]) -> usize {
 fn a_post_reaches_every_member_once_and_forgeries_are_refused_with_their_reason() {
     let net = Devnet::start(4, "lists-e2e");
     let n = 5;
-    let (nodes, mallory) = setup(&net, n);
+    let (mut nodes, mut mallory) = setup(&net, n);
+    start_all(&mut nodes, &mut mallory);
 
     // A post from alice's mail client to the list address.
     submit(&nodes[0], "dev@list.invalid", "Hello list", "First post.");
@@ -168,10 +185,18 @@ fn a_post_reaches_every_member_once_and_forgeries_are_refused_with_their_reason(
     });
     std::thread::sleep(Duration::from_secs(4));
     for m in &nodes[1..] {
-        assert_eq!(m.count_in_maildir("Subject: Hello list"), 1, "{}", m.address);
+        assert_eq!(
+            m.count_in_maildir("Subject: Hello list"),
+            1,
+            "{}",
+            m.address
+        );
         let stored = m.count_in_maildir("List-Id: <dev.list.invalid>");
         assert_eq!(stored, 1, "List-Id for filters");
-        assert_eq!(m.count_in_maildir("List-Post: <mailto:dev@list.invalid>"), 1);
+        assert_eq!(
+            m.count_in_maildir("List-Post: <mailto:dev@list.invalid>"),
+            1
+        );
         assert_eq!(
             m.count_in_maildir(&format!(
                 "Onionpost-List-Verified: list=dev; author={}",
@@ -184,7 +209,10 @@ fn a_post_reaches_every_member_once_and_forgeries_are_refused_with_their_reason(
     assert_eq!(nodes[0].count_in_maildir("Hello list"), 0);
     assert_eq!(mallory.count_in_maildir("Hello list"), 0, "not a member");
     let sent = copies_queued(&nodes);
-    println!("transmissions for one post to {n} members: {sent} (bound 3N = {})", 3 * n);
+    println!(
+        "transmissions for one post to {n} members: {sent} (bound 3N = {})",
+        3 * n
+    );
     assert!(sent < 3 * n, "{sent} transmissions for {n} members");
 
     let bob = &nodes[1];
@@ -192,25 +220,50 @@ fn a_post_reaches_every_member_once_and_forgeries_are_refused_with_their_reason(
 
     // A non-member's post (a correct signature by a registered identity).
     let p = forge(&mallory, "dev", h, "from-mallory");
-    let r = send_final(bob, &mallory.address, &member_rcpt("dev", bob), &p.to_wire());
-    assert!(r.starts_with("550") && r.contains("author membership"), "{r}");
+    let r = send_final(
+        bob,
+        &mallory.address,
+        &member_rcpt("dev", bob),
+        &p.to_wire(),
+    );
+    assert!(
+        r.starts_with("550") && r.contains("author membership"),
+        "{r}"
+    );
 
     // A forged signature: alice's post with one byte changed.
     let p = forge(&nodes[0], "dev", h, "forged");
-    let wire = String::from_utf8(p.to_wire()).unwrap().replace("forged body", "forged bodY");
-    let r = send_final(bob, &nodes[0].address, &member_rcpt("dev", bob), wire.as_bytes());
+    let wire = String::from_utf8(p.to_wire())
+        .unwrap()
+        .replace("forged body", "forged bodY");
+    let r = send_final(
+        bob,
+        &nodes[0].address,
+        &member_rcpt("dev", bob),
+        wire.as_bytes(),
+    );
     assert!(r.starts_with("550") && r.contains("signature"), "{r}");
 
     // A post to a list that does not exist.
     let p = forge(&nodes[0], "nope", h, "to-nope");
-    let r = send_final(bob, &nodes[0].address, &member_rcpt("nope", bob), &p.to_wire());
+    let r = send_final(
+        bob,
+        &nodes[0].address,
+        &member_rcpt("nope", bob),
+        &p.to_wire(),
+    );
     assert!(r.starts_with("550") && r.contains("unknown list"), "{r}");
 
     // A post naming an old height by a member removed since.
     let carol = &nodes[2];
     let before = net.height();
     let old = forge(carol, "dev", before, "from-removed-carol");
-    tx_as(&nodes[0].home, "alice", &net.url(0), &["remove-member", "dev", &carol.address]);
+    tx_as(
+        &nodes[0].home,
+        "alice",
+        &net.url(0),
+        &["remove-member", "dev", &carol.address],
+    );
     net.wait_past(net.height() + 2);
     // The node asks for newer blocks at most once a second.
     std::thread::sleep(Duration::from_secs(2));
@@ -221,7 +274,10 @@ fn a_post_reaches_every_member_once_and_forgeries_are_refused_with_their_reason(
         if r.starts_with("550") {
             break r;
         }
-        assert!(!r.starts_with("OK"), "accepted a post by a removed member: {r}");
+        assert!(
+            !r.starts_with("OK"),
+            "accepted a post by a removed member: {r}"
+        );
         std::thread::sleep(Duration::from_millis(300));
     };
     assert!(r.contains("author still a member"), "{r}");
@@ -236,11 +292,20 @@ fn a_post_reaches_every_member_once_and_forgeries_are_refused_with_their_reason(
             "dev@list.invalid",
         ],
     );
-    assert!(r.starts_with("550") && r.contains("author membership"), "{r}");
+    assert!(
+        r.starts_with("550") && r.contains("author membership"),
+        "{r}"
+    );
 
     std::thread::sleep(Duration::from_secs(1));
     for m in &nodes {
-        for s in ["from-mallory", "forged", "to-nope", "from-removed-carol", "mallory tries"] {
+        for s in [
+            "from-mallory",
+            "forged",
+            "to-nope",
+            "from-removed-carol",
+            "mallory tries",
+        ] {
             assert_eq!(m.count_in_maildir(s), 0, "{s} delivered to {}", m.address);
         }
     }
@@ -253,10 +318,65 @@ fn without_a_ledger_list_mail_is_refused_and_personal_mail_flows() {
     a.route_to(&b);
     b.start();
     a.start();
-    let r = send_raw(&b, &a.address, &member_rcpt("dev", &b), b"Onionpost-Post: v=1\r\n\r\n");
+    let r = send_raw(
+        &b,
+        &a.address,
+        &member_rcpt("dev", &b),
+        b"Onionpost-Post: v=1\r\n\r\n",
+    );
     assert!(r.starts_with("554") && r.contains("[ledger]"), "{r}");
     submit(&a, &b.address, "personal", "still works");
     wait_for(Duration::from_secs(30), "personal mail", || {
         b.count_in_maildir("Subject: personal") == 1
     });
+}
+
+#[test]
+fn members_relay_when_the_author_dies_and_an_offline_member_gets_it_on_return() {
+    let net = Devnet::start(4, "lists-relay");
+    let n = 5;
+    let (mut nodes, mut mallory) = setup(&net, n);
+    // Alice's node reaches only bob: its other copies fail until it dies.
+    let bob_route = (nodes[1].onion().to_string(), nodes[1].smtp);
+    nodes[0].routes = vec![bob_route];
+    start_all(&mut nodes, &mut mallory);
+    // Erin is offline during the post.
+    nodes[4].terminate();
+
+    submit(
+        &nodes[0],
+        "dev@list.invalid",
+        "Relayed post",
+        "The author dies.",
+    );
+    wait_for(Duration::from_secs(60), "the post at bob", || {
+        nodes[1].count_in_maildir("Subject: Relayed post") == 1
+    });
+    nodes[0].kill9();
+    for m in &nodes[2..4] {
+        wait_for(
+            Duration::from_secs(60),
+            "the relayed post at every online member",
+            || m.count_in_maildir("Subject: Relayed post") == 1,
+        );
+    }
+    // Erin returns and gets it from the relay copy waiting for her.
+    nodes[4].start();
+    wait_for(
+        Duration::from_secs(60),
+        "the post at erin after her return",
+        || nodes[4].count_in_maildir("Subject: Relayed post") == 1,
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    for m in &nodes[1..] {
+        assert_eq!(
+            m.count_in_maildir("Subject: Relayed post"),
+            1,
+            "exactly once at {}",
+            m.address
+        );
+    }
+    let sent = copies_queued(&nodes);
+    println!("transmissions with the author dead and one member offline: {sent} for {n} members");
+    assert!(sent < 3 * n, "{sent}");
 }

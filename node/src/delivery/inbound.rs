@@ -47,7 +47,8 @@ pub enum Class {
 
 /// Classifies a recipient address. Pure.
 pub fn classify(ids: &Identities, scope: Scope, recipient: &str) -> Class {
-    let in_scope = |h: &Arc<Hosted>| scope == Scope::AllHosted || scope == Scope::Identity(h.identity.onion);
+    let in_scope =
+        |h: &Arc<Hosted>| scope == Scope::AllHosted || scope == Scope::Identity(h.identity.onion);
     if let Some((list, onion)) = parse_member_address(recipient) {
         return match ids.by_onion(&onion) {
             Some(h) if in_scope(h) => Class::ListPost(h.clone(), list),
@@ -193,7 +194,17 @@ impl Inbound {
     /// SMTP has. Any temporary failure makes the whole message temporary (the sender retries;
     /// recipients already served see the retry as a duplicate).
     pub async fn accept(&self, scope: Scope, env: Envelope) -> Result<(), Reply> {
+        let ids = self.ctx.identities();
+        let post = env
+            .recipients
+            .iter()
+            .any(|r| matches!(classify(&ids, scope, r), Class::ListPost(..)));
         let outcomes = self.deliver(scope, env.recipients, env.data).await;
+        if post {
+            // A list post is judged on its content after DATA (signature, ledger checks):
+            // a refusal is the verdict, said as it is. Each copy has one recipient.
+            return outcomes.into_iter().find(|o| o.is_err()).unwrap_or(Ok(()));
+        }
         let mut first_err = None;
         for o in outcomes {
             if let Err(r) = o {

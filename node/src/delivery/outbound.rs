@@ -232,8 +232,15 @@ mod tests {
         assert_eq!((forged.code, forged.esc), (550, [5, 7, 1]));
         assert_eq!(queue.len(), 1, "nothing queued for the forgery");
         assert_eq!(expand(vec![bob.clone()]).personal, vec![bob.clone()]);
-        let e = expand(vec!["Dev@list.invalid".into(), bob.clone(), "dev@list.invalid".into()]);
-        assert_eq!((e.personal, e.lists), (vec![bob], vec!["dev".to_string()]));
+        let e = expand(vec![
+            "Dev@list.invalid".into(),
+            bob.clone(),
+            "dev@list.invalid".into(),
+        ]);
+        assert_eq!(
+            (e.personal, e.lists),
+            (vec![bob.clone()], vec!["dev".to_string()])
+        );
         let to_list = Envelope {
             recipients: vec!["dev@list.invalid".into(), "bob@x.onion".into()],
             ..env("Subject: to a list\r\n\r\nx")
@@ -241,7 +248,11 @@ mod tests {
         let refused = sub.accept(to_list).await.unwrap_err();
         assert_eq!(refused.code, 554);
         assert!(refused.message.contains("[ledger]"), "{}", refused.message);
-        assert_eq!(queue.len(), 1, "a refused list post queues nothing, not even bob's copy");
+        assert_eq!(
+            queue.len(),
+            1,
+            "a refused list post queues nothing, not even bob's copy"
+        );
         assert_eq!(protect(b"m".to_vec()), b"m");
     }
 }

@@ -290,7 +290,10 @@ mod tests {
             ring_after(&m, member(2), member(3)),
             vec![member(4), member(0), member(1)]
         );
-        assert_eq!(ring_after(&m, member(0), member(4)), vec![member(1), member(2), member(3)]);
+        assert_eq!(
+            ring_after(&m, member(0), member(4)),
+            vec![member(1), member(2), member(3)]
+        );
         assert!(ring_after(&m, member(0), member(9)).is_empty());
         assert!(ring_after(&members(2), member(0), member(1)).is_empty());
     }
@@ -642,7 +645,11 @@ mod tests {
                 let want = usize::from(i != s.author);
                 assert_eq!(s.deliveries[i], want, "seed {seed} n={n} member {i}");
             }
-            assert!(s.transmissions() < 3 * n, "seed {seed}: {} for n={n}", s.transmissions());
+            assert!(
+                s.transmissions() < 3 * n,
+                "seed {seed}: {} for n={n}",
+                s.transmissions()
+            );
             worst = worst.max(s.transmissions() as f64 / n as f64);
         }
         eprintln!("worst transmissions per member under loss: {worst:.2}");
@@ -681,7 +688,10 @@ mod tests {
             s.run(30.0);
             for i in 1..n {
                 let want = usize::from(!down.contains(&i));
-                assert_eq!(s.deliveries[i], want, "seed {seed}: online members have it by 30 s");
+                assert_eq!(
+                    s.deliveries[i], want,
+                    "seed {seed}: online members have it by 30 s"
+                );
             }
             s.run(1e6);
             for i in 1..n {

@@ -164,29 +164,56 @@ pub fn may_post(
     Ok(())
 }
 
+/// What a post claims: its list, height, author and size.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    /// The list.
+    pub list: &'a str,
+    /// The height whose member set it went to.
+    pub height: u64,
+    /// The author's key.
+    pub author: &'a [u8; 32],
+    /// The message's size in bytes.
+    pub size: usize,
+}
+
+/// What the receiving node verified on the ledger.
+#[derive(Debug, Clone, Copy)]
+pub struct Evidence<'a> {
+    /// The list at the post's height (`None`: no such list).
+    pub at_h: Option<&'a List>,
+    /// The node's latest verified height.
+    pub latest: u64,
+    /// The list at `latest`.
+    pub now: Option<&'a List>,
+    /// How far below `latest` a post's height may be.
+    pub window: u64,
+}
+
 /// The checks a receiving node makes (2-6 above; the signature is checked when the post is
-/// parsed), given the verified list at H and at the latest height L. Pure.
+/// parsed) for `recipient`. Pure.
 pub fn may_deliver(
-    list_name: &str,
-    height: u64,
-    author: &[u8; 32],
+    claim: Claim<'_>,
     recipient: &[u8; 32],
-    size: usize,
-    at_h: Option<&List>,
-    latest: u64,
-    now: Option<&List>,
-    window: u64,
+    ev: Evidence<'_>,
 ) -> Result<(), Refusal> {
-    if latest.saturating_sub(height) > window {
+    let Claim {
+        list,
+        height,
+        author,
+        size,
+    } = claim;
+    let latest = ev.latest;
+    if latest.saturating_sub(height) > ev.window {
         return Err(Refusal::HeightTooOld {
             height,
             latest,
-            window,
+            window: ev.window,
         });
     }
-    may_post(list_name, at_h, height, author, size)?;
-    let now = now.ok_or_else(|| Refusal::UnknownList {
-        list: list_name.to_string(),
+    may_post(list, ev.at_h, height, author, size)?;
+    let now = ev.now.ok_or_else(|| Refusal::UnknownList {
+        list: list.to_string(),
         height: latest,
     })?;
     if !now.is_member(author) {
@@ -225,7 +252,19 @@ mod tests {
     fn every_check_refuses_with_its_own_reason() {
         let l = list(&[1, 2, 3], &[1], false);
         let ok = |a: u8, r: u8, at_h: Option<&List>, latest, now: Option<&List>| {
-            may_deliver("dev", 10, &[a; 32], &[r; 32], 10, at_h, latest, now, 100)
+            let claim = Claim {
+                list: "dev",
+                height: 10,
+                author: &[a; 32],
+                size: 10,
+            };
+            let ev = Evidence {
+                at_h,
+                latest,
+                now,
+                window: 100,
+            };
+            may_deliver(claim, &[r; 32], ev)
         };
         assert_eq!(ok(2, 3, Some(&l), 20, Some(&l)), Ok(()));
         assert!(matches!(
@@ -265,7 +304,11 @@ mod tests {
     fn replies_are_permanent_and_name_the_check() {
         let r = Refusal::AuthorRemoved { latest: 7 }.reply("dev");
         assert_eq!((r.code, r.esc), (550, [5, 7, 1]));
-        assert!(r.message.contains("author still a member check"), "{}", r.message);
+        assert!(
+            r.message.contains("author still a member check"),
+            "{}",
+            r.message
+        );
         let r = Refusal::RecipientNotMember { latest: 7 }.reply("dev");
         assert_eq!(r.code, 550);
         assert!(r.message.contains("recipient membership"), "{}", r.message);

@@ -73,11 +73,9 @@ impl std::fmt::Debug for Lists {
 
 fn ledger_reply(e: &LedgerError) -> Reply {
     match e {
-        LedgerError::NotConfigured => reply(
-            554,
-            [5, 3, 5],
-            format!("Error: list mail refused: {e}"),
-        ),
+        LedgerError::NotConfigured => {
+            reply(554, [5, 3, 5], format!("Error: list mail refused: {e}"))
+        }
         e if e.is_transient() => reply(
             451,
             [4, 4, 3],
@@ -93,7 +91,11 @@ fn ledger_reply(e: &LedgerError) -> Reply {
 
 fn local_error(what: &str) -> Reply {
     tracing::error!("{what}");
-    reply(451, [4, 3, 0], "Error: local storage error; try again later")
+    reply(
+        451,
+        [4, 3, 0],
+        "Error: local storage error; try again later",
+    )
 }
 
 /// Adds the list header fields at the end of a message's header.
@@ -164,7 +166,9 @@ impl Lists {
         let post = Post::sign(&key, list, height, message)
             .map_err(|e| reply(550, [5, 6, 0], format!("Error: {e}")))?;
         let id = post.id();
-        let out = self.core().handle(Input::Authored { id, me, members }, self.clock.now());
+        let out = self
+            .core()
+            .handle(Input::Authored { id, me, members }, self.clock.now());
         let wire = Arc::new(post.to_wire());
         self.held.lock().expect("held").insert(
             id,
@@ -191,6 +195,10 @@ impl Lists {
         data: &[u8],
     ) -> Vec<Result<(), Reply>> {
         let all = |r: Reply| vec![Err(r); recipients.len()];
+        let client = match self.ledger.client() {
+            Ok(c) => c,
+            Err(e) => return all(ledger_reply(&e)),
+        };
         let post = match Post::from_wire(data) {
             Ok(p) => p,
             Err(e) => {
@@ -198,12 +206,12 @@ impl Lists {
                 return all(Refusal::Signature(e.to_string()).reply(list));
             }
         };
-        let client = match self.ledger.client() {
-            Ok(c) => c,
-            Err(e) => return all(ledger_reply(&e)),
-        };
         let read = async {
-            let latest = client.latest_height().await?;
+            let mut latest = client.latest_height().await?;
+            if post.height > latest {
+                // The author saw a newer block than we did: look for it now, not in a second.
+                latest = client.sync().await?.height;
+            }
             if post.height > latest {
                 return Err(onionpost_ledger_client::Error::NotYetVerified {
                     asked: post.height,
@@ -226,8 +234,7 @@ impl Lists {
         let mut results = Vec::with_capacity(recipients.len());
         for (hosted, list) in recipients {
             let me: Member = hosted.identity.onion.public_key();
-            let span = tracing::info_span!("list-post", %list, to = %hosted.identity.name, post = %hex::encode(&id[..8]));
-            let _e = span.enter();
+            let to = hosted.identity.name.as_str();
             if *list != post.list {
                 results.push(Err(reply(
                     550,
@@ -239,18 +246,20 @@ impl Lists {
                 )));
                 continue;
             }
-            if let Err(r) = check::may_deliver(
+            let claim = check::Claim {
                 list,
-                post.height,
-                &post.author,
-                &me,
-                post.message.len(),
-                at_h.as_ref(),
+                height: post.height,
+                author: &post.author,
+                size: post.message.len(),
+            };
+            let evidence = check::Evidence {
+                at_h: at_h.as_ref(),
                 latest,
-                now.as_ref(),
-                self.window(),
-            ) {
-                tracing::warn!(check = r.check(), "list post refused");
+                now: now.as_ref(),
+                window: self.window(),
+            };
+            if let Err(r) = check::may_deliver(claim, &me, evidence) {
+                tracing::warn!(%list, %to, check = r.check(), "list post refused");
                 results.push(Err(r.reply(list)));
                 continue;
             }
@@ -271,7 +280,7 @@ impl Lists {
                 },
                 self.clock.now(),
             );
-            drop(_e);
+            tracing::info!(%list, %to, height = post.height, latest, post = %hex::encode(&id[..8]), "list post verified");
             let stamped = self.stamp(&post, latest, data);
             let r = self.execute_for(out, hosted.clone(), stamped, id).await;
             results.push(r);

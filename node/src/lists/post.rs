@@ -57,7 +57,9 @@ pub enum PostError {
     #[error("the post has no Message-ID")]
     NoMessageId,
     /// The signature does not verify with the author's key.
-    #[error("signature check failed: the signature does not verify with the author's key over the list, height, Message-ID and message bytes")]
+    #[error(
+        "signature check failed: the signature does not verify with the author's key over the list, height, Message-ID and message bytes"
+    )]
     BadSignature,
 }
 
@@ -196,10 +198,16 @@ mod tests {
         let wire = p.to_wire();
         let back = Post::from_wire(&wire).unwrap();
         assert_eq!(back, p);
-        assert_eq!(back.message, msg(), "members deliver exactly the signed bytes");
+        assert_eq!(
+            back.message,
+            msg(),
+            "members deliver exactly the signed bytes"
+        );
 
         let tamper = |from: &str, to: &str| {
-            let s = String::from_utf8(wire.clone()).unwrap().replacen(from, to, 1);
+            let s = String::from_utf8(wire.clone())
+                .unwrap()
+                .replacen(from, to, 1);
             Post::from_wire(s.as_bytes())
         };
         assert_eq!(tamper("list=dev", "list=ops"), Err(PostError::BadSignature));
@@ -219,7 +227,10 @@ mod tests {
 
     #[test]
     fn malformed_posts_are_named() {
-        assert_eq!(Post::from_wire(b"Subject: x\r\n\r\n"), Err(PostError::NotAPost));
+        assert_eq!(
+            Post::from_wire(b"Subject: x\r\n\r\n"),
+            Err(PostError::NotAPost)
+        );
         assert_eq!(Post::from_wire(b"no line end"), Err(PostError::NotAPost));
         assert!(matches!(
             Post::from_wire(b"Onionpost-Post: v=1; list=dev\r\n\r\n"),

@@ -29,7 +29,11 @@ pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
         assert!(status.success(), "building {name} failed");
         built.push(name.to_string());
     }
-    assert!(path.exists(), "{} is missing after cargo build", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing after cargo build",
+        path.display()
+    );
     path
 }
 

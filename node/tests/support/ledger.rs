@@ -19,7 +19,8 @@ pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
     let path = exe.parent().unwrap().parent().unwrap().join(name);
     let built = BUILT.get_or_init(Default::default);
     let mut built = built.lock().unwrap();
-    if !built.iter().any(|b| b == name) {
+    // A workspace test run builds it; `cargo nextest run -p onionpost-node` alone does not.
+    if !path.exists() && !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--quiet", "-p", package, "--bin", name])

@@ -35,7 +35,12 @@ struct Cli {
     #[arg(long, global = true, env = "ONIONPOST_HOME")]
     home: Option<PathBuf>,
     /// Sign as this identity of the mail node at --home, instead of a --key file.
-    #[arg(long, global = true, env = "ONIONPOST_IDENTITY")]
+    #[arg(
+        long = "identity",
+        id = "signer_identity",
+        global = true,
+        env = "ONIONPOST_IDENTITY"
+    )]
     identity: Option<String>,
     #[command(subcommand)]
     command: Command,

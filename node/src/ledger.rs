@@ -222,10 +222,17 @@ pub async fn register(
 ) -> Result<Registration, RegisterError> {
     let client = ledger.client()?;
     let who: IdentityKey = key.verification_key().to_bytes();
-    let known = client
-        .identity(&who, At::Latest)
-        .await
-        .map_err(LedgerError::from)?;
+    let start = Instant::now();
+    // A chain that has just started has no certified block yet: wait for one.
+    let known = loop {
+        match client.identity(&who, At::Latest).await {
+            Ok(v) => break v,
+            Err(e) if e.is_transient() && start.elapsed() < wait => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => return Err(LedgerError::from(e).into()),
+        }
+    };
     if known.value.is_some() {
         return Ok(Registration::Already(known.height));
     }
@@ -246,7 +253,6 @@ pub async fn register(
             return Err(RegisterError::Refused { code, log: ans.log });
         }
     }
-    let start = Instant::now();
     loop {
         match client.identity(&who, At::Latest).await {
             Ok(v) if v.value.is_some() => {

@@ -167,7 +167,7 @@ fn copies_queued(nodes: &[Node]) -> usize {
 #[test]
 fn a_post_reaches_every_member_once_and_forgeries_are_refused_with_their_reason() {
     let net = Devnet::start(4, "lists-e2e");
-    let n = 5;
+    let n = 8;
     let (mut nodes, mut mallory) = setup(&net, n);
     start_all(&mut nodes, &mut mallory);
 

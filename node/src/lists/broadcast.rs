@@ -677,9 +677,11 @@ mod tests {
         for seed in 1..=100u64 {
             let n = 4 + (seed as usize % 20);
             let mut s = Sim::new(n, seed, CLEAN);
-            s.kill_author_after_first = seed % 2 == 0;
+            s.kill_author_after_first = seed.is_multiple_of(2);
             // A third of the members (never the author) are down for a minute.
-            let down: Vec<usize> = (1..n).filter(|i| (i + seed as usize) % 3 == 0).collect();
+            let down: Vec<usize> = (1..n)
+                .filter(|i| (i + seed as usize).is_multiple_of(3))
+                .collect();
             for &i in &down {
                 s.online[i] = false;
                 s.at(60.0, Ev::Up(i));

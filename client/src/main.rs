@@ -32,15 +32,11 @@ struct Cli {
     /// A mail node's home directory: with --identity, sign as one of its identities (the
     /// identity's key is its onion address and its ledger account). Default: the node's
     /// default home (`$XDG_DATA_HOME/onionpost`, or `~/.local/share/onionpost`).
-    #[arg(long, global = true, env = "ONIONPOST_HOME")]
+    #[arg(long, env = "ONIONPOST_HOME")]
     home: Option<PathBuf>,
-    /// Sign as this identity of the mail node at --home, instead of a --key file.
-    #[arg(
-        long = "identity",
-        id = "signer_identity",
-        global = true,
-        env = "ONIONPOST_IDENTITY"
-    )]
+    /// Sign as this identity of the mail node at --home, instead of a --key file
+    /// (`onionpost --home DIR --identity NAME tx ...`).
+    #[arg(long = "identity", id = "signer_identity", env = "ONIONPOST_IDENTITY")]
     identity: Option<String>,
     #[command(subcommand)]
     command: Command,

@@ -9,7 +9,8 @@ source scripts/env.sh
 need_apt=()
 for pkg_bin in "libclang-dev:/usr/lib/llvm-14/lib/libclang.so" "clang:/usr/bin/clang" \
                "tor:/usr/bin/tor" "swaks:/usr/bin/swaks" "fetchmail:/usr/bin/fetchmail" \
-               "mutt:/usr/bin/mutt" "python3:/usr/bin/python3"; do
+               "mutt:/usr/bin/mutt" "python3:/usr/bin/python3" \
+               "gnupg:/usr/bin/gpg" "rnp:/usr/bin/rnp" "sq:/usr/bin/sq"; do
   pkg=${pkg_bin%%:*}; path=${pkg_bin#*:}
   [ -e "$path" ] || need_apt+=("$pkg")
 done

@@ -151,6 +151,24 @@ fn setup(net: &Devnet, n: usize) -> (Vec<Node>, Node) {
     (nodes, mallory)
 }
 
+/// Picks fresh ports (setup takes a while: ports picked at creation may have been taken by
+/// another test meanwhile) and routes everyone to everyone.
+fn fresh_ports(nodes: &mut [Node], mallory: &mut Node) {
+    let mut all: Vec<&mut Node> = nodes.iter_mut().chain(std::iter::once(mallory)).collect();
+    for node in all.iter_mut() {
+        node.smtp = support::free_port();
+        node.submission = support::free_port();
+        node.imap = support::free_port();
+    }
+    let routes: Vec<(String, u16)> = all
+        .iter()
+        .map(|x| (x.onion().to_string(), x.smtp))
+        .collect();
+    for node in all.iter_mut() {
+        node.routes = routes.clone();
+    }
+}
+
 fn start_all(nodes: &mut [Node], mallory: &mut Node) {
     for node in nodes.iter_mut().chain(std::iter::once(mallory)) {
         node.start();
@@ -169,6 +187,7 @@ fn a_post_reaches_every_member_once_and_forgeries_are_refused_with_their_reason(
     let net = Devnet::start(4, "lists-e2e");
     let n = 8;
     let (mut nodes, mut mallory) = setup(&net, n);
+    fresh_ports(&mut nodes, &mut mallory);
     start_all(&mut nodes, &mut mallory);
 
     // A post from alice's mail client to the list address.
@@ -336,6 +355,7 @@ fn members_relay_when_the_author_dies_and_an_offline_member_gets_it_on_return() 
     let net = Devnet::start(4, "lists-relay");
     let n = 5;
     let (mut nodes, mut mallory) = setup(&net, n);
+    fresh_ports(&mut nodes, &mut mallory);
     // Alice's node reaches only bob: its other copies fail until it dies.
     let bob_route = (nodes[1].onion().to_string(), nodes[1].smtp);
     nodes[0].routes = vec![bob_route];

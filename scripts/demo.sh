@@ -20,7 +20,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 echo "==> building (the first build takes a while: RocksDB and libp2p are compiled from source)"
-cargo build --quiet -p onionpost-ledger -p onionpost -p onionpost-node -p onionpost-devnet --bins
+# cargo's own progress (crate counts and names), so a first build of ~40 minutes is visibly moving.
+cargo build -p onionpost-ledger -p onionpost -p onionpost-node -p onionpost-devnet --bins
 BIN=$CARGO_TARGET_DIR/debug
 WORK=$(mktemp -d /tmp/onionpost-demo.XXXXXX)
 cleanup() {

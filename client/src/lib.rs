@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use ed25519_consensus::SigningKey;
 use onionpost_proto::onion::OnionAddress;
 
@@ -58,6 +58,43 @@ pub fn write_new_key(path: &Path) -> Result<SigningKey> {
     Ok(key)
 }
 
+/// The default home of a mail node (`onionpost-node`'s): `$XDG_DATA_HOME/onionpost`, or
+/// `~/.local/share/onionpost`.
+pub fn node_home() -> Result<PathBuf> {
+    match std::env::var_os("XDG_DATA_HOME") {
+        Some(d) if !d.is_empty() => Ok(PathBuf::from(d).join("onionpost")),
+        _ => Ok(PathBuf::from(
+            std::env::var_os("HOME")
+                .context("neither XDG_DATA_HOME nor HOME is set: pass --home")?,
+        )
+        .join(".local/share/onionpost")),
+    }
+}
+
+/// The key file of identity `name` in a mail node's home: `<home>/identities/<name>/secret.key`
+/// (the node's layout; the same 64-hex seed format as a client key file), so the command
+/// line signs with the very key that is the identity's onion address.
+pub fn identity_key_path(home: &Path, name: &str) -> Result<PathBuf> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if !ok {
+        bail!("{name:?} is not an identity name (1-64 characters a-z, 0-9, '.', '_', '-')");
+    }
+    let path = home.join("identities").join(name).join("secret.key");
+    if !path.exists() {
+        bail!(
+            "no identity {name:?} in {} (create it with `onionpost-node --home {} identity new {name}`)",
+            home.display(),
+            home.display()
+        );
+    }
+    Ok(path)
+}
+
 /// The onion address of a public key.
 pub fn address(pk: &[u8; 32]) -> String {
     OnionAddress::from_public_key(*pk).hostname()
@@ -99,6 +136,21 @@ mod tests {
         }
         let err = parse_identity("bob@example.com").unwrap_err().to_string();
         assert!(err.contains("neither an onion address"), "{err}");
+    }
+
+    #[test]
+    fn a_node_identity_key_is_found_in_the_node_home() {
+        let home = tempfile::tempdir().unwrap();
+        let err = identity_key_path(home.path(), "alice")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("identity new alice"), "{err}");
+        assert!(identity_key_path(home.path(), "../x").is_err());
+        let dir = home.path().join("identities/alice");
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = write_new_key(&dir.join("secret.key")).unwrap();
+        let path = identity_key_path(home.path(), "alice").unwrap();
+        assert_eq!(read_key(&path).unwrap().to_bytes(), key.to_bytes());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 mod cli_audit;
 mod cli_query;
 
-use onionpost::{address, parse_identity, read_key, write_new_key};
+use onionpost::{address, identity_key_path, node_home, parse_identity, read_key, write_new_key};
 use onionpost_ledger_client::verify;
 use onionpost_proto::tx::{action_name, sign};
 use onionpost_proto::v1::ledger_client::LedgerClient;
@@ -29,6 +29,15 @@ use tonic::transport::Channel;
                   the server states, which shows only that the answer is consistent with that state."
 )]
 struct Cli {
+    /// A mail node's home directory: with --identity, sign as one of its identities (the
+    /// identity's key is its onion address and its ledger account). Default: the node's
+    /// default home (`$XDG_DATA_HOME/onionpost`, or `~/.local/share/onionpost`).
+    #[arg(long, env = "ONIONPOST_HOME")]
+    home: Option<PathBuf>,
+    /// Sign as this identity of the mail node at --home, instead of a --key file
+    /// (`onionpost --home DIR --identity NAME tx ...`).
+    #[arg(long = "identity", id = "signer_identity", env = "ONIONPOST_IDENTITY")]
+    identity: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -77,9 +86,9 @@ struct Ledger {
 struct TxArgs {
     #[command(flatten)]
     ledger: Ledger,
-    /// The signer's key file.
+    /// The signer's key file (or sign as a node identity with --home and --identity).
     #[arg(long, env = "ONIONPOST_KEY")]
-    key: PathBuf,
+    key: Option<PathBuf>,
     /// Return once submitted instead of waiting (up to 30 s) for the transaction to commit.
     #[arg(long)]
     no_wait: bool,
@@ -164,7 +173,12 @@ async fn connect(l: &Ledger) -> Result<LedgerClient<Channel>> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let signer = Signer {
+        home: cli.home,
+        identity: cli.identity,
+    };
+    match cli.command {
         Command::Key(KeyCommand::New { file }) => {
             let key = write_new_key(&file)?;
             let pk = key.verification_key().to_bytes();
@@ -177,7 +191,7 @@ async fn main() -> Result<()> {
             println!("address    {}", address(&pk));
             println!("public key {}", hex::encode(pk));
         }
-        Command::Tx(args) => run_tx(args).await?,
+        Command::Tx(args) => run_tx(args, &signer).await?,
         Command::Audit(args) => {
             if !cli_audit::run(args).await? {
                 std::process::exit(2);
@@ -250,8 +264,34 @@ fn proposed_change(change: ProposeAction) -> Result<pb::change::Kind> {
     })
 }
 
-async fn run_tx(args: TxArgs) -> Result<()> {
-    let key = read_key(&args.key)?;
+/// Who signs: a key file, or an identity of a mail node's home.
+struct Signer {
+    home: Option<PathBuf>,
+    identity: Option<String>,
+}
+
+impl Signer {
+    fn key(&self, key_file: Option<&PathBuf>) -> Result<ed25519_consensus::SigningKey> {
+        match (key_file, &self.identity) {
+            (Some(file), None) => read_key(file),
+            (None, Some(name)) => {
+                let home = match &self.home {
+                    Some(h) => h.clone(),
+                    None => node_home()?,
+                };
+                read_key(&identity_key_path(&home, name)?)
+                    .with_context(|| format!("signing as identity {name:?} of {}", home.display()))
+            }
+            (None, None) => bail!(
+                "say who signs: --key FILE, or --identity NAME (with --home DIR) for an identity of a mail node"
+            ),
+            (Some(_), Some(_)) => bail!("--key and --identity exclude each other"),
+        }
+    }
+}
+
+async fn run_tx(args: TxArgs, signer: &Signer) -> Result<()> {
+    let key = signer.key(args.key.as_ref())?;
     let me = key.verification_key().to_bytes();
     let action = match args.action {
         TxAction::Register { name } => {

@@ -27,6 +27,21 @@
 //! "abc...xyz.onion" = "127.0.0.1:2526"
 //! ```
 //!
+//! List mail needs the ledger (`[ledger]`): the gRPC endpoints of its servers, its chain id,
+//! and the chain's `genesis.json`, got out of band (the one thing the node takes on faith;
+//! every answer is checked against app hashes certified by validators derived from it).
+//! Without `[ledger]`, one-to-one mail works as always and list mail is refused, saying why.
+//!
+//! ```toml
+//! [ledger]
+//! endpoints = ["http://127.0.0.1:9090", "http://127.0.0.2:9090"]
+//! chain_id = "onionpost-devnet"
+//! genesis = "/etc/onionpost/genesis.json"
+//! checkpoint = "/var/lib/onionpost/ledger-checkpoint.json"  # default: <home>/ledger/checkpoint.json
+//! height_window = 100        # a post may name a height at most this far below the latest
+//! relay_timeout_secs = 30    # a relay not acknowledged by then goes to the next member too
+//! ```
+//!
 //! The onion transport (arti, the default): every identity publishes its own onion service
 //! from its own Tor client, and outbound mail goes to `<onion>.onion:25` over Tor. Without `[transport.onion.private]` it
 //! uses the public Tor network; with it, a private network (as `onionpost-devnet tor up`
@@ -61,6 +76,9 @@ pub enum ConfigError {
     /// A client-facing listener on a non-loopback address.
     #[error("{0} must listen on a loopback address, not {1}")]
     NotLoopback(&'static str, SocketAddr),
+    /// A `[ledger]` table that cannot work.
+    #[error("[ledger]: {0}")]
+    Ledger(String),
 }
 
 /// The whole configuration.
@@ -85,6 +103,41 @@ pub struct Config {
     /// How outbound connections reach onion addresses.
     #[serde(default)]
     pub transport: TransportConfig,
+    /// The ledger, for list mail (absent: no list mail).
+    #[serde(default)]
+    pub ledger: Option<LedgerConfig>,
+}
+
+/// How to reach the ledger and what to trust (the `[ledger]` table).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// gRPC addresses of ledger servers (`http://host:port`), tried in order with fail-over.
+    pub endpoints: Vec<String>,
+    /// The chain id; must equal the genesis file's.
+    pub chain_id: String,
+    /// The chain's `genesis.json`.
+    pub genesis: PathBuf,
+    /// Where the verified walk of the chain is kept between runs; default
+    /// `<home>/ledger/checkpoint.json`.
+    #[serde(default)]
+    pub checkpoint: Option<PathBuf>,
+    /// How far below the receiving node's latest verified height a post's height may be
+    /// (see `lists`); default 100 blocks.
+    #[serde(default = "default_height_window")]
+    pub height_window: u64,
+    /// Seconds a relayed post may stay unacknowledged before the next member on the ring is
+    /// sent a copy too (see `lists::broadcast`); default 30.
+    #[serde(default = "default_relay_timeout")]
+    pub relay_timeout_secs: f64,
+}
+
+fn default_height_window() -> u64 {
+    100
+}
+
+fn default_relay_timeout() -> f64 {
+    30.0
 }
 
 /// One optional TCP listener.
@@ -278,6 +331,21 @@ impl Config {
                 return Err(ConfigError::NotLoopback(what, addr));
             }
         }
+        if let Some(l) = &cfg.ledger {
+            if l.endpoints.is_empty() {
+                return Err(ConfigError::Ledger(
+                    "endpoints is empty: name at least one ledger server".into(),
+                ));
+            }
+            if l.chain_id.is_empty() {
+                return Err(ConfigError::Ledger("chain_id is empty".into()));
+            }
+            if !(l.relay_timeout_secs.is_finite() && l.relay_timeout_secs > 0.0) {
+                return Err(ConfigError::Ledger(
+                    "relay_timeout_secs must be a positive number of seconds".into(),
+                ));
+            }
+        }
         Ok(cfg)
     }
 }
@@ -313,5 +381,29 @@ mod tests {
         );
         assert_eq!(d.limits.mailbox_quota(), Some(2 * 1024 * 1024 * 1024));
         assert_eq!(d.queue.retry_jitter, 0.5);
+        assert!(d.ledger.is_none(), "no ledger unless configured");
+    }
+
+    #[test]
+    fn ledger_table_is_strict() {
+        let cfg = Config::parse(
+            "[ledger]\nendpoints = [\"http://127.0.0.1:9090\"]\nchain_id = \"c\"\n\
+             genesis = \"/g.json\"\n",
+        )
+        .unwrap();
+        let l = cfg.ledger.unwrap();
+        assert_eq!(l.endpoints, ["http://127.0.0.1:9090"]);
+        assert_eq!((l.height_window, l.relay_timeout_secs), (100, 30.0));
+        assert!(l.checkpoint.is_none());
+        let typo = Config::parse(
+            "[ledger]\nendpoints = []\nchain_id = \"c\"\ngenesis = \"/g\"\nchain = \"x\"\n",
+        );
+        assert!(matches!(typo, Err(ConfigError::Parse(..))), "{typo:?}");
+        let empty = Config::parse("[ledger]\nendpoints = []\nchain_id = \"c\"\ngenesis = \"/g\"\n");
+        assert!(
+            matches!(&empty, Err(ConfigError::Ledger(m)) if m.contains("endpoints")),
+            "{empty:?}"
+        );
+        assert!(Config::parse("[ledger]\nendpoints = [\"http://x:1\"]\n").is_err());
     }
 }

@@ -1,79 +1,275 @@
-//! The `Ledger` seam: verified reads of the ledger, as the delivery stages need them.
+//! The ledger seam: verified reads of the ledger, as the delivery stages need them, and the
+//! registration of the node's identities.
 //!
-//! The stages never talk gRPC or check proofs themselves: they ask a [`Ledger`], whose
-//! contract is that every `Ok` value was checked against a proof and a root certified by the
-//! validators (the ledger client crate does that). A node without a `[ledger]` configuration
-//! uses [`NoLedger`], which answers every question with [`LedgerError::NotConfigured`]: one-to-one
-//! mail needs no ledger, and whatever needs one (list posts, mailbox hosts) says so clearly.
+//! The stages never talk gRPC or check proofs themselves: they ask a
+//! [`onionpost_ledger_client::Ledger`], whose contract is that every `Ok` value was checked
+//! against a proof and a root certified by validators derived from genesis. The node wires in
+//! [`GrpcLedger`] with the certified policy, built from `[ledger]` ([`NodeLedger::open`]);
+//! code that decides on answers is generic over the trait so its unit tests fake it.
+//!
+//! A node without `[ledger]` has [`NodeLedger::none`]: one-to-one mail needs no ledger, and
+//! whatever needs one (list posts) is refused with [`LedgerError::NotConfigured`], which
+//! says so.
+//!
+//! One identity, one key: an identity's ed25519 key is its onion address *and* its ledger
+//! account. [`register`] signs `register_identity` with the identity's own key, so the
+//! ledger's member and the mail system's recipient are the same key.
 
-use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use onionpost_proto::onion::OnionAddress;
+use ed25519_consensus::SigningKey;
+use onionpost_ledger_client::{At, Config, Genesis, GrpcLedger, Ledger, RootPolicy};
+use onionpost_proto::v1::ledger_client::LedgerClient;
+use onionpost_proto::v1::{self as pb, tx_body::Action};
 
-/// A value read from the ledger, checked against a proof at `height`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verified<T> {
-    /// The value.
-    pub value: T,
-    /// The ledger height whose certified root the proof was checked against.
-    pub height: u64,
-}
+pub use onionpost_ledger_client::{Error as ClientError, IdentityKey, List, Membership, Verified};
+
+use crate::config::LedgerConfig;
 
 /// Why a ledger read gave no verified answer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     /// The node has no `[ledger]` section.
-    #[error("this node has no [ledger] configuration; list mail and mailbox hosts need one")]
+    #[error(
+        "this node has no [ledger] configuration; list mail needs one (endpoints, chain_id, genesis)"
+    )]
     NotConfigured,
-    /// No ledger server answered (the caller defers and retries; it never proceeds unverified).
-    #[error("ledger unavailable: {0}")]
-    Unavailable(String),
-    /// A server answered with something that does not verify.
-    #[error("ledger answer failed verification: {0}")]
-    Invalid(String),
+    /// The ledger client gave no verified answer.
+    #[error(transparent)]
+    Client(#[from] ClientError),
 }
 
 impl LedgerError {
-    /// Whether asking again later may succeed (a 4xx rather than a 5xx for mail waiting on it).
+    /// Whether asking again later may succeed (a 4xx rather than a 5xx for mail waiting on
+    /// it): servers unreachable or lying, a height not yet certified.
     pub fn is_transient(&self) -> bool {
-        matches!(self, LedgerError::Unavailable(_))
+        match self {
+            LedgerError::NotConfigured => false,
+            LedgerError::Client(e) => e.is_transient(),
+        }
     }
 }
 
-/// Verified ledger reads for the delivery stages.
-pub trait Ledger: Send + Sync + 'static {
-    /// Whether `identity` is a member of `list` at the latest verified height.
-    fn is_member(
-        &self,
-        list: &str,
-        identity: &OnionAddress,
-    ) -> impl Future<Output = Result<Verified<bool>, LedgerError>> + Send;
-
-    /// The mailbox hosts `identity` named on the ledger (empty if none).
-    fn mailbox_hosts(
-        &self,
-        identity: &OnionAddress,
-    ) -> impl Future<Output = Result<Verified<Vec<OnionAddress>>, LedgerError>> + Send;
+/// Why `[ledger]` could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The genesis file is unusable.
+    #[error("[ledger] genesis {}: {source}", .path.display())]
+    Genesis {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: ClientError,
+    },
+    /// The configured chain id is not the genesis file's.
+    #[error("[ledger] chain_id is {configured:?} but the genesis file is of chain {genesis:?}")]
+    ChainId {
+        /// The configured one.
+        configured: String,
+        /// The genesis file's.
+        genesis: String,
+    },
+    /// The client could not be created (bad endpoint, unusable checkpoint).
+    #[error("[ledger]: {0}")]
+    Client(#[source] ClientError),
 }
 
-/// The ledger of a node configured without one.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoLedger;
+/// The node's ledger: a verifying gRPC client, or none.
+#[derive(Clone, Default)]
+pub struct NodeLedger {
+    inner: Option<(GrpcLedger, LedgerConfig)>,
+}
 
-impl Ledger for NoLedger {
-    async fn is_member(
-        &self,
-        _list: &str,
-        _identity: &OnionAddress,
-    ) -> Result<Verified<bool>, LedgerError> {
-        Err(LedgerError::NotConfigured)
+impl std::fmt::Debug for NodeLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.inner {
+            None => f.write_str("NodeLedger(none)"),
+            Some((_, c)) => write!(f, "NodeLedger({:?} on {:?})", c.chain_id, c.endpoints),
+        }
+    }
+}
+
+/// Where the checkpoint lives unless `[ledger] checkpoint` says otherwise.
+pub fn default_checkpoint(home: &Path) -> PathBuf {
+    home.join("ledger").join("checkpoint.json")
+}
+
+impl NodeLedger {
+    /// No ledger: list mail is refused with [`LedgerError::NotConfigured`].
+    pub fn none() -> Self {
+        Self::default()
     }
 
-    async fn mailbox_hosts(
-        &self,
-        _identity: &OnionAddress,
-    ) -> Result<Verified<Vec<OnionAddress>>, LedgerError> {
-        Err(LedgerError::NotConfigured)
+    /// The ledger of `[ledger]` (none without it): loads the genesis file, checks the chain
+    /// id, and resumes the verified walk from the checkpoint. Contacts no server yet.
+    pub fn open(home: &Path, config: Option<&LedgerConfig>) -> Result<Self, SetupError> {
+        let Some(c) = config else {
+            return Ok(Self::none());
+        };
+        let genesis = Genesis::load(&c.genesis).map_err(|source| SetupError::Genesis {
+            path: c.genesis.clone(),
+            source,
+        })?;
+        if genesis.chain_id != c.chain_id {
+            return Err(SetupError::ChainId {
+                configured: c.chain_id.clone(),
+                genesis: genesis.chain_id,
+            });
+        }
+        let checkpoint = c
+            .checkpoint
+            .clone()
+            .unwrap_or_else(|| default_checkpoint(home));
+        if let Some(dir) = checkpoint.parent() {
+            crate::fsutil::create_dir_mode(dir, 0o700)
+                .map_err(|e| SetupError::Client(ClientError::Config(format!("{e}"))))?;
+        }
+        let mut cfg = Config::new(c.endpoints.clone(), RootPolicy::Certified(genesis));
+        cfg.checkpoint = Some(checkpoint);
+        cfg.rpc_timeout = Duration::from_secs(5);
+        cfg.connect_timeout = Duration::from_secs(3);
+        cfg.save_every = 100;
+        let client = GrpcLedger::new(cfg).map_err(SetupError::Client)?;
+        Ok(Self {
+            inner: Some((client, c.clone())),
+        })
+    }
+
+    /// The verifying client, or [`LedgerError::NotConfigured`].
+    pub fn client(&self) -> Result<&GrpcLedger, LedgerError> {
+        self.inner
+            .as_ref()
+            .map(|(c, _)| c)
+            .ok_or(LedgerError::NotConfigured)
+    }
+
+    /// The `[ledger]` table, if there is one.
+    pub fn config(&self) -> Option<&LedgerConfig> {
+        self.inner.as_ref().map(|(_, c)| c)
+    }
+
+    /// Submits a signed transaction to the first endpoint that takes it; the server's answer
+    /// (code 0: queued; otherwise the ledger's rejection code and log).
+    pub async fn submit(&self, tx: pb::SignedTx) -> Result<pb::SubmitAnswer, LedgerError> {
+        let (_, c) = self.inner.as_ref().ok_or(LedgerError::NotConfigured)?;
+        let mut failures = Vec::new();
+        for url in &c.endpoints {
+            let attempt = async {
+                let mut client = LedgerClient::connect(url.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                client
+                    .submit_tx(tx.clone())
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| s.message().to_string())
+            };
+            match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+                Ok(Ok(ans)) => return Ok(ans),
+                Ok(Err(e)) => failures.push(format!("{url}: {e}")),
+                Err(_) => failures.push(format!("{url}: timed out")),
+            }
+        }
+        Err(LedgerError::Client(ClientError::Config(format!(
+            "no ledger endpoint took the transaction: {}",
+            failures.join("; ")
+        ))))
+    }
+}
+
+/// What [`register`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// Registered now; the verified state shows it at this height.
+    Registered(u64),
+    /// Registered already (earlier, or at genesis), as verified at this height.
+    Already(u64),
+}
+
+/// Why [`register`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// No verified answer, or no server took the transaction.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The ledger refused the transaction.
+    #[error("the ledger refused register_identity (code {code}): {log}")]
+    Refused {
+        /// The rejection code (docs/ledger.md).
+        code: u32,
+        /// The server's log.
+        log: String,
+    },
+    /// Not visible in verified state within the time limit.
+    #[error(
+        "register_identity was accepted but is not in verified state after {0:?}; is a block producer running?"
+    )]
+    NotCommitted(Duration),
+}
+
+/// The ledger's rejection code for "identity already registered".
+const ALREADY_REGISTERED: u32 = 8;
+
+/// Registers the identity of `key` on the ledger under `display_name` (its first
+/// transaction, nonce 0) and waits, up to `wait`, until verified state shows it. An identity
+/// registered already (at genesis, or before) is left alone.
+pub async fn register(
+    ledger: &NodeLedger,
+    key: &SigningKey,
+    display_name: &str,
+    wait: Duration,
+) -> Result<Registration, RegisterError> {
+    let client = ledger.client()?;
+    let who: IdentityKey = key.verification_key().to_bytes();
+    let start = Instant::now();
+    // A chain that has just started has no certified block yet: wait for one.
+    let known = loop {
+        match client.identity(&who, At::Latest).await {
+            Ok(v) => break v,
+            Err(e) if e.is_transient() && start.elapsed() < wait => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => return Err(LedgerError::from(e).into()),
+        }
+    };
+    if known.value.is_some() {
+        return Ok(Registration::Already(known.height));
+    }
+    let chain_id = &ledger.config().expect("configured").chain_id;
+    let tx = onionpost_proto::tx::sign(
+        key,
+        chain_id,
+        0,
+        Action::RegisterIdentity(pb::RegisterIdentity {
+            display_name: display_name.to_string(),
+        }),
+    );
+    let ans = ledger.submit(tx).await?;
+    match ans.code {
+        0 => {}
+        ALREADY_REGISTERED => {}
+        code => {
+            return Err(RegisterError::Refused { code, log: ans.log });
+        }
+    }
+    loop {
+        match client.identity(&who, At::Latest).await {
+            Ok(v) if v.value.is_some() => {
+                return Ok(if ans.code == 0 {
+                    Registration::Registered(v.height)
+                } else {
+                    Registration::Already(v.height)
+                });
+            }
+            Ok(_) => {}
+            Err(e) if e.is_transient() => {}
+            Err(e) => return Err(LedgerError::from(e).into()),
+        }
+        if start.elapsed() > wait {
+            return Err(RegisterError::NotCommitted(wait));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -81,14 +277,49 @@ impl Ledger for NoLedger {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn no_ledger_says_what_is_missing_and_is_not_transient() {
-        let who = OnionAddress::from_public_key([3; 32]);
-        let e = NoLedger.is_member("friends", &who).await.unwrap_err();
-        assert_eq!(e, LedgerError::NotConfigured);
+    #[test]
+    fn no_ledger_says_what_is_missing_and_is_not_transient() {
+        let l = NodeLedger::none();
+        let e = l.client().err().expect("no client without [ledger]");
+        assert!(matches!(e, LedgerError::NotConfigured));
         assert!(!e.is_transient());
         assert!(e.to_string().contains("[ledger]"), "{e}");
-        assert!(NoLedger.mailbox_hosts(&who).await.is_err());
-        assert!(LedgerError::Unavailable("down".into()).is_transient());
+        assert!(LedgerError::Client(ClientError::NothingCertified).is_transient());
+    }
+
+    #[test]
+    fn a_genesis_of_another_chain_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = dir.path().join("genesis.json");
+        std::fs::write(
+            &g,
+            format!(
+                r#"{{"chain_id":"real","validators":[{{"pub_key":"{}","power":1}}]}}"#,
+                hex::encode(
+                    SigningKey::new(rand_core::OsRng)
+                        .verification_key()
+                        .to_bytes()
+                )
+            ),
+        )
+        .unwrap();
+        let mut c = LedgerConfig {
+            endpoints: vec!["http://127.0.0.1:1".into()],
+            chain_id: "other".into(),
+            genesis: g,
+            checkpoint: None,
+            height_window: 100,
+            relay_timeout_secs: 30.0,
+        };
+        let e = NodeLedger::open(dir.path(), Some(&c)).unwrap_err();
+        assert!(matches!(e, SetupError::ChainId { .. }), "{e}");
+        c.chain_id = "real".into();
+        let l = NodeLedger::open(dir.path(), Some(&c)).unwrap();
+        assert!(l.client().is_ok());
+        c.genesis = dir.path().join("missing.json");
+        assert!(matches!(
+            NodeLedger::open(dir.path(), Some(&c)),
+            Err(SetupError::Genesis { .. })
+        ));
     }
 }

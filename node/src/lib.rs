@@ -21,6 +21,7 @@ pub mod identity;
 pub mod imap;
 pub mod ledger;
 pub mod listener;
+pub mod lists;
 pub mod message;
 pub mod onion;
 pub mod queue;

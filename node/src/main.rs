@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use onionpost_node::config::Config;
 use onionpost_node::identity::IdentityStore;
+use onionpost_node::ledger::{self, NodeLedger};
 use onionpost_node::runtime::{self, control, status};
 
 /// The onionpost mail node: serverless e-mail between onion addresses.
@@ -46,10 +47,24 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum IdentityCommand {
     /// Create an identity with a fresh key; prints its address and the IMAP/submission
-    /// password, which is shown only this once.
+    /// password, which is shown only this once. With `--config` naming a `[ledger]`, the
+    /// identity is registered on the ledger too (its key is its ledger account).
     New {
         /// Local part of the address: a-z, 0-9, '.', '_', '-'.
         name: String,
+        /// The node's configuration file; if it has `[ledger]`, register the identity there.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Register an identity on the ledger of `[ledger]`, signed with the identity's own key
+    /// (so its onion address is its ledger account); waits until verified state shows it.
+    /// An identity registered already is left alone.
+    Register {
+        /// Identity name.
+        name: String,
+        /// The node's configuration file (its `[ledger]` table).
+        #[arg(long)]
+        config: PathBuf,
     },
     /// List identities and their addresses.
     List,
@@ -124,7 +139,12 @@ fn reload(home: &Path) -> anyhow::Result<()> {
 fn identity(home: &Path, command: IdentityCommand) -> anyhow::Result<()> {
     let store = IdentityStore::new(home);
     match command {
-        IdentityCommand::New { name } => {
+        IdentityCommand::New { name, config } => {
+            // Check the configuration before creating anything.
+            let ledger = match &config {
+                Some(path) => open_ledger(home, path)?,
+                None => NodeLedger::none(),
+            };
             onionpost_node::fsutil::create_dir_mode(home, 0o700)
                 .with_context(|| format!("creating {}", home.display()))?;
             let (id, password) = store.create(&name)?;
@@ -133,6 +153,20 @@ fn identity(home: &Path, command: IdentityCommand) -> anyhow::Result<()> {
             println!("password: {password}");
             eprintln!("(the password is shown only now; it is stored as a salted hash)");
             reload(home)?;
+            if ledger.client().is_ok() {
+                register_identity(&ledger, &id)?;
+            }
+        }
+        IdentityCommand::Register { name, config } => {
+            let id = store.load(&name)?;
+            let ledger = open_ledger(home, &config)?;
+            if ledger.client().is_err() {
+                bail!(
+                    "{} has no [ledger] table: say which ledger to register on (endpoints, chain_id, genesis)",
+                    config.display()
+                );
+            }
+            register_identity(&ledger, &id)?;
         }
         IdentityCommand::List => {
             for id in store.list()? {
@@ -154,6 +188,44 @@ fn identity(home: &Path, command: IdentityCommand) -> anyhow::Result<()> {
             );
             reload(home)?;
         }
+    }
+    Ok(())
+}
+
+fn open_ledger(home: &Path, config: &Path) -> anyhow::Result<NodeLedger> {
+    let cfg = Config::load(config)?;
+    Ok(NodeLedger::open(home, cfg.ledger.as_ref())?)
+}
+
+/// Registers `id` on the ledger with its own key and says what happened.
+fn register_identity(
+    ledger: &NodeLedger,
+    id: &onionpost_node::identity::Identity,
+) -> anyhow::Result<()> {
+    let key = id.signing_key()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let outcome = rt
+        .block_on(ledger::register(
+            ledger,
+            &key,
+            &id.name,
+            std::time::Duration::from_secs(60),
+        ))
+        .with_context(|| format!("registering {} on the ledger", id.address()))?;
+    let pk = hex::encode(key.verification_key().to_bytes());
+    match outcome {
+        ledger::Registration::Registered(h) => {
+            println!(
+                "registered: {} (ledger account {pk}) at height {h}",
+                id.address()
+            )
+        }
+        ledger::Registration::Already(h) => println!(
+            "registered: {} (ledger account {pk}) already, as of height {h}",
+            id.address()
+        ),
     }
     Ok(())
 }

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use onionpost_proto::onion::OnionAddress;
 
 use crate::context::{Context, Hosted, Identities};
+use crate::lists::address::parse_member_address;
+use crate::lists::engine::Lists;
 use crate::message::message_id;
 use crate::smtp::client::RcptOutcome;
 use crate::smtp::reply::{Reply, ReplyExt, reply};
@@ -35,6 +37,9 @@ pub enum Scope {
 pub enum Class {
     /// An identity hosted here, within the connection's scope.
     Hosted(Arc<Hosted>),
+    /// A list post for an identity hosted here, within the scope (`<list>+list@<onion>`,
+    /// see [`crate::lists::address`]): checked against the ledger by [`Lists`].
+    ListPost(Arc<Hosted>, String),
     /// Not for this connection: unknown, or hosted here but outside the scope (the same
     /// answer for both).
     Unknown,
@@ -42,6 +47,14 @@ pub enum Class {
 
 /// Classifies a recipient address. Pure.
 pub fn classify(ids: &Identities, scope: Scope, recipient: &str) -> Class {
+    let in_scope =
+        |h: &Arc<Hosted>| scope == Scope::AllHosted || scope == Scope::Identity(h.identity.onion);
+    if let Some((list, onion)) = parse_member_address(recipient) {
+        return match ids.by_onion(&onion) {
+            Some(h) if in_scope(h) => Class::ListPost(h.clone(), list),
+            _ => Class::Unknown,
+        };
+    }
     match ids.by_address(recipient) {
         Some(h) if scope == Scope::AllHosted || scope == Scope::Identity(h.identity.onion) => {
             Class::Hosted(h.clone())
@@ -69,6 +82,12 @@ pub enum Verdict {
 pub fn verify(class: &Class, _message: &[u8]) -> Verdict {
     match class {
         Class::Hosted(_) => Verdict::Accept,
+        // Checked against the ledger by the list engine before anything is stored.
+        Class::ListPost(..) => Verdict::Refuse(reply(
+            554,
+            [5, 3, 5],
+            "Error: list posts are checked by the list engine, not here",
+        )),
         Class::Unknown => Verdict::Refuse(unknown_recipient()),
     }
 }
@@ -146,12 +165,21 @@ fn deliver_one(
 #[derive(Debug, Clone)]
 pub struct Inbound {
     ctx: Arc<Context>,
+    lists: Option<Arc<Lists>>,
 }
 
 impl Inbound {
-    /// Inbound delivery for the identities of `ctx`.
+    /// Inbound delivery for the identities of `ctx`, refusing list posts (no list engine).
     pub fn new(ctx: Arc<Context>) -> Self {
-        Self { ctx }
+        Self { ctx, lists: None }
+    }
+
+    /// Inbound delivery whose list posts go to `lists`.
+    pub fn with_lists(ctx: Arc<Context>, lists: Arc<Lists>) -> Self {
+        Self {
+            ctx,
+            lists: Some(lists),
+        }
     }
 
     /// The SMTP session policy of a connection with this scope.
@@ -166,7 +194,17 @@ impl Inbound {
     /// SMTP has. Any temporary failure makes the whole message temporary (the sender retries;
     /// recipients already served see the retry as a duplicate).
     pub async fn accept(&self, scope: Scope, env: Envelope) -> Result<(), Reply> {
+        let ids = self.ctx.identities();
+        let post = env
+            .recipients
+            .iter()
+            .any(|r| matches!(classify(&ids, scope, r), Class::ListPost(..)));
         let outcomes = self.deliver(scope, env.recipients, env.data).await;
+        if post {
+            // A list post is judged on its content after DATA (signature, ledger checks):
+            // a refusal is the verdict, said as it is. Each copy has one recipient.
+            return outcomes.into_iter().find(|o| o.is_err()).unwrap_or(Ok(()));
+        }
         let mut first_err = None;
         for o in outcomes {
             if let Err(r) = o {
@@ -192,8 +230,57 @@ impl Inbound {
         }
     }
 
-    /// Runs the stages for each recipient on a blocking thread; one result per recipient.
+    /// Runs the stages for each recipient (on a blocking thread; list posts through the
+    /// list engine first); one result per recipient.
     pub async fn deliver(
+        &self,
+        scope: Scope,
+        recipients: Vec<String>,
+        message: Vec<u8>,
+    ) -> Vec<Result<(), Reply>> {
+        let ids = self.ctx.identities();
+        let mut posts = Vec::new();
+        let mut plain = Vec::new();
+        for (i, r) in recipients.iter().enumerate() {
+            match classify(&ids, scope, r) {
+                Class::ListPost(h, list) => posts.push((i, (h, list))),
+                _ => plain.push((i, r.clone())),
+            }
+        }
+        if posts.is_empty() {
+            return self.deliver_plain(scope, recipients, message).await;
+        }
+        let mut results: Vec<Option<Result<(), Reply>>> = vec![None; recipients.len()];
+        let (idx, targets): (Vec<usize>, Vec<_>) = posts.into_iter().unzip();
+        let outcomes = match &self.lists {
+            Some(lists) => lists.receive(&targets, &message).await,
+            None => vec![
+                Err(reply(
+                    554,
+                    [5, 3, 5],
+                    "Error: list mail refused: this node has no [ledger] configuration; list mail needs one",
+                ));
+                targets.len()
+            ],
+        };
+        for (i, o) in idx.into_iter().zip(outcomes) {
+            results[i] = Some(o);
+        }
+        if !plain.is_empty() {
+            let (idx, rcpts): (Vec<usize>, Vec<String>) = plain.into_iter().unzip();
+            let outcomes = self.deliver_plain(scope, rcpts, message).await;
+            for (i, o) in idx.into_iter().zip(outcomes) {
+                results[i] = Some(o);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every recipient has a result"))
+            .collect()
+    }
+
+    /// The stages for recipients that are not list posts, on a blocking thread.
+    async fn deliver_plain(
         &self,
         scope: Scope,
         recipients: Vec<String>,
@@ -237,7 +324,10 @@ pub struct InboundPolicy {
 
 impl Policy for InboundPolicy {
     fn accepts(&self, address: &str) -> bool {
-        matches!(classify(&self.ids, self.scope, address), Class::Hosted(_))
+        matches!(
+            classify(&self.ids, self.scope, address),
+            Class::Hosted(_) | Class::ListPost(..)
+        )
     }
 
     fn authenticate(&self, _user: &str, _password: &str) -> Option<String> {

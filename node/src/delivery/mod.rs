@@ -6,7 +6,7 @@
 //!
 //! Each stage is a pure decision function with unit tests. The stages reach the world only
 //! through narrow seams: [`crate::store::MailStore`] (mailboxes),
-//! [`crate::transport::Transport`] (streams to onions), [`crate::ledger::Ledger`] (verified
+//! [`crate::transport::Transport`] (streams to onions), [`onionpost_ledger_client::Ledger`] (verified
 //! ledger reads) and [`crate::clock::Clock`].
 
 pub mod inbound;

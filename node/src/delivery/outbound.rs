@@ -11,6 +11,8 @@ use chrono::{TimeZone, Utc};
 
 use crate::clock::Clock;
 use crate::context::{Context, Hosted, Identities};
+use crate::lists::address::list_of;
+use crate::lists::engine::Lists;
 use crate::message::{SubmitError, message_id, sanitize_submission};
 use crate::queue::Queue;
 use crate::smtp::reply::{Reply, reply};
@@ -42,9 +44,27 @@ pub fn protect(message: Vec<u8>) -> Vec<u8> {
     message
 }
 
-/// Expands list addresses into their members. Today: unchanged.
-pub fn expand(recipients: Vec<String>) -> Vec<String> {
-    recipients
+/// Recipients after expansion: personal ones, and lists (each posted to its members by the
+/// list engine, which reads the member set from the ledger).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expanded {
+    /// Personal recipients, queued as they are.
+    pub personal: Vec<String>,
+    /// Lists named by `<list>@list.invalid` (see [`crate::lists::address`]).
+    pub lists: Vec<String>,
+}
+
+/// Splits list addresses from personal ones (each list once). Pure.
+pub fn expand(recipients: Vec<String>) -> Expanded {
+    let mut e = Expanded::default();
+    for r in recipients {
+        match list_of(&r) {
+            Some(l) if !e.lists.contains(&l) => e.lists.push(l),
+            Some(_) => {}
+            None => e.personal.push(r),
+        }
+    }
+    e
 }
 
 /// The outbound stages up to the queue, bound to the node.
@@ -52,12 +72,33 @@ pub struct Submission {
     ctx: Arc<Context>,
     queue: Arc<Queue>,
     clock: Arc<dyn Clock>,
+    lists: Option<Arc<Lists>>,
 }
 
 impl Submission {
-    /// Submission into `queue` for the identities of `ctx`.
+    /// Submission into `queue` for the identities of `ctx` (list posts refused).
     pub fn new(ctx: Arc<Context>, queue: Arc<Queue>, clock: Arc<dyn Clock>) -> Self {
-        Self { ctx, queue, clock }
+        Self {
+            ctx,
+            queue,
+            clock,
+            lists: None,
+        }
+    }
+
+    /// Submission whose list posts go to `lists`.
+    pub fn with_lists(
+        ctx: Arc<Context>,
+        queue: Arc<Queue>,
+        clock: Arc<dyn Clock>,
+        lists: Arc<Lists>,
+    ) -> Self {
+        Self {
+            ctx,
+            queue,
+            clock,
+            lists: Some(lists),
+        }
     }
 
     /// The SMTP session policy of a submission connection.
@@ -85,7 +126,24 @@ impl Submission {
         // client APPENDs to Sent afterwards is recognised and not stored twice.
         let sent_key = message_id(&env.data).map(|id| DedupeKey::sent_copy(&id));
         let message = protect(sanitize(&env.data, &sender, now)?);
-        let recipients = expand(env.recipients);
+        let Expanded {
+            personal: recipients,
+            lists,
+        } = expand(env.recipients);
+        // Every list check passes before anything is queued, so a refusal queues nothing.
+        for list in &lists {
+            let Some(engine) = &self.lists else {
+                return Err(reply(
+                    554,
+                    [5, 3, 5],
+                    "Error: list mail refused: this node has no [ledger] configuration; list mail needs one",
+                ));
+            };
+            engine.post(&sender, list, &message).await?;
+        }
+        if recipients.is_empty() {
+            return Ok(());
+        }
         let queue = self.queue.clone();
         let (name, from) = (sender.identity.name.clone(), addr.to_string());
         let sent = sender.mailboxes.special(SpecialUse::Sent);
@@ -192,7 +250,28 @@ mod tests {
             .unwrap_err();
         assert_eq!((forged.code, forged.esc), (550, [5, 7, 1]));
         assert_eq!(queue.len(), 1, "nothing queued for the forgery");
-        assert_eq!(expand(vec![bob.clone()]), vec![bob.clone()]);
+        assert_eq!(expand(vec![bob.clone()]).personal, vec![bob.clone()]);
+        let e = expand(vec![
+            "Dev@list.invalid".into(),
+            bob.clone(),
+            "dev@list.invalid".into(),
+        ]);
+        assert_eq!(
+            (e.personal, e.lists),
+            (vec![bob.clone()], vec!["dev".to_string()])
+        );
+        let to_list = Envelope {
+            recipients: vec!["dev@list.invalid".into(), "bob@x.onion".into()],
+            ..env("Subject: to a list\r\n\r\nx")
+        };
+        let refused = sub.accept(to_list).await.unwrap_err();
+        assert_eq!(refused.code, 554);
+        assert!(refused.message.contains("[ledger]"), "{}", refused.message);
+        assert_eq!(
+            queue.len(),
+            1,
+            "a refused list post queues nothing, not even bob's copy"
+        );
 
         // The user's copy is filed in Sent once, even when the client submits it again.
         let sent = ctx

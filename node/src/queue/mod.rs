@@ -35,12 +35,23 @@ struct Index {
     in_flight: HashSet<String>,
 }
 
+/// One recipient of one queued message took it (its server said 250), as reported to the
+/// watcher ([`Queue::watch_deliveries`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    /// The spool id of the message.
+    pub id: String,
+    /// The recipient's address.
+    pub recipient: String,
+}
+
 /// The outbound queue.
 #[derive(Debug)]
 pub struct Queue {
     spool: Spool,
     index: Mutex<Index>,
     wakeup: Notify,
+    watcher: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Taken>>>,
 }
 
 impl Queue {
@@ -59,7 +70,26 @@ impl Queue {
                 in_flight: HashSet::new(),
             }),
             wakeup: Notify::new(),
+            watcher: Mutex::new(None),
         })
+    }
+
+    /// Reports every recipient that takes a message from now on (the list relay learns its
+    /// acknowledgements here). One watcher at a time; a new one replaces the old.
+    pub fn watch_deliveries(&self) -> tokio::sync::mpsc::UnboundedReceiver<Taken> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *self.watcher.lock().expect("watcher lock") = Some(tx);
+        rx
+    }
+
+    /// Tells the watcher, if any, that `recipient` took message `id`.
+    pub fn taken(&self, id: &str, recipient: &str) {
+        if let Some(w) = self.watcher.lock().expect("watcher lock").as_ref() {
+            let _ = w.send(Taken {
+                id: id.to_string(),
+                recipient: recipient.to_string(),
+            });
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {

@@ -58,10 +58,12 @@ pub struct Runner<T: Transport> {
 }
 
 impl<T: Transport> Runner<T> {
-    /// A runner for `queue`, sending over `transport`.
+    /// A runner for `queue`, sending over `transport`, delivering to identities of this
+    /// node through `inbound`.
     pub fn new(
         queue: Arc<Queue>,
         ctx: Arc<Context>,
+        inbound: Inbound,
         transport: Arc<T>,
         clock: Arc<dyn Clock>,
     ) -> Arc<Self> {
@@ -69,7 +71,7 @@ impl<T: Transport> Runner<T> {
         let concurrency = q.concurrency.max(1);
         Arc::new(Runner {
             policy: RetryPolicy::from(&q),
-            inbound: Inbound::new(ctx.clone()),
+            inbound,
             queue,
             ctx,
             transport,
@@ -391,6 +393,13 @@ impl<T: Transport> Runner<T> {
     /// Applies an attempt's outcomes and persists the result.
     async fn record(&self, mut m: QueuedMessage, data: &[u8], outcomes: Vec<(usize, RcptOutcome)>) {
         let now = self.clock.now();
+        for (i, o) in &outcomes {
+            if matches!(o, RcptOutcome::Delivered)
+                && let Some(r) = m.recipients.get(*i)
+            {
+                self.queue.taken(&m.id, &r.address);
+            }
+        }
         let failed = schedule::after_attempt(&mut m, outcomes, now, &self.policy, rand::random());
         if !schedule::is_finished(&m) {
             tracing::info!(id = %m.id, attempts = m.attempts, next_in = m.next_attempt - now, "rescheduled");

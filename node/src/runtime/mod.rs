@@ -28,7 +28,9 @@ use crate::config::{Config, TransportKind};
 use crate::context::{Context, ContextError, Hosted};
 use crate::delivery::inbound::{Inbound, Scope};
 use crate::delivery::outbound::Submission;
+use crate::ledger::NodeLedger;
 use crate::listener::{self, ConnectionLimit, ListenerSpec};
+use crate::lists::engine::Lists;
 use crate::onion::{OnionError, OnionTransport, StreamHandler};
 use crate::queue::Queue;
 use crate::queue::runner::Runner;
@@ -72,6 +74,9 @@ pub enum RuntimeError {
     /// The onion transport did not start.
     #[error(transparent)]
     Onion(#[from] OnionError),
+    /// `[ledger]` cannot be used.
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::SetupError),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
@@ -191,8 +196,24 @@ pub async fn run(home: &Path, config: Config) -> Result<(), RuntimeError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let inbound = Inbound::new(ctx.clone());
-    let submission = Arc::new(Submission::new(ctx.clone(), queue.clone(), clock.clone()));
+    let ledger = NodeLedger::open(home, cfg.ledger.as_ref())?;
+    match ledger.config() {
+        Some(l) => {
+            tracing::info!(chain = %l.chain_id, endpoints = ?l.endpoints, "ledger configured: list mail on")
+        }
+        None => tracing::info!(
+            "no [ledger] configuration: one-to-one mail only; list mail is refused until one is configured"
+        ),
+    }
+    let lists = Lists::new(ledger, ctx.clone(), queue.clone(), clock.clone());
+    tokio::spawn(lists.clone().run(shutdown.clone()));
+    let inbound = Inbound::with_lists(ctx.clone(), lists.clone());
+    let submission = Arc::new(Submission::with_lists(
+        ctx.clone(),
+        queue.clone(),
+        clock.clone(),
+        lists.clone(),
+    ));
     let timing = Timing {
         idle: cfg.limits.idle_timeout(),
         deadline: cfg.limits.session_timeout(),
@@ -309,6 +330,7 @@ pub async fn run(home: &Path, config: Config) -> Result<(), RuntimeError> {
             let runner = Runner::new(
                 queue.clone(),
                 ctx.clone(),
+                inbound.clone(),
                 Arc::new(DirectTransport::new(map)),
                 clock.clone(),
             );
@@ -353,7 +375,13 @@ pub async fn run(home: &Path, config: Config) -> Result<(), RuntimeError> {
             for h in ctx.identities().iter() {
                 t.add(&h.identity)?;
             }
-            let runner = Runner::new(queue.clone(), ctx.clone(), t.clone(), clock.clone());
+            let runner = Runner::new(
+                queue.clone(),
+                ctx.clone(),
+                inbound.clone(),
+                t.clone(),
+                clock.clone(),
+            );
             tokio::spawn(runner.run(shutdown.clone(), tasks.clone()));
             Some(t)
         }

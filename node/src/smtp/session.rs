@@ -595,9 +595,12 @@ impl<P: Policy> Session<P> {
         }
         let ok = match self.cfg.mode {
             Mode::Inbound => self.policy.accepts(&address),
-            Mode::Submission => address.rsplit_once('@').is_some_and(|(l, d)| {
-                !l.is_empty() && d.parse::<onionpost_proto::onion::OnionAddress>().is_ok()
-            }),
+            Mode::Submission => {
+                crate::lists::address::list_of(&address).is_some()
+                    || address.rsplit_once('@').is_some_and(|(l, d)| {
+                        !l.is_empty() && d.parse::<onionpost_proto::onion::OnionAddress>().is_ok()
+                    })
+            }
         };
         if !ok {
             let r = match self.cfg.mode {
@@ -609,7 +612,7 @@ impl<P: Policy> Session<P> {
                 Mode::Submission => reply(
                     550,
                     [5, 1, 2],
-                    "Error: recipient must be name@<v3 onion address>",
+                    "Error: recipient must be name@<v3 onion address> or <list>@list.invalid",
                 ),
             };
             return vec![self.error(r)];

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod direct;
+pub mod ledger;
 
 use std::net::TcpListener;
 use std::process::Command;

@@ -118,9 +118,9 @@ cp docker/*.Dockerfile "$CTX/"
 # --- the images -------------------------------------------------------------------------------
 for img in tor validator node; do
   t=$(date +%s.%N)
-  docker build --quiet --build-arg BASE="$BASE" -f "$CTX/$img.Dockerfile" -t "onionpost-$img:dev" "$CTX" >/dev/null \
-    || { echo "docker build of onionpost-$img failed; rerun without --quiet:" >&2
-         echo "  docker build --build-arg BASE=$BASE -f docker/$img.Dockerfile $CTX" >&2; exit 1; }
+  docker build --build-arg BASE="$BASE" -f "$CTX/$img.Dockerfile" -t "onionpost-$img:dev" "$CTX" \
+    > "$CTX/$img.log" 2>&1 \
+    || { cat "$CTX/$img.log" >&2; echo "docker build of onionpost-$img failed" >&2; exit 1; }
   echo "==> onionpost-$img:dev built in $(elapsed "$t") s ($(docker image inspect -f '{{.Size}}' "onionpost-$img:dev" | awk '{ printf "%d MB", $1 / 1e6 }'))"
 done
 echo "==> images ready in $(elapsed "$T0") s"

@@ -121,6 +121,9 @@ for img in tor validator node; do
   docker build --build-arg BASE="$BASE" -f "$CTX/$img.Dockerfile" -t "onionpost-$img:dev" "$CTX" \
     > "$CTX/$img.log" 2>&1 \
     || { cat "$CTX/$img.log" >&2; echo "docker build of onionpost-$img failed" >&2; exit 1; }
+  # Every copied binary finds its shared libraries in the image.
+  missing=$(docker run --rm --network none "onionpost-$img:dev" sh -c 'ldd /usr/local/bin/* | grep "not found" || true')
+  [ -z "$missing" ] || { echo "onionpost-$img:dev lacks shared libraries:" >&2; echo "$missing" >&2; exit 1; }
   echo "==> onionpost-$img:dev built in $(elapsed "$t") s ($(docker image inspect -f '{{.Size}}' "onionpost-$img:dev" | awk '{ printf "%d MB", $1 / 1e6 }'))"
 done
 echo "==> images ready in $(elapsed "$T0") s"

@@ -241,7 +241,6 @@ impl NetworkInfo {
         }
         if let Some(dir_addr) = n.dir_addr {
             let hsdirs: Vec<String> = self
-                .info
                 .authorities()
                 .map(|a| format!("${}", a.rsa_identity))
                 .collect();

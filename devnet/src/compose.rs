@@ -323,8 +323,12 @@ fn tor_keys(dir: &Path, opts: &ComposeOptions) -> Result<Vec<tor::NodeKeys>> {
     // must be made by the image's tor, not by whatever tor the host may have.
     cfg.tor = "/nonexistent/tor".into();
     cfg.tor_gencert = "/nonexistent/tor-gencert".into();
-    if let Ok(keys) = tor::ensure_keys(&cfg, RELAYS) {
-        return Ok(keys);
+    let complete = (0..tor::AUTHORITIES)
+        .map(|i| format!("auth{i}"))
+        .chain((0..RELAYS).map(|i| format!("relay{i}")))
+        .all(|nick| opts.key_cache.join(nick).join("complete").exists());
+    if complete {
+        return Ok(tor::ensure_keys(&cfg, RELAYS)?);
     }
     std::fs::create_dir_all(&opts.key_cache)
         .with_context(|| format!("creating {}", opts.key_cache.display()))?;

@@ -18,7 +18,8 @@
 //!   passwords) and `compose.env` (the variables `docker-compose.yml` reads);
 //! - `tor/network.json` (the network's public facts) and `tor/<nickname>/` (`torrc`, keys,
 //!   the tor's data), mounted at `/tor`;
-//! - `node-<i>/`: a mail node's home (`node.toml`, identities, mailboxes, queue), mounted at
+//! - `node-<i>/`: a mail node's home (`node.toml`, identities, mailboxes, queue, and
+//!   `tor-probe/`, the C tor client its health check connects through), mounted at
 //!   `/home/node`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -263,6 +264,10 @@ pub fn init(dir: &Path, opts: &ComposeOptions) -> Result<ComposeManifest> {
             .create(name)
             .with_context(|| format!("creating identity {name} in {}", home.display()))?;
         write(&home.join("node.toml"), node_toml(&net).as_bytes())?;
+        let probe = home.join("tor-probe");
+        std::fs::create_dir_all(&probe).with_context(|| format!("creating {}", probe.display()))?;
+        tor::set_mode(&probe, 0o700)?;
+        write(&probe.join("torrc"), probe_torrc(&net).as_bytes())?;
         mail_nodes.push(NodeService {
             service: service(format!("node-{i}"), 40 + i as u8),
             identities: vec![IdentityEntry {
@@ -312,6 +317,27 @@ fn node_toml(net: &NetworkInfo) -> String {
          [transport.onion]\nstate_dir = \"/home/node/arti\"\n{}",
         net.node_config_toml()
     )
+}
+
+/// The torrc of the C tor client next to each mail node, through which its health check
+/// reaches the node's onion services from outside, as any sender would.
+fn probe_torrc(net: &NetworkInfo) -> String {
+    let mut s = String::from(
+        "TestingTorNetwork 1\nDataDirectory /home/node/tor-probe\nSocksPort 127.0.0.1:9050\n\
+         UseEntryGuards 0\nPathsNeededToBuildCircuits 0.67\nGeoIPFile \"\"\nGeoIPv6File \"\"\n\
+         Log notice file /home/node/tor-probe/notice.log\nRunAsDaemon 0\nShutdownWaitLength 0\n",
+    );
+    for a in net.authorities() {
+        s.push_str(&format!(
+            "DirAuthority {} orport={} no-v2 v3ident={} {} {}\n",
+            a.nickname,
+            a.or_addr.port(),
+            a.v3ident.as_deref().unwrap_or_default(),
+            a.dir_addr.map(|d| d.to_string()).unwrap_or_default(),
+            a.rsa_identity
+        ));
+    }
+    s
 }
 
 /// The Tor keys of 3 authorities and [`RELAYS`] relays from the key cache, generated first

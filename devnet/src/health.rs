@@ -2,6 +2,8 @@
 //! (`onionpost-devnet health validator|tor|node`). Each returns what it saw when healthy and
 //! an error saying what is missing otherwise.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -63,11 +65,11 @@ pub fn tor(network: &Path, nickname: &str) -> Result<String> {
     bail!("no consensus lists {nickname}: {}", problems.join("; "))
 }
 
-/// A mail node is healthy when it runs and every identity's onion service is published:
-/// arti reports it `Running` or `DegradedReachable`, or it has already served a stream
-/// (arti says `DegradedUnreachable` for about a minute after launch while its descriptor
-/// upload is rate-limited, although the service is reachable).
-pub fn node(home: &Path) -> Result<String> {
+/// A mail node is healthy when it runs and every identity's onion service is published and
+/// reachable: through the Tor client at `socks` (a C tor next to the node in its container),
+/// its port 25 answers with an SMTP greeting. arti's own view is not enough: it reports a
+/// fresh service `DegradedUnreachable` for minutes while the service already serves.
+pub fn node(home: &Path, socks: SocketAddr, timeout: Duration) -> Result<String> {
     let status = match control::request(home, &Request::Status)? {
         Answer::Status(s) => s,
         other => bail!("unexpected answer from the node: {other:?}"),
@@ -78,27 +80,66 @@ pub fn node(home: &Path) -> Result<String> {
     let tor = status
         .tor
         .context("the node runs no onion transport (direct transport?)")?;
-    let mut waiting = Vec::new();
-    for (onion, svc) in &tor.services {
-        let published = matches!(svc.state.as_str(), "Running" | "DegradedReachable")
-            || svc.inbound_streams > 0;
-        if !published {
-            waiting.push(format!("{onion}: {} (client {})", svc.state, svc.bootstrap));
+    let mut seen = Vec::new();
+    for address in &status.identities {
+        let host = address.rsplit('@').next().unwrap_or(address);
+        let state = tor
+            .services
+            .get(host)
+            .map_or("no service", |s| s.state.as_str());
+        let greeting = smtp_greeting(socks, host, timeout)
+            .with_context(|| format!("{host} (arti: {state}) is not reachable over Tor"))?;
+        seen.push(format!("{host} answers {greeting:?} (arti: {state})"));
+    }
+    Ok(seen.join("; "))
+}
+
+/// Connects to `host:25` through the SOCKS5 proxy `socks` and returns the first line the
+/// server sends, which must be an SMTP 220 greeting. (SOCKS5 CONNECT by name, RFC 1928:
+/// five lines of protocol, so by hand.)
+fn smtp_greeting(socks: SocketAddr, host: &str, timeout: Duration) -> Result<String> {
+    let mut s = TcpStream::connect_timeout(&socks, Duration::from_secs(2))
+        .with_context(|| format!("no Tor client at {socks}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(&[5, 1, 0])?; // version 5, one method: no authentication
+    let mut reply = [0u8; 2];
+    s.read_exact(&mut reply)?;
+    if reply != [5, 0] {
+        bail!("the SOCKS proxy refused: {reply:?}");
+    }
+    let name = host.as_bytes();
+    let len = u8::try_from(name.len()).context("host name too long")?;
+    let mut req = vec![5, 1, 0, 3, len];
+    req.extend_from_slice(name);
+    req.extend_from_slice(&25u16.to_be_bytes());
+    s.write_all(&req)?;
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head)
+        .context("waiting for the SOCKS reply")?;
+    if head[1] != 0 {
+        bail!("the Tor client could not connect (SOCKS reply {})", head[1]);
+    }
+    let rest = match head[3] {
+        1 => 4 + 2,
+        4 => 16 + 2,
+        3 => {
+            let mut l = [0u8; 1];
+            s.read_exact(&mut l)?;
+            l[0] as usize + 2
         }
+        t => bail!("bad SOCKS address type {t}"),
+    };
+    let mut skip = vec![0u8; rest];
+    s.read_exact(&mut skip)?;
+    let mut line = String::new();
+    BufReader::new(&mut s)
+        .read_line(&mut line)
+        .context("waiting for the SMTP greeting")?;
+    let line = line.trim_end().to_string();
+    if !line.starts_with("220") {
+        bail!("answered {line:?}, not an SMTP greeting");
     }
-    if tor.services.len() < status.identities.len() {
-        bail!(
-            "{} identities but {} onion services",
-            status.identities.len(),
-            tor.services.len()
-        );
-    }
-    if !waiting.is_empty() {
-        bail!("not published yet: {}", waiting.join("; "));
-    }
-    Ok(format!(
-        "{} onion service(s) published; queue {} message(s)",
-        tor.services.len(),
-        status.queue.messages
-    ))
+    let _ = s.write_all(b"QUIT\r\n");
+    Ok(line)
 }

@@ -120,10 +120,16 @@ enum HealthCommand {
         #[arg(long)]
         nickname: String,
     },
-    /// Healthy when every identity's onion service is published.
+    /// Healthy when every identity's onion service answers SMTP through the Tor client at
+    /// SOCKS.
     Node {
         #[arg(long, default_value = "/home/node")]
         home: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:9050")]
+        socks: std::net::SocketAddr,
+        /// How long one connection may take.
+        #[arg(long, default_value_t = 20)]
+        timeout_secs: u64,
     },
 }
 
@@ -430,7 +436,11 @@ async fn health_command(command: HealthCommand) -> Result<()> {
             health::validator(&home, Duration::from_secs(within_secs)).await?
         }
         HealthCommand::Tor { network, nickname } => health::tor(&network, &nickname)?,
-        HealthCommand::Node { home } => health::node(&home)?,
+        HealthCommand::Node {
+            home,
+            socks,
+            timeout_secs,
+        } => health::node(&home, socks, Duration::from_secs(timeout_secs))?,
     };
     println!("healthy: {seen}");
     Ok(())

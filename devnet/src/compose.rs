@@ -682,4 +682,115 @@ mod tests {
         assert!(parse_subnet("10.89").is_err());
         assert!(parse_subnet("10.89.300").is_err());
     }
+
+    /// A key cache as `tor` leaves it, with made-up identities (init only reads the public
+    /// parts, so no tor is needed).
+    fn fake_key_cache(dir: &Path) {
+        let nicks = ["auth0", "auth1", "auth2", "relay0", "relay1", "relay2"];
+        for (i, nick) in nicks.iter().enumerate() {
+            let d = dir.join(nick);
+            std::fs::create_dir_all(d.join("keys")).unwrap();
+            std::fs::write(
+                d.join("fingerprint"),
+                format!("{nick} {}\n", format!("{i:X}").repeat(40)),
+            )
+            .unwrap();
+            std::fs::write(
+                d.join("fingerprint-ed25519"),
+                format!("{nick} ed{i}base64\n"),
+            )
+            .unwrap();
+            if nick.starts_with("auth") {
+                std::fs::write(
+                    d.join("keys/authority_certificate"),
+                    format!(
+                        "dir-key-certificate-version 3\nfingerprint {}\n",
+                        format!("{}", i + 7).repeat(40)
+                    ),
+                )
+                .unwrap();
+            }
+            std::fs::write(d.join("complete"), b"").unwrap();
+        }
+    }
+
+    #[test]
+    fn init_writes_what_every_container_mounts() {
+        let keys = tempfile::tempdir().unwrap();
+        fake_key_cache(keys.path());
+        let dir = tempfile::tempdir().unwrap();
+        let opts = ComposeOptions {
+            project: "t".into(),
+            subnet: [10, 89, 42],
+            key_cache: keys.path().to_path_buf(),
+            tor_image: "no-such-image".into(),
+            ..Default::default()
+        };
+        let m = init(dir.path(), &opts).unwrap();
+        assert_eq!(m.network, "t-devnet");
+        assert_eq!(m.subnet, "10.89.42.0/24");
+        let ips: Vec<String> = m.services().map(|s| s.ip.to_string()).collect();
+        assert_eq!(ips.len(), 4 + 6 + 3);
+        assert_eq!(ips[0], "10.89.42.10");
+        assert_eq!(ips[4], "10.89.42.20");
+        assert_eq!(ips[7], "10.89.42.30");
+        assert_eq!(ips[10], "10.89.42.40");
+        assert_eq!(m.service("node-1").unwrap().container, "t-node-1");
+        assert!(m.service("nobody").is_err());
+
+        // Validators listen and peer on container addresses.
+        let dev = crate::load(dir.path()).unwrap();
+        for (v, s) in dev.validators.iter().zip(&m.validators) {
+            let c = onionpost_ledger::validator::config::ValidatorConfig::load(&v.home).unwrap();
+            assert_eq!(c.p2p_listen.ip(), s.ip);
+            assert_eq!(c.grpc_listen, SocketAddr::new(s.ip, VALIDATOR_PORT + 1));
+            assert_eq!(c.persistent_peers.len(), 3);
+        }
+        // Each tor has its keys and a torrc naming its own address and every authority.
+        for s in &m.tor {
+            let d = dir.path().join("tor").join(&s.service);
+            assert!(d.join("keys").is_dir());
+            let torrc = std::fs::read_to_string(d.join("torrc")).unwrap();
+            assert!(torrc.contains(&format!("Address {}\n", s.ip)), "{torrc}");
+            assert!(
+                torrc.contains(&format!("ORPort {}:{OR_PORT}\n", s.ip)),
+                "{torrc}"
+            );
+            assert_eq!(torrc.matches("DirAuthority ").count(), 3, "{torrc}");
+            assert!(!torrc.contains("__OwningControllerProcess"), "{torrc}");
+            assert_eq!(
+                torrc.contains("DirPort"),
+                s.service.starts_with("auth"),
+                "{torrc}"
+            );
+        }
+        // Mail nodes: a config the node accepts, pointing at the authorities' container
+        // addresses; an identity whose password the store accepts; the probe's torrc.
+        for n in &m.nodes {
+            let home = dir.path().join(&n.service.service);
+            let cfg = onionpost_node::config::Config::load(&home.join("node.toml")).unwrap();
+            let private = cfg.transport.onion.private.unwrap();
+            assert_eq!(private.authorities[0].dir.to_string(), "10.89.42.20:7000");
+            assert_eq!(private.fallbacks[2].orport.to_string(), "10.89.42.22:5000");
+            assert_eq!(cfg.imap.listen.unwrap().to_string(), "127.0.0.1:143");
+            let id = &n.identities[0];
+            let stored = onionpost_node::identity::IdentityStore::new(&home)
+                .load(&id.name)
+                .unwrap();
+            assert_eq!(stored.address(), id.address);
+            assert!(stored.check_password(&id.password));
+            let probe = std::fs::read_to_string(home.join("tor-probe/torrc")).unwrap();
+            assert!(probe.contains("SocksPort 127.0.0.1:9050"), "{probe}");
+            assert_eq!(probe.matches("DirAuthority ").count(), 3);
+        }
+        let env = std::fs::read_to_string(dir.path().join(COMPOSE_ENV)).unwrap();
+        assert!(
+            env.contains("ONIONPOST_SUBNET=10.89.42\n") && env.contains("ONIONPOST_PROJECT=t\n"),
+            "{env}"
+        );
+        assert_eq!(load(dir.path()).unwrap().unwrap(), m);
+        // A second init into the same directory is refused.
+        let e = init(dir.path(), &opts).unwrap_err().to_string();
+        assert!(e.contains("already holds a compose devnet"), "{e}");
+    }
 }

@@ -9,7 +9,8 @@ source scripts/env.sh
 need_apt=()
 for pkg_bin in "libclang-dev:/usr/lib/llvm-14/lib/libclang.so" "clang:/usr/bin/clang" \
                "tor:/usr/bin/tor" "swaks:/usr/bin/swaks" "fetchmail:/usr/bin/fetchmail" \
-               "mutt:/usr/bin/mutt" "python3:/usr/bin/python3"; do
+               "mutt:/usr/bin/mutt" "python3:/usr/bin/python3" "isync:/usr/bin/mbsync" \
+               "gnupg:/usr/bin/gpg" "rnp:/usr/bin/rnp" "sq:/usr/bin/sq"; do
   pkg=${pkg_bin%%:*}; path=${pkg_bin#*:}
   [ -e "$path" ] || need_apt+=("$pkg")
 done
@@ -18,6 +19,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# Python's imapclient (PyPI) for node/tests/imap_clients.rs.
+if ! python3 -c "import imapclient" >/dev/null 2>&1; then
+  echo "==> installing imapclient"
+  python3 -m pip install --quiet imapclient || python3 -m pip install --quiet --break-system-packages imapclient
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"

@@ -12,10 +12,11 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use onionpost_proto::v1::{LedgerEvent, ValidatorUpdate};
+use prost::Message;
 use tendermint_abci::Application;
 use tendermint_proto::v0_38::abci::{
-    Event, EventAttribute, ExecTxResult, RequestCheckTx, RequestFinalizeBlock, RequestInfo,
-    RequestInitChain, RequestPrepareProposal, RequestProcessProposal, RequestQuery,
+    CheckTxType, Event, EventAttribute, ExecTxResult, RequestCheckTx, RequestFinalizeBlock,
+    RequestInfo, RequestInitChain, RequestPrepareProposal, RequestProcessProposal, RequestQuery,
     ResponseCheckTx, ResponseCommit, ResponseFinalizeBlock, ResponseInfo, ResponseInitChain,
     ResponsePrepareProposal, ResponseProcessProposal, ResponseQuery,
     response_process_proposal::ProposalStatus,
@@ -27,8 +28,9 @@ use tracing::{debug, error, info, warn};
 use crate::error::TxError;
 use crate::execute::{self, BlockContext, MAX_TX_BYTES, Overlay, WriteSet};
 use crate::genesis::AppGenesis;
-use crate::mempool::Mempool;
+use crate::mempool::{MAX_REGISTRATIONS_PER_BLOCK, Mempool, MempoolError, MempoolLimits};
 use crate::storage::{PreparedBlock, Storage, StorageError};
+use onionpost_proto::tx::DecodedTx;
 
 /// Version string reported by Info.
 pub const APP_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -81,8 +83,13 @@ impl LedgerApp {
         Self::open_with_mempool(dir, MEMPOOL_CAPACITY)
     }
 
-    /// [`LedgerApp::open`] with a mempool of `capacity` transactions.
+    /// [`LedgerApp::open`] with a mempool of `capacity` transactions (in each lane).
     pub fn open_with_mempool(dir: &Path, capacity: usize) -> Result<Self, OpenError> {
+        Self::open_with_limits(dir, MempoolLimits::with_capacity(capacity))
+    }
+
+    /// [`LedgerApp::open`] with a mempool of these limits.
+    pub fn open_with_limits(dir: &Path, limits: MempoolLimits) -> Result<Self, OpenError> {
         let storage = Storage::open(dir).map_err(|source| OpenError {
             dir: dir.display().to_string(),
             source,
@@ -96,7 +103,7 @@ impl LedgerApp {
                 storage,
                 state: Mutex::default(),
                 events,
-                mempool: Mempool::new(capacity),
+                mempool: Mempool::with_limits(limits),
             }),
         })
     }
@@ -120,25 +127,38 @@ impl LedgerApp {
     /// A full mempool refuses before CheckTx: under overload the cheap refusal is what keeps
     /// the validator's CPU for the transactions it can commit.
     pub fn submit(&self, tx: Vec<u8>) -> Result<[u8; 32], (u32, String)> {
-        let hash = onionpost_proto::tx::tx_hash(&tx);
-        if self.inner.mempool.is_full() {
-            let e = TxError::Mempool(format!(
+        let fail = |e: TxError| (e.code(), e.to_string());
+        let full = || {
+            TxError::Mempool(format!(
                 "mempool is full ({} transactions); retry after the next block",
                 self.inner.mempool.len()
-            ));
-            return Err((e.code(), e.to_string()));
+            ))
+        };
+        let hash = onionpost_proto::tx::tx_hash(&tx);
+        if self.inner.mempool.is_full() {
+            return Err(fail(full()));
         }
-        let res = self.check_tx(RequestCheckTx {
-            tx: Bytes::from(tx.clone()),
-            r#type: 0,
-        });
-        if res.code != 0 {
-            return Err((res.code, res.log));
+        // The lane's room is known once decoded, before the costly signature check.
+        let decoded = self.stateless_check(&tx, false).map_err(fail)?;
+        let no_room = |e: MempoolError| fail(TxError::Mempool(e.to_string()));
+        self.inner.mempool.room_for(&decoded).map_err(no_room)?;
+        if !decoded.verify_signature() {
+            return Err(fail(bad_signature(&decoded)));
         }
-        self.inner.mempool.insert(hash, tx).map_err(|e| {
-            let e = TxError::Mempool(e.to_string());
-            (e.code(), e.to_string())
+        // Check and queue under one lock (every insert happens under it), so the check state
+        // always holds exactly the writes of the transactions waiting in the mempool.
+        let mut state = self.state();
+        self.inner.mempool.room_for(&decoded).map_err(no_room)?;
+        self.check_on_state(&mut state, &decoded).map_err(|e| {
+            debug!(code = e.code(), error = %e, "CheckTx rejected a transaction");
+            fail(e)
         })?;
+        // Cannot fail: not full (checked under the lock) and not a duplicate (a duplicate
+        // fails the check, its nonce being spent in the check state).
+        self.inner
+            .mempool
+            .insert(hash, tx, decoded)
+            .map_err(|e| fail(TxError::Mempool(e.to_string())))?;
         Ok(hash)
     }
 
@@ -150,25 +170,46 @@ impl LedgerApp {
         self.inner.state.lock().expect("ledger state lock poisoned")
     }
 
-    fn check(&self, raw: &[u8]) -> Result<(), TxError> {
+    /// CheckTx: the stateless checks, then a dry run on the check state.
+    fn check(&self, raw: &[u8], verify_signature: bool) -> Result<(), TxError> {
+        let tx = self.stateless_check(raw, verify_signature)?;
+        let mut state = self.state();
+        self.check_on_state(&mut state, &tx)
+    }
+
+    /// Size, envelope, chain id and (unless `verify_signature` is false, for a re-check of a
+    /// transaction verified before) the signature.
+    fn stateless_check(&self, raw: &[u8], verify_signature: bool) -> Result<DecodedTx, TxError> {
         let chain_id = self.chain_id().ok_or_else(|| {
             TxError::Invalid("the ledger has no genesis yet; InitChain has not run".into())
         })?;
         let tx = execute::decode_checked(raw, &chain_id)?;
-        if !tx.verify_signature() {
-            return Err(TxError::BadSignature {
-                signer: onionpost_proto::onion::OnionAddress::from_public_key(tx.signer).hostname(),
-            });
+        if verify_signature && !tx.verify_signature() {
+            return Err(bad_signature(&tx));
         }
-        let mut state = self.state();
+        Ok(tx)
+    }
+
+    /// The context CheckTx judges a transaction in: the next height, the last block's time.
+    fn check_context(&self) -> Option<BlockContext> {
+        let committed = self.inner.storage.committed()?;
+        Some(BlockContext {
+            chain_id: committed.chain_id,
+            height: committed.height + 1,
+            time: self.last_block_time(),
+        })
+    }
+
+    /// Dry-runs `tx` on the check state (committed state plus the transactions accepted since
+    /// the last commit). A refusal leaves the check state as it was: the transaction never
+    /// enters the mempool, so it must not spend the signer's nonce there.
+    fn check_on_state(&self, state: &mut AppState, tx: &DecodedTx) -> Result<(), TxError> {
+        let ctx = self.check_context().ok_or_else(|| {
+            TxError::Invalid("the ledger has no genesis yet; InitChain has not run".into())
+        })?;
         let latest = self.inner.storage.latest();
         let mut overlay = Overlay::with_writes(&latest, std::mem::take(&mut state.check_writes));
-        let ctx = BlockContext {
-            chain_id,
-            height: self.inner.storage.committed().map_or(0, |c| c.height) + 1,
-            time: self.last_block_time(),
-        };
-        let result = execute::apply_tx(&mut overlay, &ctx, &tx, 0);
+        let result = execute::check_tx(&mut overlay, &ctx, tx);
         state.check_writes = overlay.into_writes();
         match result {
             Ok(Ok(_)) => Ok(()),
@@ -177,10 +218,45 @@ impl LedgerApp {
         }
     }
 
+    /// After a commit: re-checks every waiting transaction, in order, against the new state,
+    /// and drops those the block made invalid (a nonce another validator's block spent, a
+    /// membership already changed, ...). Rebuilds the check state from the survivors.
+    /// Signatures were verified when the transactions arrived and are not verified again.
+    fn recheck_mempool(&self, state: &mut AppState) {
+        let Some(ctx) = self.check_context() else {
+            return;
+        };
+        let latest = self.inner.storage.latest();
+        let mut overlay = Overlay::new(&latest);
+        let mut gone = Vec::new();
+        let waiting = self.inner.mempool.decoded();
+        for (hash, tx) in &waiting {
+            match execute::check_tx(&mut overlay, &ctx, tx) {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    debug!(tx = %hex::encode(hash), code = e.code(), error = %e, "re-check dropped a waiting transaction");
+                    gone.push(*hash);
+                }
+                Err(read) => {
+                    warn!(tx = %hex::encode(hash), error = %read, "re-check could not read the state; dropping the transaction");
+                    gone.push(*hash);
+                }
+            }
+        }
+        state.check_writes = overlay.into_writes();
+        self.inner.mempool.remove(&gone);
+        if !gone.is_empty() {
+            debug!(
+                dropped = gone.len(),
+                kept = waiting.len() - gone.len(),
+                "mempool re-checked"
+            );
+        }
+    }
+
     /// The time of the last committed block: CheckTx judges trust expiry against it.
     fn last_block_time(&self) -> u64 {
         use crate::execute::StateRead;
-        use prost::Message;
         self.inner
             .storage
             .latest()
@@ -190,6 +266,27 @@ impl LedgerApp {
             .and_then(|b| onionpost_proto::v1::BlockInfo::decode(b.as_slice()).ok())
             .map_or(0, |b| b.time)
     }
+}
+
+fn bad_signature(tx: &DecodedTx) -> TxError {
+    TxError::BadSignature {
+        signer: onionpost_proto::onion::OnionAddress::from_public_key(tx.signer).hostname(),
+    }
+}
+
+/// The signer of `raw` if it is a registration (`None` for anything else, or undecodable).
+fn registration_signer(raw: &[u8]) -> Option<Vec<u8>> {
+    use onionpost_proto::v1::{SignedTx, TxBody, tx_body::Action};
+    let tx = SignedTx::decode(raw).ok()?;
+    let body = TxBody::decode(tx.body.as_slice()).ok()?;
+    matches!(body.action, Some(Action::RegisterIdentity(_))).then_some(tx.signer)
+}
+
+/// How many of `txs` are registrations.
+fn count_registrations(txs: &[Bytes]) -> usize {
+    txs.iter()
+        .filter(|t| registration_signer(t).is_some())
+        .count()
 }
 
 fn to_abci_validator(v: &ValidatorUpdate) -> tendermint_proto::v0_38::abci::ValidatorUpdate {
@@ -343,7 +440,10 @@ impl Application for LedgerApp {
     }
 
     fn check_tx(&self, request: RequestCheckTx) -> ResponseCheckTx {
-        match self.check(&request.tx) {
+        // CometBFT re-checks its waiting transactions after each commit (type Recheck): their
+        // signatures were verified when they first arrived.
+        let recheck = request.r#type == CheckTxType::Recheck as i32;
+        match self.check(&request.tx, !recheck) {
             Ok(()) => ResponseCheckTx::default(),
             Err(e) => {
                 debug!(code = e.code(), error = %e, "CheckTx rejected a transaction");
@@ -360,10 +460,26 @@ impl Application for LedgerApp {
     fn prepare_proposal(&self, request: RequestPrepareProposal) -> ResponsePrepareProposal {
         let max = request.max_tx_bytes.max(0) as usize;
         let mut total = 0;
+        // At most MAX_REGISTRATIONS_PER_BLOCK registrations; the rest (and later transactions
+        // of the identities they register) wait, everything else goes in.
+        let mut registrations = 0;
+        let mut deferred = std::collections::HashSet::new();
         let txs = request
             .txs
             .into_iter()
             .filter(|tx| tx.len() <= MAX_TX_BYTES)
+            .filter(|tx| match registration_signer(tx) {
+                Some(signer) if registrations >= MAX_REGISTRATIONS_PER_BLOCK => {
+                    deferred.insert(signer);
+                    false
+                }
+                Some(_) => {
+                    registrations += 1;
+                    true
+                }
+                None => onionpost_proto::v1::SignedTx::decode(tx.as_ref())
+                    .map_or(true, |t| !deferred.contains(&t.signer)),
+            })
             .take_while(|tx| {
                 total += tx.len();
                 total <= max
@@ -375,13 +491,23 @@ impl Application for LedgerApp {
     fn process_proposal(&self, request: RequestProcessProposal) -> ResponseProcessProposal {
         // Undecodable or badly signed transactions are harmless (FinalizeBlock rejects them one
         // by one); an oversized one means the proposer broke the rules, so reject the block.
-        let ok = request.txs.iter().all(|tx| tx.len() <= MAX_TX_BYTES);
-        if !ok {
+        let oversized = request.txs.iter().any(|tx| tx.len() > MAX_TX_BYTES);
+        if oversized {
             warn!(
                 height = request.height,
                 "rejecting a proposal with an oversized transaction"
             );
         }
+        let registrations = count_registrations(&request.txs);
+        if registrations > MAX_REGISTRATIONS_PER_BLOCK {
+            warn!(
+                height = request.height,
+                registrations,
+                limit = MAX_REGISTRATIONS_PER_BLOCK,
+                "rejecting a proposal with too many registrations"
+            );
+        }
+        let ok = !oversized && registrations <= MAX_REGISTRATIONS_PER_BLOCK;
         ResponseProcessProposal {
             status: if ok {
                 ProposalStatus::Accept
@@ -460,8 +586,9 @@ impl Application for LedgerApp {
             .commit(pending.block, &chain_id, &pending.events)
             .unwrap_or_else(|e| panic!("cannot commit: {e}"));
         state.check_writes.clear();
-        drop(state);
         self.inner.mempool.remove(&pending.tx_hashes);
+        self.recheck_mempool(&mut state);
+        drop(state);
         for e in pending.events {
             // No subscribers is fine.
             let _ = self.inner.events.send(e);

@@ -86,6 +86,10 @@ pub enum TxError {
     /// A size or count limit of the state would be exceeded.
     #[error("limit exceeded: {0}")]
     Limit(String),
+    /// One admin may not make this change alone: it needs a proposal that enough admins
+    /// approve.
+    #[error("needs a quorum of admins: {0}")]
+    NeedsQuorum(String),
 }
 
 impl TxError {
@@ -107,6 +111,7 @@ impl TxError {
             TxError::Conflict(_) => 13,
             TxError::Limit(_) => 14,
             TxError::Mempool(_) => 15,
+            TxError::NeedsQuorum(_) => 16,
         }
     }
 

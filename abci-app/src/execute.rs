@@ -14,14 +14,22 @@ use onionpost_proto::keys;
 use onionpost_proto::onion::OnionAddress;
 use onionpost_proto::tx::{DecodedTx, action_name};
 use onionpost_proto::v1::{
-    BlockInfo, ChainConfig, E2eKey, IdentityRecord, IdentitySet, KeyHistoryEntry, LedgerEvent,
-    ListRecord, MembershipRecord, ValidatorProposal, ValidatorSet, ValidatorUpdate,
-    key_history_entry::Kind, tx_body::Action,
+    BlockInfo, IdentityRecord, IdentitySet, LedgerEvent, ValidatorUpdate, tx_body::Action,
 };
 use prost::Message;
-use sha2::{Digest, Sha256};
 
 use crate::error::TxError;
+
+mod e2e_keys;
+mod governance;
+mod identities;
+mod lists;
+mod mailbox;
+mod trust;
+mod validators;
+
+pub use e2e_keys::e2e_key_id;
+pub use governance::{PROPOSAL_LIFETIME_BLOCKS, required_approvals};
 
 /// Largest encoded transaction accepted.
 pub const MAX_TX_BYTES: usize = 16 * 1024;
@@ -291,6 +299,38 @@ pub fn apply_tx<R: StateRead + ?Sized>(
     tx: &DecodedTx,
     tx_index: u32,
 ) -> Result<Result<Applied, TxError>, ReadError> {
+    apply(overlay, ctx, tx, tx_index, OnReject::SpendNonce)
+}
+
+/// CheckTx's dry run of one transaction (signature already verified) on the mempool's check
+/// state: like [`apply_tx`] but a refused transaction leaves no trace, not even a spent
+/// nonce. It never enters the mempool, so the signer's next transaction must still carry
+/// this nonce; in a block, by contrast, a rejected transaction is on the chain for good and
+/// its nonce must be spent.
+pub fn check_tx<R: StateRead + ?Sized>(
+    overlay: &mut Overlay<'_, R>,
+    ctx: &BlockContext,
+    tx: &DecodedTx,
+) -> Result<Result<Applied, TxError>, ReadError> {
+    apply(overlay, ctx, tx, 0, OnReject::LeaveNoTrace)
+}
+
+/// What a rejected transaction leaves behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnReject {
+    /// Its nonce is spent (in a block).
+    SpendNonce,
+    /// Nothing (in CheckTx).
+    LeaveNoTrace,
+}
+
+fn apply<R: StateRead + ?Sized>(
+    overlay: &mut Overlay<'_, R>,
+    ctx: &BlockContext,
+    tx: &DecodedTx,
+    tx_index: u32,
+    on_reject: OnReject,
+) -> Result<Result<Applied, TxError>, ReadError> {
     let signer = tx.signer;
     let existing: Option<IdentityRecord> = match overlay.get_record(&keys::identity(&signer)) {
         Ok(r) => r,
@@ -347,7 +387,7 @@ pub fn apply_tx<R: StateRead + ?Sized>(
         Err(ExecError::Read(e)) => Err(e),
         Err(ExecError::Rejected(e)) => {
             overlay.discard_tx();
-            if !is_register {
+            if !is_register && on_reject == OnReject::SpendNonce {
                 // Spend the nonce of the rejected action.
                 let key = keys::identity(&signer);
                 let mut rec: IdentityRecord = match overlay.get_record(&key) {
@@ -378,11 +418,6 @@ fn identity_key(bytes: &[u8], what: &str) -> Result<[u8; 32], TxError> {
     })
 }
 
-/// SHA-256 of an end-to-end key's public key material: its id in the key history.
-pub fn e2e_key_id(key: &E2eKey) -> [u8; 32] {
-    Sha256::digest(&key.public_key).into()
-}
-
 fn sorted_insert(set: &mut Vec<Vec<u8>>, item: &[u8]) -> bool {
     match set.binary_search_by(|k| k.as_slice().cmp(item)) {
         Ok(_) => false,
@@ -407,7 +442,8 @@ fn sorted_contains(set: &[Vec<u8>], item: &[u8]) -> bool {
     set.binary_search_by(|k| k.as_slice().cmp(item)).is_ok()
 }
 
-/// One transaction's application.
+/// One transaction's application: the overlay, the block, the signer, and what the action
+/// has produced so far. Each domain's actions are methods in their own module.
 struct Exec<'o, 'a, R: ?Sized> {
     overlay: &'o mut Overlay<'a, R>,
     ctx: &'o BlockContext,
@@ -419,6 +455,8 @@ struct Exec<'o, 'a, R: ?Sized> {
 type ExecResult<T = ()> = Result<T, ExecError>;
 
 impl<R: StateRead + ?Sized> Exec<'_, '_, R> {
+    /// Applies `action` for the signer, whose record is `existing` (`None` only for a
+    /// registration), then advances the signer's nonce.
     fn action(&mut self, action: &Action, existing: Option<IdentityRecord>) -> ExecResult {
         let mut me = match existing {
             Some(rec) => rec,
@@ -429,436 +467,25 @@ impl<R: StateRead + ?Sized> Exec<'_, '_, R> {
             },
         };
         match action {
-            Action::RegisterIdentity(a) => {
-                if a.display_name.chars().count() > MAX_DISPLAY_NAME {
-                    return Err(TxError::Invalid(format!(
-                        "display_name has more than {MAX_DISPLAY_NAME} characters"
-                    ))
-                    .into());
-                }
-                me.display_name = a.display_name.clone();
-            }
-            Action::BindKey(a) => {
-                let key = checked_e2e_key(a.key.as_ref())?;
-                if me.active_key.is_some() {
-                    return Err(TxError::Conflict(
-                        "an end-to-end key is already bound; use rotate_key to replace it".into(),
-                    )
-                    .into());
-                }
-                self.append_key_history(&mut me, Kind::Bind, key.clone(), String::new());
-                me.active_key = Some(key);
-            }
-            Action::RotateKey(a) => {
-                let key = checked_e2e_key(a.new_key.as_ref())?;
-                let Some(active) = &me.active_key else {
-                    return Err(TxError::Conflict(
-                        "no end-to-end key is bound; use bind_key first".into(),
-                    )
-                    .into());
-                };
-                if e2e_key_id(active) == e2e_key_id(&key) {
-                    return Err(
-                        TxError::Invalid("the new key is the key already bound".into()).into(),
-                    );
-                }
-                self.append_key_history(&mut me, Kind::Rotate, key.clone(), String::new());
-                me.active_key = Some(key);
-            }
-            Action::RevokeKey(a) => {
-                let Some(active) = me.active_key.clone() else {
-                    return Err(
-                        TxError::Conflict("no end-to-end key is bound to revoke".into()).into(),
-                    );
-                };
-                if a.key_id != e2e_key_id(&active) {
-                    return Err(TxError::Invalid(format!(
-                        "key_id {} is not the active key {}",
-                        hex::encode(&a.key_id),
-                        hex::encode(e2e_key_id(&active))
-                    ))
-                    .into());
-                }
-                if a.reason.len() > MAX_REASON {
-                    return Err(TxError::Invalid(format!(
-                        "reason is longer than {MAX_REASON} bytes"
-                    ))
-                    .into());
-                }
-                self.append_key_history(&mut me, Kind::Revoke, active, a.reason.clone());
-                me.active_key = None;
-            }
-            Action::SetMailboxHosts(a) => {
-                if a.hosts.len() > MAX_MAILBOX_HOSTS {
-                    return Err(TxError::Limit(format!(
-                        "at most {MAX_MAILBOX_HOSTS} mailbox hosts, got {}",
-                        a.hosts.len()
-                    ))
-                    .into());
-                }
-                let mut seen = Vec::new();
-                for host in &a.hosts {
-                    let host = identity_key(host, "mailbox host")?;
-                    if host == self.signer {
-                        return Err(TxError::Invalid(
-                            "an identity cannot be its own mailbox host".into(),
-                        )
-                        .into());
-                    }
-                    if !sorted_insert(&mut seen, &host) {
-                        return Err(TxError::Invalid(format!(
-                            "mailbox host {} is named twice",
-                            addr(&host)
-                        ))
-                        .into());
-                    }
-                    self.require_identity(&host)?;
-                }
-                me.mailbox_hosts = a.hosts.clone();
-            }
-            Action::SignTrust(a) => {
-                let target = identity_key(&a.target, "trust target")?;
-                self.event.subject = target.to_vec();
-                if target == self.signer {
-                    return Err(
-                        TxError::Invalid("an identity cannot vouch for itself".into()).into(),
-                    );
-                }
-                if !(1..=2).contains(&a.level) {
-                    return Err(TxError::Invalid(format!(
-                        "trust level must be 1 (marginal) or 2 (full), got {}",
-                        a.level
-                    ))
-                    .into());
-                }
-                if a.expires_at != 0 && a.expires_at <= self.ctx.time {
-                    return Err(TxError::Invalid(format!(
-                        "expires_at {} is not after the block time {}",
-                        a.expires_at, self.ctx.time
-                    ))
-                    .into());
-                }
-                self.require_identity(&target)?;
-                self.set_index(
-                    keys::trust_outgoing(&self.signer),
-                    target,
-                    true,
-                    MAX_TRUST_OUTGOING,
-                    "trust statements signed by one identity",
-                )?;
-                self.set_index(
-                    keys::trust_incoming(&target),
-                    self.signer,
-                    true,
-                    MAX_TRUST_INCOMING,
-                    "trust statements about one identity",
-                )?;
-                self.overlay.put(
-                    keys::trust(&self.signer, &target),
-                    &onionpost_proto::v1::TrustStatement {
-                        from: self.signer.to_vec(),
-                        to: target.to_vec(),
-                        level: a.level,
-                        expires_at: a.expires_at,
-                        signed_height: self.ctx.height,
-                    },
-                );
-            }
-            Action::RevokeTrust(a) => {
-                let target = identity_key(&a.target, "trust target")?;
-                self.event.subject = target.to_vec();
-                let key = keys::trust(&self.signer, &target);
-                if self.overlay.get(&key)?.is_none() {
-                    return Err(TxError::Conflict(format!(
-                        "there is no trust statement for {} to revoke",
-                        addr(&target)
-                    ))
-                    .into());
-                }
-                self.overlay.delete(key);
-                self.set_index(keys::trust_outgoing(&self.signer), target, false, 0, "")?;
-                self.set_index(keys::trust_incoming(&target), self.signer, false, 0, "")?;
-            }
-            Action::CreateList(a) => {
-                self.event.list = a.name.clone();
-                if !keys::is_valid_list_name(&a.name) {
-                    return Err(TxError::Invalid(format!(
-                        "list name {:?} must be 1-64 characters of a-z, 0-9, '-' and '.'",
-                        a.name
-                    ))
-                    .into());
-                }
-                if self.overlay.get(&keys::list(&a.name))?.is_some() {
-                    return Err(
-                        TxError::Conflict(format!("list {:?} exists already", a.name)).into(),
-                    );
-                }
-                let list = ListRecord {
-                    name: a.name.clone(),
-                    admins: vec![self.signer.to_vec()],
-                    policy: Some(a.policy.unwrap_or_default()),
-                    created_height: self.ctx.height,
-                    member_count: 0,
-                };
-                self.add_member(list, &self.signer.clone())?;
-            }
-            Action::AddMember(a) => {
-                let member = identity_key(&a.member, "member")?;
-                let list = self.admin_list(&a.list, &member)?;
-                self.require_identity(&member)?;
-                if self
-                    .overlay
-                    .get(&keys::membership(&a.list, &member))?
-                    .is_some()
-                {
-                    return Err(TxError::Conflict(format!(
-                        "{} is already a member of {:?}",
-                        addr(&member),
-                        a.list
-                    ))
-                    .into());
-                }
-                self.add_member(list, &member)?;
-            }
-            Action::RemoveMember(a) => {
-                let member = identity_key(&a.member, "member")?;
-                let mut list = self.list(&a.list, &member)?;
-                let leaving = member == self.signer;
-                if !leaving && !sorted_contains(&list.admins, &self.signer) {
-                    return Err(TxError::Unauthorized(format!(
-                        "only an admin of {:?} may remove another member",
-                        a.list
-                    ))
-                    .into());
-                }
-                if self
-                    .overlay
-                    .get(&keys::membership(&a.list, &member))?
-                    .is_none()
-                {
-                    return Err(TxError::Conflict(format!(
-                        "{} is not a member of {:?}",
-                        addr(&member),
-                        a.list
-                    ))
-                    .into());
-                }
-                if sorted_contains(&list.admins, &member) {
-                    return Err(TxError::Conflict(format!(
-                        "{} is an admin of {:?}: remove_admin first",
-                        addr(&member),
-                        a.list
-                    ))
-                    .into());
-                }
-                self.overlay.delete(keys::membership(&a.list, &member));
-                self.set_index(keys::list_members(&a.list), member, false, 0, "")?;
-                list.member_count -= 1;
-                self.overlay.put(keys::list(&a.list), &list);
-            }
-            Action::AddAdmin(a) => {
-                let admin = identity_key(&a.admin, "admin")?;
-                let mut list = self.admin_list(&a.list, &admin)?;
-                if self
-                    .overlay
-                    .get(&keys::membership(&a.list, &admin))?
-                    .is_none()
-                {
-                    return Err(TxError::Conflict(format!(
-                        "{} is not a member of {:?}: add_member first",
-                        addr(&admin),
-                        a.list
-                    ))
-                    .into());
-                }
-                if list.admins.len() >= MAX_LIST_ADMINS {
-                    return Err(TxError::Limit(format!(
-                        "a list has at most {MAX_LIST_ADMINS} admins"
-                    ))
-                    .into());
-                }
-                if !sorted_insert(&mut list.admins, &admin) {
-                    return Err(TxError::Conflict(format!(
-                        "{} is already an admin of {:?}",
-                        addr(&admin),
-                        a.list
-                    ))
-                    .into());
-                }
-                self.overlay.put(keys::list(&a.list), &list);
-            }
-            Action::RemoveAdmin(a) => {
-                let admin = identity_key(&a.admin, "admin")?;
-                let mut list = self.list(&a.list, &admin)?;
-                if admin != self.signer && !sorted_contains(&list.admins, &self.signer) {
-                    return Err(TxError::Unauthorized(format!(
-                        "only an admin of {:?} may remove another admin",
-                        a.list
-                    ))
-                    .into());
-                }
-                if !sorted_remove(&mut list.admins, &admin) {
-                    return Err(TxError::Conflict(format!(
-                        "{} is not an admin of {:?}",
-                        addr(&admin),
-                        a.list
-                    ))
-                    .into());
-                }
-                if list.admins.is_empty() {
-                    return Err(TxError::Conflict(format!(
-                        "{} is the last admin of {:?}; add another admin first",
-                        addr(&admin),
-                        a.list
-                    ))
-                    .into());
-                }
-                self.overlay.put(keys::list(&a.list), &list);
-            }
-            Action::SetListPolicy(a) => {
-                let mut list = self.admin_list(&a.list, &self.signer.clone())?;
-                list.policy = Some(a.policy.unwrap_or_default());
-                self.overlay.put(keys::list(&a.list), &list);
-            }
-            Action::ProposeValidatorUpdate(a) => {
-                let admins = self.governing_admins()?;
-                if a.updates.is_empty() || a.updates.len() > MAX_VALIDATOR_UPDATES {
-                    return Err(TxError::Invalid(format!(
-                        "a proposal carries 1 to {MAX_VALIDATOR_UPDATES} validator updates, got {}",
-                        a.updates.len()
-                    ))
-                    .into());
-                }
-                let mut seen = Vec::new();
-                for u in &a.updates {
-                    let key = identity_key(&u.pub_key, "validator key")?;
-                    if ed25519_consensus::VerificationKey::try_from(key).is_err() {
-                        return Err(TxError::Invalid(format!(
-                            "validator key {} is not a valid ed25519 key",
-                            hex::encode(key)
-                        ))
-                        .into());
-                    }
-                    if u.power > MAX_VOTING_POWER {
-                        return Err(TxError::Invalid(format!(
-                            "voting power {} exceeds {MAX_VOTING_POWER}",
-                            u.power
-                        ))
-                        .into());
-                    }
-                    if !sorted_insert(&mut seen, &key) {
-                        return Err(TxError::Invalid(format!(
-                            "validator {} appears twice in the proposal",
-                            hex::encode(key)
-                        ))
-                        .into());
-                    }
-                }
-                let next_key = keys::next_validator_proposal();
-                let id = match self.overlay.get(&next_key)? {
-                    Some(b) => u64::from_be_bytes(
-                        b.as_slice()
-                            .try_into()
-                            .map_err(|_| ReadError("next proposal id is not 8 bytes".into()))?,
-                    ),
-                    None => 1,
-                };
-                self.overlay
-                    .tx
-                    .insert(next_key, Some((id + 1).to_be_bytes().to_vec()));
-                let proposal = ValidatorProposal {
-                    id,
-                    updates: a.updates.clone(),
-                    approvals: vec![self.signer.to_vec()],
-                    executed: false,
-                    proposed_height: self.ctx.height,
-                };
-                self.event.subject = id.to_be_bytes().to_vec();
-                self.maybe_execute_proposal(proposal, &admins)?;
-            }
-            Action::ApproveValidatorUpdate(a) => {
-                let admins = self.governing_admins()?;
-                self.event.subject = a.proposal_id.to_be_bytes().to_vec();
-                let Some(mut proposal) = self
-                    .overlay
-                    .get_record::<ValidatorProposal>(&keys::validator_proposal(a.proposal_id))?
-                else {
-                    return Err(TxError::Invalid(format!(
-                        "there is no validator proposal {}",
-                        a.proposal_id
-                    ))
-                    .into());
-                };
-                if proposal.executed {
-                    return Err(TxError::Conflict(format!(
-                        "validator proposal {} has already taken effect",
-                        a.proposal_id
-                    ))
-                    .into());
-                }
-                if !sorted_insert(&mut proposal.approvals, &self.signer) {
-                    return Err(TxError::Conflict(format!(
-                        "{} has already approved proposal {}",
-                        addr(&self.signer),
-                        a.proposal_id
-                    ))
-                    .into());
-                }
-                self.maybe_execute_proposal(proposal, &admins)?;
-            }
+            Action::RegisterIdentity(a) => self.register_identity(&mut me, a)?,
+            Action::BindKey(a) => self.bind_key(&mut me, a)?,
+            Action::RotateKey(a) => self.rotate_key(&mut me, a)?,
+            Action::RevokeKey(a) => self.revoke_key(&mut me, a)?,
+            Action::SetMailboxHosts(a) => self.set_mailbox_hosts(&mut me, a)?,
+            Action::SignTrust(a) => self.sign_trust(a)?,
+            Action::RevokeTrust(a) => self.revoke_trust(a)?,
+            Action::CreateList(a) => self.create_list(a)?,
+            Action::AddMember(a) => self.add_member(a)?,
+            Action::RemoveMember(a) => self.remove_member(a)?,
+            Action::AddAdmin(a) => self.add_admin(a)?,
+            Action::RemoveAdmin(a) => self.remove_admin(a)?,
+            Action::SetListPolicy(a) => self.set_list_policy(a)?,
+            Action::ProposeValidatorUpdate(a) => self.propose_validator_update(a)?,
+            Action::Propose(a) => self.propose(a)?,
+            Action::Approve(a) => self.approve(a)?,
         }
         me.next_nonce += 1;
         self.overlay.put(keys::identity(&self.signer), &me);
-        Ok(())
-    }
-
-    fn require_identity(&self, id: &[u8; 32]) -> ExecResult {
-        if self.overlay.get(&keys::identity(id))?.is_none() {
-            return Err(TxError::UnknownIdentity(addr(id)).into());
-        }
-        Ok(())
-    }
-
-    fn list(&mut self, name: &str, subject: &[u8; 32]) -> ExecResult<ListRecord> {
-        self.event.list = name.to_owned();
-        self.event.subject = subject.to_vec();
-        self.overlay
-            .get_record::<ListRecord>(&keys::list(name))?
-            .ok_or_else(|| TxError::UnknownList(name.to_owned()).into())
-    }
-
-    fn admin_list(&mut self, name: &str, subject: &[u8; 32]) -> ExecResult<ListRecord> {
-        let list = self.list(name, subject)?;
-        if !sorted_contains(&list.admins, &self.signer) {
-            return Err(TxError::Unauthorized(format!(
-                "{} is not an admin of list {name:?}",
-                addr(&self.signer)
-            ))
-            .into());
-        }
-        Ok(list)
-    }
-
-    fn add_member(&mut self, mut list: ListRecord, member: &[u8; 32]) -> ExecResult {
-        self.event.list = list.name.clone();
-        self.event.subject = member.to_vec();
-        self.set_index(
-            keys::list_members(&list.name),
-            *member,
-            true,
-            MAX_LIST_MEMBERS,
-            "members of one list",
-        )?;
-        self.overlay.put(
-            keys::membership(&list.name, member),
-            &MembershipRecord {
-                list: list.name.clone(),
-                member: member.to_vec(),
-                added_height: self.ctx.height,
-            },
-        );
-        list.member_count += 1;
-        self.overlay.put(keys::list(&list.name), &list);
         Ok(())
     }
 
@@ -887,106 +514,6 @@ impl<R: StateRead + ?Sized> Exec<'_, '_, R> {
         }
         Ok(())
     }
-
-    fn append_key_history(
-        &mut self,
-        me: &mut IdentityRecord,
-        kind: Kind,
-        key: E2eKey,
-        reason: String,
-    ) {
-        let seq = me.key_history_len;
-        self.event.subject = e2e_key_id(&key).to_vec();
-        self.overlay.put(
-            keys::key_history(&self.signer, seq),
-            &KeyHistoryEntry {
-                seq,
-                kind: kind as i32,
-                key_id: e2e_key_id(&key).to_vec(),
-                key: Some(key),
-                height: self.ctx.height,
-                time: self.ctx.time,
-                reason,
-            },
-        );
-        me.key_history_len += 1;
-    }
-
-    fn governing_admins(&mut self) -> ExecResult<Vec<Vec<u8>>> {
-        let config: ChainConfig = self
-            .overlay
-            .get_record(&keys::chain_config())?
-            .ok_or_else(|| ReadError("chain config missing from state".into()))?;
-        let list = self.list(&config.governing_list, &self.signer.clone())?;
-        if !sorted_contains(&list.admins, &self.signer) {
-            return Err(TxError::Unauthorized(format!(
-                "only admins of the governing list {:?} may change the validator set",
-                config.governing_list
-            ))
-            .into());
-        }
-        Ok(list.admins)
-    }
-
-    /// Stores the proposal and, once more than two thirds of the current governing admins
-    /// approved it, applies it to the validator set and reports the updates.
-    fn maybe_execute_proposal(
-        &mut self,
-        mut proposal: ValidatorProposal,
-        admins: &[Vec<u8>],
-    ) -> ExecResult {
-        let approving = proposal
-            .approvals
-            .iter()
-            .filter(|a| sorted_contains(admins, a))
-            .count();
-        if approving * 3 > admins.len() * 2 {
-            let mut set: ValidatorSet = self
-                .overlay
-                .get_record(&keys::validators())?
-                .unwrap_or_default();
-            for u in &proposal.updates {
-                match set.validators.iter().position(|v| v.pub_key == u.pub_key) {
-                    Some(i) if u.power == 0 => {
-                        set.validators.remove(i);
-                    }
-                    Some(i) => set.validators[i].power = u.power,
-                    None if u.power == 0 => {}
-                    None => set.validators.push(u.clone()),
-                }
-            }
-            set.validators.sort_by(|a, b| a.pub_key.cmp(&b.pub_key));
-            if set.validators.is_empty() {
-                return Err(
-                    TxError::Conflict("the proposal would remove every validator".into()).into(),
-                );
-            }
-            self.overlay.put(keys::validators(), &set);
-            proposal.executed = true;
-            self.validator_updates
-                .extend(proposal.updates.iter().cloned());
-        }
-        self.overlay
-            .put(keys::validator_proposal(proposal.id), &proposal);
-        Ok(())
-    }
-}
-
-fn checked_e2e_key(key: Option<&E2eKey>) -> Result<E2eKey, TxError> {
-    let key = key.ok_or_else(|| TxError::Invalid("no key given".into()))?;
-    if key.algorithm != "openpgp" {
-        return Err(TxError::Invalid(format!(
-            "key algorithm must be \"openpgp\", got {:?}",
-            key.algorithm
-        )));
-    }
-    if key.public_key.is_empty() || key.public_key.len() > MAX_E2E_KEY_BYTES {
-        return Err(TxError::Invalid(format!(
-            "public key must be 1 to {MAX_E2E_KEY_BYTES} bytes, got {}",
-            key.public_key.len()
-        )));
-    }
-    Ok(key.clone())
 }
 
 #[cfg(test)]

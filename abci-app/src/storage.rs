@@ -13,9 +13,15 @@
 //! - `values`: key hash ‖ version (big-endian) -> 0x00 (deleted) or 0x01 ‖ value, so the value
 //!   of a key at any version is one reverse seek;
 //! - `events`: height (big-endian) -> encoded `LedgerEvents` of that block;
-//! - `meta`: the committed height, app hash and chain id.
+//! - `meta`: the committed height, app hash and chain id, and the database's format version.
 //!
 //! Old versions are never pruned, so every past height stays queryable with proofs.
+//!
+//! Formats: the database records its format version ([`STATE_FORMAT`]) when it is created,
+//! and every open checks it, so the layout of the tree nodes (borsh of jmt 0.12's types) and
+//! of the values can never be misread by a build that lays them out differently. The records
+//! this module encodes itself (the committed height, a block's events) also begin with their
+//! own version byte. Anything else is refused with [`StorageError::Format`].
 
 use std::path::Path;
 use std::sync::RwLock;
@@ -37,6 +43,14 @@ const CF_VALUES: &str = "values";
 const CF_EVENTS: &str = "events";
 const CF_META: &str = "meta";
 const META_COMMITTED: &[u8] = b"committed";
+const META_FORMAT: &[u8] = b"format";
+
+/// The format version of the state database this build writes and reads.
+pub const STATE_FORMAT: u32 = 1;
+/// The version byte of the committed-height record.
+const COMMITTED_VERSION: u8 = 1;
+/// The version byte of a block's stored events.
+const EVENTS_VERSION: u8 = 1;
 
 /// A storage failure, saying what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +74,18 @@ pub enum StorageError {
     /// Stored bytes do not decode.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// Data in a format this build does not read: it was written by another version.
+    #[error(
+        "{what} is in format version {found}, but this build reads only version {supported}: it was written by another version of onionpost-ledger; run that version, or start from a fresh directory"
+    )]
+    Format {
+        /// What carries the version.
+        what: String,
+        /// The version found (0: none).
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
     /// A height that is not stored.
     #[error("height {asked} is not available (committed height is {committed})")]
     NoSuchHeight {
@@ -105,7 +131,8 @@ pub struct Committed {
 
 impl Committed {
     fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(40 + self.chain_id.len());
+        let mut v = Vec::with_capacity(41 + self.chain_id.len());
+        v.push(COMMITTED_VERSION);
         v.extend_from_slice(&self.height.to_be_bytes());
         v.extend_from_slice(&self.app_hash);
         v.extend_from_slice(self.chain_id.as_bytes());
@@ -113,6 +140,7 @@ impl Committed {
     }
 
     fn decode(b: &[u8]) -> Result<Self, StorageError> {
+        let b = versioned("the committed-height record", COMMITTED_VERSION, b)?;
         if b.len() < 40 {
             return Err(StorageError::Corrupt(
                 "committed-height record is short".into(),
@@ -152,6 +180,7 @@ impl Storage {
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(rocks("opening the database"))?;
+        check_format(&db, dir)?;
         let committed = db
             .get_cf(cf(&db, CF_META), META_COMMITTED)
             .map_err(rocks("reading the committed height"))?
@@ -238,10 +267,12 @@ impl Storage {
             );
         }
         if !events.is_empty() {
-            let encoded = LedgerEvents {
+            let mut encoded = vec![EVENTS_VERSION];
+            LedgerEvents {
                 events: events.to_vec(),
             }
-            .encode_to_vec();
+            .encode(&mut encoded)
+            .expect("a Vec grows");
             wb.put_cf(cf(&self.db, CF_EVENTS), block.height.to_be_bytes(), encoded);
         }
         let committed = Committed {
@@ -310,9 +341,12 @@ impl Storage {
             .map_err(rocks("reading events"))?
         {
             None => Ok(Vec::new()),
-            Some(b) => LedgerEvents::decode(b.as_slice())
-                .map(|e| e.events)
-                .map_err(|e| StorageError::Corrupt(format!("events of height {height}: {e}"))),
+            Some(b) => {
+                let what = format!("the events of height {height}");
+                LedgerEvents::decode(versioned(&what, EVENTS_VERSION, &b)?)
+                    .map(|e| e.events)
+                    .map_err(|e| StorageError::Corrupt(format!("{what}: {e}")))
+            }
         }
     }
 }
@@ -322,6 +356,57 @@ impl Storage {
 struct LedgerEvents {
     #[prost(message, repeated, tag = "1")]
     events: Vec<LedgerEvent>,
+}
+
+/// Checks the database's format version; records it in a database that is new.
+fn check_format(db: &DB, dir: &Path) -> Result<(), StorageError> {
+    let meta = cf(db, CF_META);
+    let what = || format!("the ledger database in {}", dir.display());
+    match db
+        .get_cf(meta, META_FORMAT)
+        .map_err(rocks("reading the format version"))?
+    {
+        Some(b) => {
+            let found = <[u8; 4]>::try_from(b.as_slice())
+                .map(u32::from_be_bytes)
+                .map_err(|_| StorageError::Corrupt("the format version is not 4 bytes".into()))?;
+            if found != STATE_FORMAT {
+                return Err(StorageError::Format {
+                    what: what(),
+                    found,
+                    supported: STATE_FORMAT,
+                });
+            }
+        }
+        None => {
+            let empty = db.iterator_cf(meta, IteratorMode::Start).next().is_none();
+            if !empty {
+                // Written before formats were versioned.
+                return Err(StorageError::Format {
+                    what: what(),
+                    found: 0,
+                    supported: STATE_FORMAT,
+                });
+            }
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            db.put_cf_opt(meta, META_FORMAT, STATE_FORMAT.to_be_bytes(), &opts)
+                .map_err(rocks("recording the format version"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The payload of a record that starts with a version byte, if it is version `want`.
+fn versioned<'b>(what: &str, want: u8, b: &'b [u8]) -> Result<&'b [u8], StorageError> {
+    match b.split_first() {
+        Some((&v, rest)) if v == want => Ok(rest),
+        found => Err(StorageError::Format {
+            what: what.to_owned(),
+            found: found.map_or(0, |(v, _)| u32::from(*v)),
+            supported: u32::from(want),
+        }),
+    }
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
@@ -463,5 +548,82 @@ mod tests {
         assert_eq!(verify(&roots.1, b"b", &p).unwrap(), None);
         // A proof for one height does not verify against another root.
         assert!(verify(&roots.0, b"b", &p).is_err());
+    }
+
+    #[test]
+    fn an_unknown_format_version_is_refused_not_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Storage::open(dir.path()).unwrap();
+            let b = s.prepare(0, &writes(&[("a", Some("1"))])).unwrap();
+            s.commit(b, "c", &[LedgerEvent::default()]).unwrap();
+            assert_eq!(s.events_at(0).unwrap().len(), 1);
+        }
+        // A newer build's database.
+        {
+            let db = DB::open_cf(
+                &Options::default(),
+                dir.path(),
+                [CF_NODES, CF_VALUES, CF_EVENTS, CF_META],
+            )
+            .unwrap();
+            db.put_cf(cf(&db, CF_META), META_FORMAT, 2u32.to_be_bytes())
+                .unwrap();
+        }
+        let err = Storage::open(dir.path()).err().expect("refused");
+        assert!(
+            matches!(
+                err,
+                StorageError::Format {
+                    found: 2,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("format version 2"), "{err}");
+        // A record of a newer version inside a database of this version.
+        {
+            let db = DB::open_cf(
+                &Options::default(),
+                dir.path(),
+                [CF_NODES, CF_VALUES, CF_EVENTS, CF_META],
+            )
+            .unwrap();
+            db.put_cf(cf(&db, CF_META), META_FORMAT, STATE_FORMAT.to_be_bytes())
+                .unwrap();
+            db.put_cf(cf(&db, CF_EVENTS), 0u64.to_be_bytes(), [9u8, 1, 2])
+                .unwrap();
+        }
+        let s = Storage::open(dir.path()).unwrap();
+        let err = s.events_at(0).unwrap_err();
+        assert!(
+            matches!(err, StorageError::Format { found: 9, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("the events of height 0"), "{err}");
+        // A database written before formats were versioned.
+        let old = tempfile::tempdir().unwrap();
+        {
+            let db = DB::open_cf(
+                &{
+                    let mut o = Options::default();
+                    o.create_if_missing(true);
+                    o.create_missing_column_families(true);
+                    o
+                },
+                old.path(),
+                [CF_NODES, CF_VALUES, CF_EVENTS, CF_META],
+            )
+            .unwrap();
+            db.put_cf(cf(&db, CF_META), META_COMMITTED, [0u8; 40])
+                .unwrap();
+        }
+        let err = Storage::open(old.path()).err().expect("refused");
+        assert!(
+            matches!(err, StorageError::Format { found: 0, .. }),
+            "{err}"
+        );
     }
 }

@@ -24,6 +24,10 @@ enum Op {
     AddMember(u8, u8, u8),
     RemoveMember(u8, u8, u8),
     AddAdmin(u8, u8, u8),
+    RemoveAdmin(u8, u8, u8),
+    ProposeAdmin(u8, u8, u8),
+    ProposeValidator(u8, u8),
+    Approve(u8, u64),
     Hosts(u8, u8),
     Garbage(u8),
     Replay(u8),
@@ -42,6 +46,10 @@ fn op() -> impl Strategy<Value = Op> {
         (k.clone(), 0..3u8, k.clone()).prop_map(|(a, l, m)| Op::AddMember(a, l, m)),
         (k.clone(), 0..3u8, k.clone()).prop_map(|(a, l, m)| Op::RemoveMember(a, l, m)),
         (k.clone(), 0..3u8, k.clone()).prop_map(|(a, l, m)| Op::AddAdmin(a, l, m)),
+        (k.clone(), 0..3u8, k.clone()).prop_map(|(a, l, m)| Op::RemoveAdmin(a, l, m)),
+        (k.clone(), 0..3u8, k.clone()).prop_map(|(a, l, m)| Op::ProposeAdmin(a, l, m)),
+        (k.clone(), 0..4u8).prop_map(|(a, p)| Op::ProposeValidator(a, p)),
+        (k.clone(), 1..6u64).prop_map(|(a, id)| Op::Approve(a, id)),
         (k.clone(), k.clone()).prop_map(|(a, b)| Op::Hosts(a, b)),
         any::<u8>().prop_map(Op::Garbage),
         k.prop_map(Op::Replay),
@@ -71,7 +79,8 @@ fn e2e(b: u8) -> pb::E2eKey {
     }
 }
 
-/// Signs the ops into blocks. Key 0 is the genesis admin (already registered).
+/// Signs the ops into blocks. Key 0 (and, in the property test, key 1) are genesis admins,
+/// already registered.
 fn build_blocks(blocks: &[Vec<Op>]) -> Vec<Vec<Vec<u8>>> {
     let mut signers: Vec<Signer> = (0..KEYS).map(|i| Signer::new(key(i), CHAIN, 0)).collect();
     let mut last: Vec<Option<Vec<u8>>> = vec![None; KEYS as usize];
@@ -140,6 +149,34 @@ fn build_blocks(blocks: &[Vec<Op>]) -> Vec<Vec<Vec<u8>>> {
                                 admin: pk(m),
                             }),
                         ),
+                        Op::RemoveAdmin(a, l, m) => (
+                            a,
+                            Action::RemoveAdmin(pb::RemoveAdmin {
+                                list: list(l),
+                                admin: pk(m),
+                            }),
+                        ),
+                        Op::ProposeAdmin(a, l, m) => (
+                            a,
+                            Action::Propose(pb::Propose {
+                                change: Some(pb::Change {
+                                    kind: Some(pb::change::Kind::AddAdmin(pb::AddAdmin {
+                                        list: list(l),
+                                        admin: pk(m),
+                                    })),
+                                }),
+                            }),
+                        ),
+                        Op::ProposeValidator(a, p) => (
+                            a,
+                            Action::ProposeValidatorUpdate(pb::ProposeValidatorUpdate {
+                                updates: vec![pb::ValidatorUpdate {
+                                    pub_key: pk(100 + p % 2),
+                                    power: u64::from(p),
+                                }],
+                            }),
+                        ),
+                        Op::Approve(a, id) => (a, Action::Approve(pb::Approve { proposal_id: id })),
                         Op::Hosts(a, b) => (
                             a,
                             Action::SetMailboxHosts(pb::SetMailboxHosts { hosts: vec![pk(b)] }),
@@ -172,7 +209,8 @@ proptest! {
     fn replicas_agree_at_every_height(blocks in prop::collection::vec(prop::collection::vec(op(), 0..12), 1..10)) {
         let signed = build_blocks(&blocks);
         let (d1, d2, d3) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let genesis = init_chain_request(CHAIN, &[key(0)], &[key(100)]);
+        // Two governing admins, so admin and validator changes need a proposal and approvals.
+        let genesis = init_chain_request(CHAIN, &[key(0), key(1)], &[key(100)]);
         let a = open(d1.path());
         let b = open(d2.path());
         let mut c = open(d3.path());

@@ -123,10 +123,37 @@ enum TxAction {
     AddMember { list: String, identity: String },
     /// Remove a member (an admin, or the member itself).
     RemoveMember { list: String, identity: String },
-    /// Make a member an admin.
+    /// Make a member an admin (applies only where one admin's approval is enough; otherwise
+    /// use `propose add-admin`).
     AddAdmin { list: String, identity: String },
-    /// Take admin rights away.
+    /// Take admin rights away: your own at once; another admin's only where one approval is
+    /// enough (otherwise use `propose remove-admin`).
     RemoveAdmin { list: String, identity: String },
+    /// Propose a change that several admins must approve; prints the proposal id. It counts
+    /// as your approval and expires 86,400 blocks later.
+    #[command(subcommand)]
+    Propose(ProposeAction),
+    /// Approve an open proposal (you must have been an admin of its list when it was made).
+    Approve {
+        /// The proposal id `propose` printed.
+        id: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProposeAction {
+    /// Make a member of LIST an admin.
+    AddAdmin { list: String, identity: String },
+    /// Remove an admin of LIST.
+    RemoveAdmin { list: String, identity: String },
+    /// Set how many admins of LIST must approve an admin change (0 = more than half).
+    AdminApprovals { list: String, approvals: u32 },
+    /// Change the validator set (decided by the governing list's admins).
+    Validators {
+        /// HEX_PUBLIC_KEY:POWER (power 0 removes the validator); repeat for several.
+        #[arg(long = "set", required = true)]
+        updates: Vec<String>,
+    },
 }
 
 async fn connect(l: &Ledger) -> Result<LedgerClient<Channel>> {
@@ -176,6 +203,51 @@ fn e2e_key(file: &PathBuf) -> Result<pb::E2eKey> {
 
 fn id_bytes(s: &str) -> Result<Vec<u8>> {
     Ok(parse_identity(s)?.to_vec())
+}
+
+/// The change a `propose` subcommand names.
+fn proposed_change(change: ProposeAction) -> Result<pb::change::Kind> {
+    Ok(match change {
+        ProposeAction::AddAdmin { list, identity } => pb::change::Kind::AddAdmin(pb::AddAdmin {
+            list,
+            admin: id_bytes(&identity)?,
+        }),
+        ProposeAction::RemoveAdmin { list, identity } => {
+            pb::change::Kind::RemoveAdmin(pb::RemoveAdmin {
+                list,
+                admin: id_bytes(&identity)?,
+            })
+        }
+        // The rest of the policy is filled in from the list's record once connected.
+        ProposeAction::AdminApprovals { list, approvals } => {
+            pb::change::Kind::SetListPolicy(pb::SetListPolicy {
+                list,
+                policy: Some(pb::ListPolicy {
+                    admin_approvals: approvals,
+                    ..Default::default()
+                }),
+            })
+        }
+        ProposeAction::Validators { updates } => {
+            let updates = updates
+                .iter()
+                .map(|u| {
+                    let (key, power) = u
+                        .split_once(':')
+                        .with_context(|| format!("{u:?} is not HEX_PUBLIC_KEY:POWER"))?;
+                    let pub_key = hex::decode(key)
+                        .ok()
+                        .filter(|k| k.len() == 32)
+                        .with_context(|| format!("{key:?} is not a 64-hex-digit public key"))?;
+                    let power = power
+                        .parse()
+                        .with_context(|| format!("{power:?} is not a voting power"))?;
+                    Ok(pb::ValidatorUpdate { pub_key, power })
+                })
+                .collect::<Result<_>>()?;
+            pb::change::Kind::ValidatorUpdate(pb::ProposeValidatorUpdate { updates })
+        }
+    })
 }
 
 async fn run_tx(args: TxArgs) -> Result<()> {
@@ -230,6 +302,12 @@ async fn run_tx(args: TxArgs) -> Result<()> {
             list,
             admin: id_bytes(&identity)?,
         }),
+        TxAction::Propose(change) => Action::Propose(pb::Propose {
+            change: Some(pb::Change {
+                kind: Some(proposed_change(change)?),
+            }),
+        }),
+        TxAction::Approve { id } => Action::Approve(pb::Approve { proposal_id: id }),
     };
     let mut client = connect(&args.ledger).await?;
     let (chain_id, submitted_at, record) = own_record(&mut client, &me).await?;
@@ -243,6 +321,23 @@ async fn run_tx(args: TxArgs) -> Result<()> {
                 .context("this identity has no active end-to-end key to revoke")?;
             r.key_id = sha2::Sha256::digest(&active.public_key).to_vec();
             Action::RevokeKey(r)
+        }
+        // A policy proposal keeps the list's other settings, read from its verified record.
+        Action::Propose(pb::Propose {
+            change:
+                Some(pb::Change {
+                    kind: Some(pb::change::Kind::SetListPolicy(mut p)),
+                }),
+        }) => {
+            let approvals = p.policy.map_or(0, |p| p.admin_approvals);
+            let mut policy = current_policy(&mut client, &p.list).await?;
+            policy.admin_approvals = approvals;
+            p.policy = Some(policy);
+            Action::Propose(pb::Propose {
+                change: Some(pb::Change {
+                    kind: Some(pb::change::Kind::SetListPolicy(p)),
+                }),
+            })
         }
         a => a,
     };
@@ -273,8 +368,15 @@ async fn run_tx(args: TxArgs) -> Result<()> {
         if next > nonce {
             println!("committed at height {height}");
             // Applied transactions leave an event; a rejected one only spends its nonce.
-            return if applied(&mut client, &ans_hash, submitted_at + 1, height).await? {
+            return if let Some(event) =
+                applied(&mut client, &ans_hash, submitted_at + 1, height).await?
+            {
                 println!("applied");
+                if ["propose", "propose_validator_update"].contains(&event.kind.as_str())
+                    && let Ok(id) = <[u8; 8]>::try_from(event.subject.as_slice())
+                {
+                    println!("proposal {}", u64::from_be_bytes(id));
+                }
                 Ok(())
             } else {
                 bail!(
@@ -287,6 +389,25 @@ async fn run_tx(args: TxArgs) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The policy of `list` now (verified against the stated app hash).
+async fn current_policy(client: &mut LedgerClient<Channel>, list: &str) -> Result<pb::ListPolicy> {
+    let status = client
+        .get_status(pb::GetStatusRequest {})
+        .await?
+        .into_inner();
+    let (height, root) = verify::stated_anchor(&status)?;
+    let ans = client
+        .get_list(pb::ListQuery {
+            list: list.to_owned(),
+            height,
+        })
+        .await?
+        .into_inner();
+    let record = verify::list_record(&root, height, list, &ans)?
+        .with_context(|| format!("there is no list {list:?}"))?;
+    Ok(record.policy.unwrap_or_default())
 }
 
 /// The chain id, the latest height, and `me`'s identity record at that height (verified
@@ -314,24 +435,24 @@ async fn own_record(
     ))
 }
 
-/// Whether the transaction `hash` produced an event in heights `from..=to`.
+/// The event the transaction `hash` produced in heights `from..=to`, if it was applied.
 async fn applied(
     client: &mut LedgerClient<Channel>,
     hash: &[u8],
     from: u64,
     to: u64,
-) -> Result<bool> {
+) -> Result<Option<pb::LedgerEvent>> {
     let mut events = client
         .stream_events(pb::EventsQuery { from_height: from })
         .await?
         .into_inner();
     loop {
         match tokio::time::timeout(Duration::from_secs(3), events.message()).await {
-            Ok(Ok(Some(e))) if e.tx_hash == hash => return Ok(true),
-            Ok(Ok(Some(e))) if e.height > to => return Ok(false),
+            Ok(Ok(Some(e))) if e.tx_hash == hash => return Ok(Some(e)),
+            Ok(Ok(Some(e))) if e.height > to => return Ok(None),
             Ok(Ok(Some(_))) => continue,
             // Stream ended or no later event within 3 s: every height up to `to` was replayed.
-            _ => return Ok(false),
+            _ => return Ok(None),
         }
     }
 }

@@ -137,6 +137,27 @@ fn cli_registers_lists_and_verifies_membership() {
     let out = ok(q(&["members", "friends"]));
     assert!(out.contains("2 members, 1 admins"), "{out}");
 
+    // Admin changes: one admin alone only where one approval is enough.
+    ok(tx(&admin_key, &["add-admin", "friends", &alice]));
+    let out = tx(&admin_key, &["remove-admin", "friends", &alice]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("code 16") && err.contains("2 of the 2 admins"),
+        "{err}"
+    );
+    let out = ok(tx(
+        &admin_key,
+        &["propose", "remove-admin", "friends", &alice],
+    ));
+    assert!(out.contains("proposal 1"), "{out}");
+    let out = ok(q(&["members", "friends"]));
+    assert!(out.contains("2 members, 2 admins"), "still pending: {out}");
+    let out = ok(tx(&alice_key, &["approve", "1"]));
+    assert!(out.contains("applied"), "{out}");
+    let out = ok(q(&["members", "friends"]));
+    assert!(out.contains("2 members, 1 admins"), "{out}");
+
     // Rejections are explained, and nothing is committed.
     let out = tx(&alice_key, &["add-member", "friends", &bob]);
     assert!(!out.status.success());

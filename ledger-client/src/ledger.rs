@@ -281,6 +281,7 @@ mod tests {
             policy: Some(pb::ListPolicy {
                 posting: posting as i32,
                 max_message_bytes: 0,
+                admin_approvals: 0,
             }),
             created_height: 1,
             member_count: 2,

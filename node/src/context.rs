@@ -14,7 +14,7 @@ use onionpost_proto::onion::OnionAddress;
 
 use crate::config::Config;
 use crate::identity::{Identity, IdentityError, IdentityStore};
-use crate::store::{MailStore, Maildir};
+use crate::store::{MailStore, Mailboxes, MaildirFolders};
 
 /// Errors opening the context.
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +39,10 @@ pub enum ContextError {
 pub struct Hosted {
     /// The identity.
     pub identity: Identity,
-    /// Its mailbox.
+    /// Its inbox, where delivered mail goes.
     pub mailbox: Arc<dyn MailStore>,
+    /// All its mailboxes (the inbox and the folders).
+    pub mailboxes: Arc<dyn Mailboxes>,
 }
 
 /// A snapshot of the hosted identities.
@@ -150,17 +152,20 @@ impl Context {
                 continue;
             }
             let path = identity.maildir();
-            let maildir =
-                Maildir::open(&path, self.config.limits.mailbox_quota()).map_err(|source| {
-                    ContextError::Mailbox {
-                        name: identity.name.clone(),
-                        path: path.clone(),
-                        source,
-                    }
-                })?;
+            let folders = MaildirFolders::open(
+                &path,
+                &identity.folders_dir(),
+                self.config.limits.mailbox_quota(),
+            )
+            .map_err(|source| ContextError::Mailbox {
+                name: identity.name.clone(),
+                path: path.clone(),
+                source,
+            })?;
             let h = Arc::new(Hosted {
                 identity,
-                mailbox: Arc::new(maildir),
+                mailbox: folders.inbox(),
+                mailboxes: Arc::new(folders),
             });
             report.added.push(h.clone());
             next.push(h);

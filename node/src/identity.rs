@@ -6,7 +6,8 @@
 //! ```text
 //! identities/<name>/secret.key      32-byte ed25519 seed, hex, mode 0600
 //! identities/<name>/identity.json   name, onion address, salted password hash
-//! identities/<name>/Maildir/        the identity's mail store
+//! identities/<name>/Maildir/        the identity's INBOX
+//! identities/<name>/folders/        its other mailboxes (see `store::MaildirFolders`)
 //! ```
 
 use std::fs;
@@ -72,6 +73,11 @@ impl Identity {
     /// The Maildir holding this identity's mail.
     pub fn maildir(&self) -> PathBuf {
         self.dir.join("Maildir")
+    }
+
+    /// The directory of this identity's mailboxes other than INBOX.
+    pub fn folders_dir(&self) -> PathBuf {
+        self.dir.join("folders")
     }
 
     /// Checks a client password against the stored salted hash in constant time.

@@ -50,14 +50,14 @@ pub fn validators() -> Vec<u8> {
     b"validators".to_vec()
 }
 
-/// A validator-set proposal (`ValidatorProposal`).
-pub fn validator_proposal(id: u64) -> Vec<u8> {
-    concat(&[b"vproposal/", &id.to_be_bytes()])
+/// A governance proposal (`Proposal`): an admin or validator-set change.
+pub fn proposal(id: u64) -> Vec<u8> {
+    concat(&[b"proposal/", &id.to_be_bytes()])
 }
 
-/// The id the next validator-set proposal gets (8 bytes, big-endian).
-pub fn next_validator_proposal() -> Vec<u8> {
-    b"vproposal_next".to_vec()
+/// The id the next proposal gets (8 bytes, big-endian).
+pub fn next_proposal() -> Vec<u8> {
+    b"proposal_next".to_vec()
 }
 
 /// The last block's `BlockInfo` (height and block time).
@@ -103,8 +103,8 @@ mod tests {
             trust_outgoing(&a),
             trust_incoming(&a),
             validators(),
-            validator_proposal(1),
-            next_validator_proposal(),
+            proposal(1),
+            next_proposal(),
             block_info(),
             chain_config(),
         ];

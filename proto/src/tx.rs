@@ -142,7 +142,8 @@ pub fn action_name(action: &Action) -> &'static str {
         Action::RemoveAdmin(_) => "remove_admin",
         Action::SetListPolicy(_) => "set_list_policy",
         Action::ProposeValidatorUpdate(_) => "propose_validator_update",
-        Action::ApproveValidatorUpdate(_) => "approve_validator_update",
+        Action::Approve(_) => "approve",
+        Action::Propose(_) => "propose",
     }
 }
 

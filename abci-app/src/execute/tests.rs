@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use ed25519_consensus::SigningKey;
 use onionpost_proto::keys;
 use onionpost_proto::tx::sign;
-use onionpost_proto::v1::{self as pb, tx_body::Action};
+use onionpost_proto::v1::{self as pb, key_history_entry::Kind, tx_body::Action};
 use prost::Message;
 
 use super::*;
@@ -35,12 +35,20 @@ fn pk32(k: &SigningKey) -> [u8; 32] {
 impl Ledger {
     /// Genesis with `admin` governing list "govern" and one validator.
     fn new(admin: &SigningKey) -> Self {
+        Self::with_admins(&[admin])
+    }
+
+    /// Genesis with `admins` governing list "govern" and one validator.
+    fn with_admins(admins: &[&SigningKey]) -> Self {
         let genesis = crate::genesis::AppGenesis {
             governing_list: "govern".into(),
-            admins: vec![crate::genesis::GenesisIdentity {
-                public_key: hex::encode(pk(admin)),
-                display_name: "admin".into(),
-            }],
+            admins: admins
+                .iter()
+                .map(|a| crate::genesis::GenesisIdentity {
+                    public_key: hex::encode(pk(a)),
+                    display_name: "admin".into(),
+                })
+                .collect(),
             identities: vec![],
         };
         let writes = genesis
@@ -525,7 +533,11 @@ fn lists_members_admins_and_policy() {
         list: "friends".into(),
         admin: pk(&a),
     });
-    l.run(&b, remove_a.clone()).unwrap();
+    assert!(
+        matches!(l.run(&b, remove_a.clone()), Err(TxError::NeedsQuorum(_))),
+        "one of two admins removes the other"
+    );
+    l.run(&a, remove_a.clone()).unwrap();
     let remove_b = Action::RemoveAdmin(pb::RemoveAdmin {
         list: "friends".into(),
         admin: pk(&b),
@@ -571,6 +583,7 @@ fn lists_members_admins_and_policy() {
     let policy = pb::ListPolicy {
         posting: pb::list_policy::Posting::Admins as i32,
         max_message_bytes: 1 << 20,
+        admin_approvals: 0,
     };
     let set = Action::SetListPolicy(pb::SetListPolicy {
         list: "friends".into(),
@@ -587,30 +600,9 @@ fn lists_members_admins_and_policy() {
 
 #[test]
 fn validator_updates_need_a_two_thirds_admin_quorum() {
-    let admin = key(1);
-    let mut l = Ledger::new(&admin);
-    let (a, b) = (key(2), key(3));
-    l.register(&a, "a");
-    l.register(&b, "b");
-    // Make a and b admins of the governing list: 3 admins, quorum = 3 (>2/3 of 3).
-    for k in [&a, &b] {
-        l.run(
-            &admin,
-            Action::AddMember(pb::AddMember {
-                list: "govern".into(),
-                member: pk(k),
-            }),
-        )
-        .unwrap();
-        l.run(
-            &admin,
-            Action::AddAdmin(pb::AddAdmin {
-                list: "govern".into(),
-                admin: pk(k),
-            }),
-        )
-        .unwrap();
-    }
+    let (admin, a, b) = (key(1), key(2), key(3));
+    // Three governing admins: a change needs 3 (more than two thirds of 3).
+    let mut l = Ledger::with_admins(&[&admin, &a, &b]);
     let newval = pk(&key(201));
     let propose = Action::ProposeValidatorUpdate(pb::ProposeValidatorUpdate {
         updates: vec![pb::ValidatorUpdate {
@@ -629,10 +621,19 @@ fn validator_updates_need_a_two_thirds_admin_quorum() {
     let out = l.block(vec![tx]);
     assert!(out.tx_results[0].result.is_ok());
     assert!(out.validator_updates.is_empty(), "1 of 3 approvals");
-    let approve = Action::ApproveValidatorUpdate(pb::ApproveValidatorUpdate { proposal_id: 1 });
+    let id = proposal_id(&out);
+    assert_eq!(id, 1);
+    let approve = Action::Approve(pb::Approve { proposal_id: id });
     assert!(
         matches!(l.run(&admin, approve.clone()), Err(TxError::Conflict(_))),
         "twice"
+    );
+    assert!(
+        matches!(
+            l.run(&outsider, approve.clone()),
+            Err(TxError::Unauthorized(_))
+        ),
+        "not an admin"
     );
     let tx = l.tx(&a, approve.clone());
     let out = l.block(vec![tx]);
@@ -661,8 +662,8 @@ fn validator_updates_need_a_two_thirds_admin_quorum() {
         "already executed"
     );
 
-    // A proposal that empties the set is refused at execution. Single admin now suffices
-    // after the others step down: 1 of 1.
+    // A proposal that empties the set is refused when it would take effect. One admin
+    // suffices after the others step down (each may remove itself): 1 of 1.
     for k in [&a, &b] {
         l.run(
             k,
@@ -723,4 +724,330 @@ fn events_name_the_action_list_and_subject() {
     let info: pb::BlockInfo =
         pb::BlockInfo::decode(out.writes[&keys::block_info()].as_deref().unwrap()).unwrap();
     assert_eq!(info.height, l.height);
+}
+
+fn propose(change: pb::change::Kind) -> Action {
+    Action::Propose(pb::Propose {
+        change: Some(pb::Change { kind: Some(change) }),
+    })
+}
+
+fn approve(id: u64) -> Action {
+    Action::Approve(pb::Approve { proposal_id: id })
+}
+
+fn add_admin(list: &str, k: &SigningKey) -> pb::AddAdmin {
+    pb::AddAdmin {
+        list: list.into(),
+        admin: pk(k),
+    }
+}
+
+fn remove_admin(list: &str, k: &SigningKey) -> pb::RemoveAdmin {
+    pb::RemoveAdmin {
+        list: list.into(),
+        admin: pk(k),
+    }
+}
+
+fn add_validator(k: &SigningKey, power: u64) -> pb::ProposeValidatorUpdate {
+    pb::ProposeValidatorUpdate {
+        updates: vec![pb::ValidatorUpdate {
+            pub_key: pk(k),
+            power,
+        }],
+    }
+}
+
+fn governing_admins(l: &Ledger) -> Vec<Vec<u8>> {
+    l.get::<pb::ListRecord>(&keys::list("govern"))
+        .unwrap()
+        .admins
+}
+
+fn validator_keys(l: &Ledger) -> Vec<Vec<u8>> {
+    l.get::<pb::ValidatorSet>(&keys::validators())
+        .unwrap()
+        .validators
+        .into_iter()
+        .map(|v| v.pub_key)
+        .collect()
+}
+
+/// The id of the proposal the last `propose` made (its event's subject).
+fn proposal_id(out: &BlockOutcome) -> u64 {
+    let e = out.events.last().expect("an event");
+    assert!(
+        ["propose", "propose_validator_update"].contains(&e.kind.as_str()),
+        "{e:?}"
+    );
+    u64::from_be_bytes(e.subject.as_slice().try_into().unwrap())
+}
+
+#[test]
+fn one_governing_admin_cannot_seize_the_ledger() {
+    let (a, b, c, d) = (key(1), key(2), key(3), key(4));
+    let mut l = Ledger::with_admins(&[&a, &b, &c, &d]);
+    let before = governing_admins(&l);
+    let validators = validator_keys(&l);
+    let (x, y) = (key(10), key(11));
+    l.register(&x, "sock puppet");
+    l.register(&y, "another");
+    for k in [&x, &y] {
+        l.run(
+            &a,
+            Action::AddMember(pb::AddMember {
+                list: "govern".into(),
+                member: pk(k),
+            }),
+        )
+        .expect("membership stays single-admin");
+    }
+
+    // 1. a adds admins alone.
+    let err = l
+        .run(&a, Action::AddAdmin(add_admin("govern", &x)))
+        .unwrap_err();
+    assert_eq!(err.code(), 16, "{err}");
+    assert!(
+        err.to_string().contains("3 of the 4 admins") && err.to_string().contains("propose"),
+        "{err}"
+    );
+    // Through a proposal it waits for others, and the sock puppet's approval does not count.
+    let tx = l.tx(
+        &a,
+        propose(pb::change::Kind::AddAdmin(add_admin("govern", &x))),
+    );
+    let out = l.block(vec![tx]);
+    assert!(out.tx_results[0].result.is_ok());
+    let id = proposal_id(&out);
+    let err = l.run(&x, approve(id)).unwrap_err();
+    assert_eq!(err.code(), 9, "{err}");
+    assert!(err.to_string().contains("was not an admin"), "{err}");
+    let err = l.run(&a, approve(id)).unwrap_err();
+    assert_eq!(err.code(), 13, "{err}");
+    assert!(err.to_string().contains("already approved"), "{err}");
+    assert_eq!(governing_admins(&l), before);
+
+    // 2. a removes the others alone.
+    for other in [&b, &c, &d] {
+        let err = l
+            .run(&a, Action::RemoveAdmin(remove_admin("govern", other)))
+            .unwrap_err();
+        assert_eq!(err.code(), 16, "{err}");
+    }
+    assert_eq!(governing_admins(&l), before);
+    // Nor may a lower the bar for admin changes of the governing list.
+    let err = l
+        .run(
+            &a,
+            Action::SetListPolicy(pb::SetListPolicy {
+                list: "govern".into(),
+                policy: Some(pb::ListPolicy {
+                    admin_approvals: 1,
+                    ..Default::default()
+                }),
+            }),
+        )
+        .unwrap_err();
+    assert_eq!(err.code(), 12, "{err}");
+
+    // 3. a passes a validator update alone: it stays a proposal with one approval.
+    let tx = l.tx(
+        &a,
+        Action::ProposeValidatorUpdate(add_validator(&key(201), 10)),
+    );
+    let out = l.block(vec![tx]);
+    assert!(out.tx_results[0].result.is_ok());
+    assert!(out.validator_updates.is_empty());
+    let err = l.run(&x, approve(proposal_id(&out))).unwrap_err();
+    assert_eq!(err.code(), 9, "{err}");
+    assert_eq!(validator_keys(&l), validators);
+
+    // An admin may still remove itself, alone.
+    l.run(&d, Action::RemoveAdmin(remove_admin("govern", &d)))
+        .unwrap();
+    assert_eq!(governing_admins(&l).len(), 3);
+}
+
+#[test]
+fn three_of_four_admins_change_admins_and_validators() {
+    let (a, b, c, d) = (key(1), key(2), key(3), key(4));
+    let mut l = Ledger::with_admins(&[&a, &b, &c, &d]);
+    let x = key(10);
+    l.register(&x, "x");
+    l.run(
+        &a,
+        Action::AddMember(pb::AddMember {
+            list: "govern".into(),
+            member: pk(&x),
+        }),
+    )
+    .unwrap();
+    let tx = l.tx(
+        &a,
+        propose(pb::change::Kind::AddAdmin(add_admin("govern", &x))),
+    );
+    let id = proposal_id(&l.block(vec![tx]));
+    l.run(&b, approve(id)).unwrap();
+    assert!(!governing_admins(&l).contains(&pk(&x)), "2 of 4");
+    l.run(&c, approve(id)).unwrap();
+    assert!(governing_admins(&l).contains(&pk(&x)), "3 of 4");
+    let p: pb::Proposal = l.get(&keys::proposal(id)).unwrap();
+    assert!(p.executed);
+    assert_eq!((p.required, p.electorate.len()), (3, 4));
+    let err = l.run(&d, approve(id)).unwrap_err();
+    assert_eq!(err.code(), 13, "{err}");
+
+    // Five admins now: a validator change needs 4 (more than two thirds of 5).
+    let tx = l.tx(
+        &b,
+        Action::ProposeValidatorUpdate(add_validator(&key(201), 7)),
+    );
+    let id = proposal_id(&l.block(vec![tx]));
+    for k in [&c, &d] {
+        let tx = l.tx(k, approve(id));
+        assert!(l.block(vec![tx]).validator_updates.is_empty());
+    }
+    let tx = l.tx(&x, approve(id));
+    let out = l.block(vec![tx]);
+    assert_eq!(out.validator_updates, add_validator(&key(201), 7).updates);
+    assert!(validator_keys(&l).contains(&pk(&key(201))));
+
+    // Removing an admin: its own approval is not needed, and removing admins after a
+    // proposal was made does not lower the bar it must clear.
+    let tx = l.tx(
+        &a,
+        propose(pb::change::Kind::RemoveAdmin(remove_admin("govern", &x))),
+    );
+    let id = proposal_id(&l.block(vec![tx]));
+    l.run(&b, Action::RemoveAdmin(remove_admin("govern", &b)))
+        .unwrap();
+    l.run(&c, approve(id)).unwrap();
+    l.run(&d, approve(id)).unwrap();
+    assert!(
+        governing_admins(&l).contains(&pk(&x)),
+        "3 of the 5 at proposal time"
+    );
+    let err = l.run(&b, approve(id)).unwrap_err();
+    assert!(err.to_string().contains("no longer an admin"), "{err}");
+    l.run(&x, approve(id)).unwrap();
+    assert!(!governing_admins(&l).contains(&pk(&x)));
+}
+
+#[test]
+fn proposals_expire() {
+    let (a, b) = (key(1), key(2));
+    let mut l = Ledger::with_admins(&[&a, &b]);
+    let tx = l.tx(
+        &a,
+        Action::ProposeValidatorUpdate(add_validator(&key(201), 1)),
+    );
+    let out = l.block(vec![tx]);
+    let id = proposal_id(&out);
+    let p: pb::Proposal = l.get(&keys::proposal(id)).unwrap();
+    assert_eq!(
+        p.expires_height,
+        p.proposed_height + PROPOSAL_LIFETIME_BLOCKS
+    );
+    // Jump to its last height: the next block is past it.
+    l.height = p.expires_height;
+    let err = l.run(&b, approve(id)).unwrap_err();
+    assert_eq!(err.code(), 13, "{err}");
+    assert!(err.to_string().contains("expired at height"), "{err}");
+    assert!(validator_keys(&l).len() == 1);
+}
+
+#[test]
+fn ordinary_lists_follow_their_admin_policy() {
+    let admin = key(1);
+    let mut l = Ledger::new(&admin);
+    let (a, b, c) = (key(2), key(3), key(4));
+    for (k, n) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+        l.register(k, n);
+    }
+    l.run(
+        &a,
+        Action::CreateList(pb::CreateList {
+            name: "club".into(),
+            policy: None,
+        }),
+    )
+    .unwrap();
+    for k in [&b, &c] {
+        l.run(
+            &a,
+            Action::AddMember(pb::AddMember {
+                list: "club".into(),
+                member: pk(k),
+            }),
+        )
+        .unwrap();
+    }
+    // One admin: more than half of one is one, so a adds b directly.
+    l.run(&a, Action::AddAdmin(add_admin("club", &b))).unwrap();
+    // Two admins: the default needs both.
+    let err = l
+        .run(&a, Action::AddAdmin(add_admin("club", &c)))
+        .unwrap_err();
+    assert_eq!(err.code(), 16, "{err}");
+    assert!(err.to_string().contains("2 of the 2 admins"), "{err}");
+    let err = l
+        .run(&b, Action::RemoveAdmin(remove_admin("club", &a)))
+        .unwrap_err();
+    assert_eq!(err.code(), 16, "{err}");
+    // Membership stays single-admin.
+    l.run(
+        &b,
+        Action::RemoveMember(pb::RemoveMember {
+            list: "club".into(),
+            member: pk(&c),
+        }),
+    )
+    .unwrap();
+    l.run(
+        &b,
+        Action::AddMember(pb::AddMember {
+            list: "club".into(),
+            member: pk(&c),
+        }),
+    )
+    .unwrap();
+    // Lowering the bar is itself an admin change.
+    let one = pb::SetListPolicy {
+        list: "club".into(),
+        policy: Some(pb::ListPolicy {
+            admin_approvals: 1,
+            ..Default::default()
+        }),
+    };
+    let err = l.run(&a, Action::SetListPolicy(one.clone())).unwrap_err();
+    assert_eq!(err.code(), 16, "{err}");
+    // Posting rules are not.
+    l.run(
+        &a,
+        Action::SetListPolicy(pb::SetListPolicy {
+            list: "club".into(),
+            policy: Some(pb::ListPolicy {
+                posting: pb::list_policy::Posting::Admins as i32,
+                ..Default::default()
+            }),
+        }),
+    )
+    .unwrap();
+    let tx = l.tx(&a, propose(pb::change::Kind::SetListPolicy(one)));
+    let id = proposal_id(&l.block(vec![tx]));
+    l.run(&b, approve(id)).unwrap();
+    let list: pb::ListRecord = l.get(&keys::list("club")).unwrap();
+    assert_eq!(list.policy.unwrap().admin_approvals, 1);
+    // Now one admin suffices.
+    l.run(&a, Action::AddAdmin(add_admin("club", &c))).unwrap();
+    // A proposal needs a proposer who is an admin of that list.
+    let err = l
+        .run(
+            &admin,
+            propose(pb::change::Kind::AddAdmin(add_admin("club", &admin))),
+        )
+        .unwrap_err();
+    assert_eq!(err.code(), 9, "{err}");
 }

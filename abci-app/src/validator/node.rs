@@ -29,7 +29,7 @@ use super::config::{ChainGenesis, ValidatorConfig, load_key};
 use super::host::Host;
 use super::store::ConsensusStore;
 use super::types::{Height, LedgerContext};
-use super::wire::WireCodec;
+use super::wire::{WalCodec, WireCodec};
 use crate::LedgerApp;
 use crate::grpc::{CommitSource, LedgerService, RELAYED_HEADER, TxRelay};
 
@@ -154,7 +154,7 @@ pub async fn run(home: &Path) -> Result<(), StartError> {
     let (channels, _engine) = start_engine(
         ctx.clone(),
         engine_config,
-        WalContext::new(home.join("wal").join("consensus.wal"), WireCodec),
+        WalContext::new(home.join("wal").join("consensus.wal"), WalCodec),
         NetworkContext::new(identity, WireCodec),
         ConsensusContext::new_validator(
             address,

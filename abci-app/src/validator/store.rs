@@ -5,6 +5,11 @@
 //! log keeps votes and value ids, not block bodies), and a decided block with its certificate
 //! is stored before the ledger commits it, so a crash between the two is repaired by the
 //! engine replaying `Decided`.
+//!
+//! Formats: the store records its format version ([`CONSENSUS_FORMAT`]) in its `meta` column
+//! family when it is created and checks it at every open; each stored proposal and decided
+//! block also begins with a version byte. Data of another version is refused with
+//! [`StoreError::Format`], never misread.
 
 use std::path::Path;
 
@@ -15,10 +20,17 @@ use rocksdb::{
 };
 
 use super::types::{Address, BlockHash, Height, LedgerContext};
-use super::wire::{Wire, WireError, decode, encode};
+use super::wire::{Wire, WireError, decode};
 
 const CF_PROPOSALS: &str = "proposals";
 const CF_DECIDED: &str = "decided";
+const CF_META: &str = "meta";
+const META_FORMAT: &[u8] = b"format";
+
+/// The format version of the consensus store this build writes and reads.
+pub const CONSENSUS_FORMAT: u32 = 1;
+/// The version byte of a stored proposal and of a decided block.
+const RECORD_VERSION: u8 = 1;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +41,37 @@ pub enum StoreError {
     /// Stored bytes do not decode.
     #[error("consensus store is corrupt: {0}")]
     Corrupt(#[from] WireError),
+    /// Data in a format this build does not read: it was written by another version.
+    #[error(
+        "{what} is in format version {found}, but this build reads only version {supported}: it was written by another version of onionpost-ledger; run that version, or start from a fresh directory"
+    )]
+    Format {
+        /// What carries the version.
+        what: String,
+        /// The version found (0: none).
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+}
+
+/// `v` encoded after its version byte.
+fn encode_versioned<T: Wire>(v: &T) -> Vec<u8> {
+    let mut out = vec![RECORD_VERSION];
+    v.put(&mut out);
+    out
+}
+
+/// Decodes a record written by [`encode_versioned`], refusing another version.
+fn decode_versioned<T: Wire>(what: &str, b: &[u8]) -> Result<T, StoreError> {
+    match b.split_first() {
+        Some((&RECORD_VERSION, rest)) => Ok(decode(rest)?),
+        found => Err(StoreError::Format {
+            what: what.to_owned(),
+            found: found.map_or(0, |(v, _)| u32::from(*v)),
+            supported: u32::from(RECORD_VERSION),
+        }),
+    }
 }
 
 /// A block somebody proposed at a height, with what is needed to vote on it and restream it.
@@ -109,12 +152,52 @@ impl ConsensusStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs = [CF_PROPOSALS, CF_DECIDED]
+        let cfs = [CF_PROPOSALS, CF_DECIDED, CF_META]
             .into_iter()
             .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
-        Ok(Self {
+        let store = Self {
             db: DB::open_cf_descriptors(&opts, dir, cfs)?,
-        })
+        };
+        store.check_format(dir)?;
+        Ok(store)
+    }
+
+    /// Checks the store's format version; records it in a store that is new.
+    fn check_format(&self, dir: &Path) -> Result<(), StoreError> {
+        let what = || format!("the consensus store in {}", dir.display());
+        let found = match self.db.get_cf(self.cf(CF_META), META_FORMAT)? {
+            Some(b) => <[u8; 4]>::try_from(b.as_slice())
+                .map(u32::from_be_bytes)
+                .map_err(|_| WireError::from_msg("the format version is not 4 bytes"))?,
+            None => {
+                let empty = [CF_PROPOSALS, CF_DECIDED].iter().all(|c| {
+                    self.db
+                        .iterator_cf(self.cf(c), IteratorMode::Start)
+                        .next()
+                        .is_none()
+                });
+                if !empty {
+                    // Written before formats were versioned.
+                    0
+                } else {
+                    self.db.put_cf_opt(
+                        self.cf(CF_META),
+                        META_FORMAT,
+                        CONSENSUS_FORMAT.to_be_bytes(),
+                        &Self::synced(),
+                    )?;
+                    CONSENSUS_FORMAT
+                }
+            }
+        };
+        if found != CONSENSUS_FORMAT {
+            return Err(StoreError::Format {
+                what: what(),
+                found,
+                supported: CONSENSUS_FORMAT,
+            });
+        }
+        Ok(())
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -139,7 +222,7 @@ impl ConsensusStore {
         self.db.put_cf_opt(
             self.cf(CF_PROPOSALS),
             proposal_key(height, value),
-            encode(p),
+            encode_versioned(p),
             &Self::synced(),
         )?;
         Ok(())
@@ -156,7 +239,10 @@ impl ConsensusStore {
             .get_cf(self.cf(CF_PROPOSALS), proposal_key(height, value))?
         {
             None => Ok(None),
-            Some(b) => Ok(Some(decode(&b)?)),
+            Some(b) => Ok(Some(decode_versioned(
+                &format!("the proposal {value} of height {height}"),
+                &b,
+            )?)),
         }
     }
 
@@ -176,7 +262,8 @@ impl ConsensusStore {
                 break;
             }
             let hash = BlockHash(k[8..].try_into().expect("32 bytes"));
-            out.push((hash, decode(&v)?));
+            let what = format!("the proposal {hash} of height {height}");
+            out.push((hash, decode_versioned(&what, &v)?));
         }
         Ok(out)
     }
@@ -187,7 +274,7 @@ impl ConsensusStore {
         self.db.put_cf_opt(
             self.cf(CF_DECIDED),
             height.0.to_be_bytes(),
-            encode(decided),
+            encode_versioned(decided),
             &Self::synced(),
         )?;
         Ok(())
@@ -200,7 +287,10 @@ impl ConsensusStore {
             .get_cf(self.cf(CF_DECIDED), height.0.to_be_bytes())?
         {
             None => Ok(None),
-            Some(b) => Ok(Some(decode(&b)?)),
+            Some(b) => Ok(Some(decode_versioned(
+                &format!("the decided block of height {height}"),
+                &b,
+            )?)),
         }
     }
 
@@ -230,5 +320,48 @@ impl ConsensusStore {
         );
         self.db.write(wb)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_format_version_is_refused_not_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = ConsensusStore::open(dir.path()).unwrap();
+            assert!(store.decided(Height(1)).unwrap().is_none());
+            // A decided block written by a newer build.
+            store
+                .db
+                .put_cf(store.cf(CF_DECIDED), 1u64.to_be_bytes(), [7u8, 0, 0])
+                .unwrap();
+            let err = store.decided(Height(1)).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    StoreError::Format {
+                        found: 7,
+                        supported: 1,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert!(
+                err.to_string().contains("decided block of height 1"),
+                "{err}"
+            );
+            // The whole store from a newer build.
+            store
+                .db
+                .put_cf(store.cf(CF_META), META_FORMAT, 2u32.to_be_bytes())
+                .unwrap();
+        }
+        let err = ConsensusStore::open(dir.path()).err().expect("refused");
+        assert!(matches!(err, StoreError::Format { found: 2, .. }), "{err}");
+        assert!(err.to_string().contains("format version 2"), "{err}");
     }
 }

@@ -114,6 +114,7 @@ fn tx_seeds() -> Vec<Vec<u8>> {
                 policy: Some(pb::ListPolicy {
                     posting: 1,
                     max_message_bytes: 100,
+                    admin_approvals: 0,
                 }),
             }),
         ),
@@ -128,7 +129,7 @@ fn tx_seeds() -> Vec<Vec<u8>> {
         ),
         (
             0,
-            Action::ApproveValidatorUpdate(pb::ApproveValidatorUpdate { proposal_id: 0 }),
+            Action::Approve(pb::Approve { proposal_id: 0 }),
         ),
     ];
     let mut seeds: Vec<Vec<u8>> = per_action

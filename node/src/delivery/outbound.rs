@@ -11,10 +11,11 @@ use chrono::{TimeZone, Utc};
 
 use crate::clock::Clock;
 use crate::context::{Context, Hosted, Identities};
-use crate::message::{SubmitError, sanitize_submission};
+use crate::message::{SubmitError, message_id, sanitize_submission};
 use crate::queue::Queue;
 use crate::smtp::reply::{Reply, reply};
 use crate::smtp::session::{Envelope, Policy};
+use crate::store::{DedupeKey, DeliverOptions, Flags, Quota, SpecialUse};
 
 /// Applies the header allow-list (see [`crate::message::sanitize`]) for the identity
 /// `sender` at Unix time `now`. Pure.
@@ -80,12 +81,30 @@ impl Submission {
             ));
         };
         let now = self.clock.now();
+        // The user's copy goes to Sent under the client's own Message-ID, so the copy the
+        // client APPENDs to Sent afterwards is recognised and not stored twice.
+        let sent_key = message_id(&env.data).map(|id| DedupeKey::sent_copy(&id));
         let message = protect(sanitize(&env.data, &sender, now)?);
         let recipients = expand(env.recipients);
         let queue = self.queue.clone();
         let (name, from) = (sender.identity.name.clone(), addr.to_string());
+        let sent = sender.mailboxes.special(SpecialUse::Sent);
         let queued = tokio::task::spawn_blocking(move || {
-            queue.enqueue(&name, &from, &recipients, &message, now)
+            let queued = queue.enqueue(&name, &from, &recipients, &message, now)?;
+            if let Some(sent) = sent {
+                let opts = DeliverOptions {
+                    dedupe: sent_key,
+                    flags: Flags::SEEN,
+                    quota: Quota::Exempt,
+                    ..Default::default()
+                };
+                // The mail is queued: a Sent copy that cannot be written costs the user a
+                // copy, not the message.
+                if let Err(e) = sent.deliver(&message, opts) {
+                    tracing::warn!(identity = %name, "filing the sent copy: {e}");
+                }
+            }
+            Ok::<_, std::io::Error>(queued)
         })
         .await;
         match queued {
@@ -173,7 +192,37 @@ mod tests {
             .unwrap_err();
         assert_eq!((forged.code, forged.esc), (550, [5, 7, 1]));
         assert_eq!(queue.len(), 1, "nothing queued for the forgery");
-        assert_eq!(expand(vec![bob.clone()]), vec![bob]);
+        assert_eq!(expand(vec![bob.clone()]), vec![bob.clone()]);
+
+        // The user's copy is filed in Sent once, even when the client submits it again.
+        let sent = ctx
+            .identities()
+            .by_name("alice")
+            .unwrap()
+            .mailboxes
+            .special(SpecialUse::Sent)
+            .unwrap();
+        assert_eq!(
+            sent.snapshot().messages.len(),
+            1,
+            "the first message's copy"
+        );
+        let with_id = "Message-ID: <once@my-laptop.example>\r\nSubject: twice\r\n\r\nbody\r\n";
+        sub.accept(env(with_id)).await.unwrap();
+        sub.accept(env(with_id)).await.unwrap();
+        let snap = sent.snapshot();
+        assert_eq!(
+            snap.messages.len(),
+            2,
+            "one copy of the resubmitted message"
+        );
+        assert!(snap.messages[1].flags.contains(Flags::SEEN));
+        assert_eq!(
+            sent.uid_of(DedupeKey::sent_copy("<once@my-laptop.example>")),
+            Some(snap.messages[1].uid)
+        );
+        let filed = sent.read(snap.messages[1].uid).unwrap();
+        assert!(String::from_utf8_lossy(&filed).contains("Subject: twice"));
         assert_eq!(protect(b"m".to_vec()), b"m");
     }
 }

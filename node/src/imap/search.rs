@@ -168,6 +168,7 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
                     .contains(&needle)
             }) || c.body_contains(&astr(s))
         }
+        SearchKey::ModSequence { modseq, .. } => c.meta.modseq >= *modseq,
         #[allow(unreachable_patterns)]
         _ => false,
     }

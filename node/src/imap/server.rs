@@ -1,6 +1,10 @@
 //! The tokio edge of the IMAP server: one task per connection shuttling bytes between the
 //! socket and a [`Session`], waking IDLE sessions when their mailbox changes.
 //!
+//! IDLE is pushed, not polled: every mailbox has a watch channel that the store bumps right
+//! after a change is durable (a delivery's fsyncs, a flag rename, an expunge), and an idling
+//! connection waits on the channel of the mailbox it has selected.
+//!
 //! The session reads and writes the mailbox (the [`MailStore`](crate::store::MailStore) seam
 //! blocks on the disk: reads, renames, fsyncs), so every call into it runs on tokio's blocking
 //! pool; a slow disk then stalls only this connection, never the async workers that serve
@@ -10,9 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::session::{Accounts, Session};
+use crate::store::MailStore;
 
 /// RFC 3501 §5.4: the autologout timer is at least 30 minutes.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -43,7 +49,8 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
     let mut session = Session::new(accounts, max_literal);
-    let mut changes = None;
+    // The selected mailbox and the receiver of its changes.
+    let mut watched: Option<(Arc<dyn MailStore>, watch::Receiver<u64>)> = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let out = session.take_output();
@@ -53,8 +60,16 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         if session.is_closed() {
             return Ok(());
         }
-        if changes.is_none() {
-            changes = session.mailbox().map(|m| m.subscribe());
+        let selected = session.selected_store();
+        let same = match (selected, watched.as_ref()) {
+            (Some(a), Some((b, _))) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            // Subscribed when the mailbox is selected, so a change between the SELECT and a
+            // later IDLE wakes that IDLE at once (the session then reports what it missed).
+            watched = selected.map(|m| (m.clone(), m.subscribe()));
         }
         let idling = session.is_idling();
         tokio::select! {
@@ -67,7 +82,7 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(Err(e)) => return Err(e),
                 Err(_) => session.timeout(),
             },
-            Ok(()) = async { changes.as_mut().expect("checked").changed().await }, if idling && changes.is_some() => {
+            Ok(()) = async { watched.as_mut().expect("checked").1.changed().await }, if idling && watched.is_some() => {
                 session = blocking(session, |s| s.mailbox_changed()).await?;
             }
             () = shutdown.cancelled() => session.shutdown(),
@@ -78,7 +93,9 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{DeliverOptions, Flags, MailStore, Maildir, StoreError};
+    use crate::store::{
+        DeliverOptions, Flags, FolderError, FolderInfo, Mailboxes, Maildir, SpecialUse, StoreError,
+    };
     use std::sync::{Condvar, Mutex};
     use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};
 
@@ -119,10 +136,46 @@ mod tests {
         }
     }
 
-    struct Bob(Arc<SlowDisk>);
+    /// Just an INBOX (a unit test of the layer above the store).
+    #[derive(Debug)]
+    struct InboxOnly(Arc<SlowDisk>);
+    impl Mailboxes for InboxOnly {
+        fn inbox(&self) -> Arc<dyn MailStore> {
+            self.0.clone()
+        }
+        fn list(&self) -> Vec<FolderInfo> {
+            vec![FolderInfo {
+                name: "INBOX".into(),
+                special_use: None,
+            }]
+        }
+        fn open(&self, name: &str) -> Option<Arc<dyn MailStore>> {
+            name.eq_ignore_ascii_case("INBOX").then(|| self.inbox())
+        }
+        fn special(&self, _: SpecialUse) -> Option<Arc<dyn MailStore>> {
+            None
+        }
+        fn create(&self, _: &str) -> Result<(), FolderError> {
+            Err(FolderError::Inbox("created"))
+        }
+        fn delete(&self, _: &str) -> Result<(), FolderError> {
+            Err(FolderError::Inbox("deleted"))
+        }
+        fn rename(&self, _: &str, _: &str) -> Result<(), FolderError> {
+            Err(FolderError::Inbox("renamed"))
+        }
+        fn subscriptions(&self) -> Vec<String> {
+            Vec::new()
+        }
+        fn set_subscribed(&self, _: &str, _: bool) -> Result<(), FolderError> {
+            Ok(())
+        }
+    }
+
+    struct Bob(Arc<InboxOnly>);
     impl Accounts for Bob {
-        fn login(&self, u: &str, p: &str) -> Option<Arc<dyn MailStore>> {
-            (u == "bob" && p == "pw").then(|| self.0.clone() as Arc<dyn MailStore>)
+        fn login(&self, u: &str, p: &str) -> Option<Arc<dyn Mailboxes>> {
+            (u == "bob" && p == "pw").then(|| self.0.clone() as Arc<dyn Mailboxes>)
         }
     }
 
@@ -153,7 +206,7 @@ mod tests {
         });
         disk.deliver(b"Subject: x\r\n\r\nbody\r\n", DeliverOptions::default())
             .unwrap();
-        let accounts: Shared = Arc::new(Bob(disk.clone()));
+        let accounts: Shared = Arc::new(Bob(Arc::new(InboxOnly(disk.clone()))));
         let stop = CancellationToken::new();
         let mut clients = Vec::new();
         for _ in 0..2 {

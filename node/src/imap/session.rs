@@ -3,8 +3,10 @@
 //! Bytes from the client go into [`Session::receive`]; bytes for the client come out of
 //! [`Session::take_output`]. Framing (lines and literals) uses imap-codec's `Fragmentizer`,
 //! commands are parsed with imap-codec's `CommandCodec`. While the client is in IDLE, the edge
-//! calls [`Session::mailbox_changed`] when the store changes. Storage is a [`Maildir`] handed
-//! out by [`Accounts::login`].
+//! calls [`Session::mailbox_changed`] when the selected mailbox changes. Storage is the
+//! identity's [`Mailboxes`] handed out by [`Accounts::login`]; the mailbox-level commands
+//! (LIST, CREATE, STATUS, APPEND, ...) are in [`super::mailboxes`], COPY and MOVE in
+//! [`super::transfer`].
 
 use std::sync::Arc;
 
@@ -14,28 +16,27 @@ use imap_codec::decode::Decoder;
 use imap_codec::fragmentizer::{FragmentInfo, Fragmentizer, LiteralAnnouncement};
 use imap_codec::imap_types::auth::AuthMechanism;
 use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::command::{FetchModifier, StoreModifier};
 use imap_codec::imap_types::core::LiteralMode;
-use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_codec::imap_types::extensions::enable::CapabilityEnable;
 use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName, Section};
 use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
-use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::SequenceSet;
-use imap_codec::imap_types::status::StatusDataItemName;
 use mail_parser::MessageParser;
 
 use super::fetch;
 use super::search::{self, Candidate};
-use crate::store::{DeliverOptions, Delivered, Flags, MailStore, MessageMeta, StoreError};
+use crate::store::{Flags, MailStore, Mailboxes, MessageMeta};
 
 /// Looks up local accounts.
 pub trait Accounts {
-    /// Checks credentials; returns the account's mailbox.
-    fn login(&self, user: &str, password: &str) -> Option<Arc<dyn MailStore>>;
+    /// Checks credentials; returns the account's mailboxes.
+    fn login(&self, user: &str, password: &str) -> Option<Arc<dyn Mailboxes>>;
 }
 
 impl<T: Accounts + ?Sized> Accounts for Arc<T> {
-    fn login(&self, user: &str, password: &str) -> Option<Arc<dyn MailStore>> {
+    fn login(&self, user: &str, password: &str) -> Option<Arc<dyn Mailboxes>> {
         (**self).login(user, password)
     }
 }
@@ -43,15 +44,21 @@ impl<T: Accounts + ?Sized> Accounts for Arc<T> {
 /// After this many failed logins the session ends (slows password guessing).
 pub const MAX_AUTH_FAILURES: u32 = 3;
 
-const CAPABILITIES: &str = "IMAP4rev1 AUTH=PLAIN IDLE LITERAL+ UNSELECT UIDPLUS";
-const ALL_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
+/// What the server offers before login: only what works in the not-authenticated state.
+pub const CAPABILITIES_BEFORE_LOGIN: &str = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE AUTH=PLAIN";
+/// What the server offers once logged in.
+pub const CAPABILITIES: &str = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT \
+    UIDPLUS MOVE SPECIAL-USE CHILDREN CONDSTORE";
+pub(super) const ALL_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
 /// After this many BAD/NO answers in a row the session ends.
 const MAX_ERRORS: u32 = 50;
 
-struct Selected {
-    read_only: bool,
+pub(super) struct Selected {
+    pub(super) read_only: bool,
+    /// The mailbox.
+    pub(super) store: Arc<dyn MailStore>,
     /// Message sequence number - 1 -> metadata, as this client knows it.
-    messages: Vec<MessageMeta>,
+    pub(super) messages: Vec<MessageMeta>,
 }
 
 /// One IMAP conversation.
@@ -59,12 +66,15 @@ pub struct Session<A> {
     accounts: A,
     frag: Fragmentizer,
     out: Vec<u8>,
-    mailbox: Option<Arc<dyn MailStore>>,
-    selected: Option<Selected>,
+    pub(super) mailboxes: Option<Arc<dyn Mailboxes>>,
+    pub(super) selected: Option<Selected>,
     /// Tag of an AUTHENTICATE waiting for its response line.
     auth_tag: Option<String>,
     /// Tag of the running IDLE.
     idle_tag: Option<String>,
+    /// CONDSTORE is on (ENABLE, or a command that uses it, RFC 7162 §3.1): flag updates
+    /// carry MODSEQ.
+    pub(super) condstore: bool,
     max_literal: u32,
     errors: u32,
     auth_failures: u32,
@@ -78,17 +88,18 @@ impl<A: Accounts> Session<A> {
             accounts,
             frag: Fragmentizer::new(max_literal.saturating_add(64 * 1024)),
             out: Vec::new(),
-            mailbox: None,
+            mailboxes: None,
             selected: None,
             auth_tag: None,
             idle_tag: None,
+            condstore: false,
             max_literal,
             errors: 0,
             auth_failures: 0,
             closed: false,
         };
         s.line(&format!(
-            "* OK [CAPABILITY {CAPABILITIES}] onionpost IMAP ready"
+            "* OK [CAPABILITY {CAPABILITIES_BEFORE_LOGIN}] onionpost IMAP ready"
         ));
         s
     }
@@ -108,9 +119,9 @@ impl<A: Accounts> Session<A> {
         self.idle_tag.is_some()
     }
 
-    /// The authenticated mailbox, if any.
-    pub fn mailbox(&self) -> Option<&Arc<dyn MailStore>> {
-        self.mailbox.as_ref()
+    /// The selected mailbox, if any (the edge watches it while the client idles).
+    pub fn selected_store(&self) -> Option<&Arc<dyn MailStore>> {
+        self.selected.as_ref().map(|s| &s.store)
     }
 
     /// The idle timeout fired: say BYE and close.
@@ -132,22 +143,22 @@ impl<A: Accounts> Session<A> {
         }
     }
 
-    fn line(&mut self, s: &str) {
+    pub(super) fn line(&mut self, s: &str) {
         self.out.extend_from_slice(s.as_bytes());
         self.out.extend_from_slice(b"\r\n");
     }
 
-    fn ok(&mut self, tag: &str, text: &str) {
+    pub(super) fn ok(&mut self, tag: &str, text: &str) {
         self.errors = 0;
         self.line(&format!("{tag} OK {text}"));
     }
 
-    fn no(&mut self, tag: &str, text: &str) {
+    pub(super) fn no(&mut self, tag: &str, text: &str) {
         self.errors += 1;
         self.line(&format!("{tag} NO {text}"));
     }
 
-    fn bad(&mut self, tag: &str, text: &str) {
+    pub(super) fn bad(&mut self, tag: &str, text: &str) {
         self.errors += 1;
         self.line(&format!("{tag} BAD {text}"));
     }
@@ -248,7 +259,7 @@ impl<A: Accounts> Session<A> {
     fn login(&mut self, tag: &str, user: &str, pass: &str) {
         match self.accounts.login(user, pass) {
             Some(mb) => {
-                self.mailbox = Some(mb);
+                self.mailboxes = Some(mb);
                 self.ok(tag, &format!("[CAPABILITY {CAPABILITIES}] Logged in"));
             }
             None => {
@@ -268,8 +279,18 @@ impl<A: Accounts> Session<A> {
         // Any-state commands.
         match &cmd.body {
             CommandBody::Capability => {
-                self.line(&format!("* CAPABILITY {CAPABILITIES}"));
+                let caps = if self.mailboxes.is_some() {
+                    CAPABILITIES
+                } else {
+                    CAPABILITIES_BEFORE_LOGIN
+                };
+                self.line(&format!("* CAPABILITY {caps}"));
                 return self.ok(tag, "CAPABILITY completed");
+            }
+            CommandBody::Id { .. } => {
+                // Nothing about the software or host: the answer is the same for everyone.
+                self.line("* ID NIL");
+                return self.ok(tag, "ID completed");
             }
             CommandBody::Noop | CommandBody::Check => {
                 if self.selected.is_some() {
@@ -285,7 +306,7 @@ impl<A: Accounts> Session<A> {
             }
             _ => {}
         }
-        if self.mailbox.is_none() {
+        if self.mailboxes.is_none() {
             return match cmd.body {
                 CommandBody::Login { username, password } => {
                     let u = String::from_utf8_lossy(username.as_ref()).into_owned();
@@ -310,90 +331,27 @@ impl<A: Accounts> Session<A> {
                 _ => self.bad(tag, "Log in first (LOGIN or AUTHENTICATE PLAIN)"),
             };
         }
-        let mb = self.mailbox.clone().expect("authenticated");
+        let mbs = self.mailboxes.clone().expect("authenticated");
         match cmd.body {
             CommandBody::Login { .. } | CommandBody::Authenticate { .. } => {
                 self.bad(tag, "Already authenticated")
             }
-            CommandBody::Select { mailbox, .. } => self.select(tag, &mb, &mailbox, false),
-            CommandBody::Examine { mailbox, .. } => self.select(tag, &mb, &mailbox, true),
-            CommandBody::List {
-                reference,
-                mailbox_wildcard,
-            } => self.list(tag, "LIST", &reference, &mailbox_wildcard),
-            CommandBody::Lsub {
-                reference,
-                mailbox_wildcard,
-            } => self.list(tag, "LSUB", &reference, &mailbox_wildcard),
-            CommandBody::Status {
-                mailbox,
-                item_names,
-            } => {
-                if !is_inbox(&mailbox) {
-                    return self.no(tag, "[NONEXISTENT] Only INBOX exists");
-                }
-                let snap = mb.snapshot();
-                let items: Vec<String> = item_names
+            CommandBody::Enable { capabilities } => {
+                let condstore = capabilities
+                    .as_ref()
                     .iter()
-                    .filter_map(|i| match i {
-                        StatusDataItemName::Messages => {
-                            Some(format!("MESSAGES {}", snap.messages.len()))
-                        }
-                        StatusDataItemName::Recent => Some("RECENT 0".into()),
-                        StatusDataItemName::UidNext => Some(format!("UIDNEXT {}", snap.uidnext)),
-                        StatusDataItemName::UidValidity => {
-                            Some(format!("UIDVALIDITY {}", snap.uidvalidity))
-                        }
-                        StatusDataItemName::Unseen => Some(format!(
-                            "UNSEEN {}",
-                            snap.messages
-                                .iter()
-                                .filter(|m| !m.flags.contains(Flags::SEEN))
-                                .count()
-                        )),
-                        _ => None,
-                    })
-                    .collect();
-                self.line(&format!("* STATUS INBOX ({})", items.join(" ")));
-                self.ok(tag, "STATUS completed")
+                    .any(|c| matches!(c, CapabilityEnable::CondStore));
+                if condstore {
+                    self.condstore = true;
+                    self.line("* ENABLED CONDSTORE");
+                } else {
+                    self.line("* ENABLED");
+                }
+                self.ok(tag, "ENABLE completed")
             }
-            CommandBody::Create { .. }
-            | CommandBody::Delete { .. }
-            | CommandBody::Rename { .. } => self.no(tag, "[CANNOT] This server has only INBOX"),
-            CommandBody::Subscribe { .. } | CommandBody::Unsubscribe { .. } => self.ok(tag, "Done"),
-            CommandBody::Append {
-                mailbox,
-                flags,
-                date,
-                message,
-            } => {
-                if !is_inbox(&mailbox) {
-                    return self.no(tag, "[TRYCREATE] Only INBOX exists");
-                }
-                let data = match &message {
-                    LiteralOrLiteral8::Literal(l) => l.data(),
-                    LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
-                };
-                let date = date.map(|d| d.as_ref().timestamp());
-                let opts = DeliverOptions {
-                    flags: to_flags(&flags),
-                    internal_date: date,
-                    ..Default::default()
-                };
-                match mb.deliver(data, opts) {
-                    Ok(Delivered::Stored(uid)) => {
-                        if self.selected.is_some() {
-                            self.sync(false);
-                        }
-                        let v = mb.snapshot().uidvalidity;
-                        self.ok(tag, &format!("[APPENDUID {v} {uid}] APPEND completed"))
-                    }
-                    Ok(Delivered::Duplicate) => self.no(tag, "[SERVERBUG] Not stored"),
-                    Err(e @ StoreError::OverQuota { .. }) => {
-                        self.no(tag, &format!("[OVERQUOTA] {e}"))
-                    }
-                    Err(e) => self.no(tag, &format!("[SERVERBUG] Cannot store: {e}")),
-                }
+            CommandBody::Namespace => {
+                self.line("* NAMESPACE ((\"\" \"/\")) NIL NIL");
+                self.ok(tag, "NAMESPACE completed")
             }
             CommandBody::Idle => {
                 self.idle_tag = Some(tag.to_string());
@@ -402,13 +360,17 @@ impl<A: Accounts> Session<A> {
                     self.sync(true);
                 }
             }
-            body => {
-                if self.selected.is_none() {
-                    return self.bad(tag, "No mailbox selected (SELECT first) or unknown command");
-                }
-                self.selected_command(tag, &mb, body)
-            }
+            body => self.mailbox_command(tag, &mbs, body),
         }
+    }
+
+    /// Commands of the selected state; `body` was not a mailbox-level command.
+    pub(super) fn selected_or_bad(&mut self, tag: &str, body: CommandBody<'_>) {
+        let Some(sel) = self.selected.as_ref() else {
+            return self.bad(tag, "No mailbox selected (SELECT first) or unknown command");
+        };
+        let mb = sel.store.clone();
+        self.selected_command(tag, &mb, body)
     }
 
     fn selected_command(&mut self, tag: &str, mb: &Arc<dyn MailStore>, body: CommandBody<'_>) {
@@ -474,11 +436,24 @@ impl<A: Accounts> Session<A> {
                         return self.no(tag, "[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
                     }
                 }
+                let by_modseq = criteria
+                    .as_ref()
+                    .iter()
+                    .any(|k| matches!(k, SearchKey::ModSequence { .. }));
+                if by_modseq {
+                    self.condstore = true;
+                }
                 let key = SearchKey::And(criteria);
                 let hits = self.search(mb, &key, uid);
-                let list: Vec<String> = hits.iter().map(u32::to_string).collect();
+                let list: Vec<String> = hits.iter().map(|(n, _)| n.to_string()).collect();
+                // RFC 7162 §3.1.5: with MODSEQ in the criteria, the highest mod-sequence
+                // of the messages found.
+                let highest = match hits.iter().map(|(_, m)| *m).max() {
+                    Some(m) if by_modseq => format!(" (MODSEQ {m})"),
+                    _ => String::new(),
+                };
                 self.line(&format!(
-                    "* SEARCH{}{}",
+                    "* SEARCH{}{}{highest}",
                     if list.is_empty() { "" } else { " " },
                     list.join(" ")
                 ));
@@ -488,8 +463,12 @@ impl<A: Accounts> Session<A> {
                 sequence_set,
                 macro_or_item_names,
                 uid,
-                ..
+                modifiers,
             } => {
+                let changed_since = modifiers.iter().find_map(|m| match m {
+                    FetchModifier::ChangedSince(n) => Some(n.get()),
+                    FetchModifier::Vanished => None,
+                });
                 let items = match macro_or_item_names {
                     MacroOrMessageDataItemNames::Macro(m) => m
                         .expand()
@@ -498,7 +477,14 @@ impl<A: Accounts> Session<A> {
                         .collect(),
                     MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
                 };
-                self.fetch(mb, &sequence_set, &items, uid);
+                if changed_since.is_some()
+                    || items
+                        .iter()
+                        .any(|i| matches!(i, MessageDataItemName::ModSeq))
+                {
+                    self.condstore = true;
+                }
+                self.fetch(mb, &sequence_set, &items, uid, changed_since);
                 if uid {
                     self.sync(false);
                 }
@@ -510,67 +496,91 @@ impl<A: Accounts> Session<A> {
                 response,
                 flags,
                 uid,
-                ..
+                modifiers,
             } => {
                 if read_only {
                     return self.no(tag, "[READ-ONLY] Mailbox is read-only");
                 }
+                let unchanged_since = modifiers
+                    .iter()
+                    .map(|StoreModifier::UnchangedSince(n)| *n)
+                    .next();
+                if unchanged_since.is_some() {
+                    self.condstore = true;
+                }
                 let change = to_flags(&flags);
-                let targets = self.resolve(&sequence_set, uid);
-                for (seq, meta) in targets {
+                let mut modified = Vec::new();
+                let mut changes = Vec::new();
+                let mut touched = Vec::new();
+                for (seq, meta) in self.resolve(&sequence_set, uid) {
+                    if unchanged_since.is_some_and(|n| meta.modseq > n) {
+                        modified.push(if uid { meta.uid } else { seq });
+                        continue;
+                    }
                     let new = match kind {
                         StoreType::Replace => change,
                         StoreType::Add => meta.flags.with(change),
                         StoreType::Remove => meta.flags.without(change),
                     };
-                    if let Err(e) = mb.set_flags(meta.uid, new) {
-                        return self.no(tag, &format!("[SERVERBUG] {e}"));
-                    }
+                    changes.push((meta.uid, new));
+                    touched.push((seq, meta.uid));
+                }
+                if let Err(e) = mb.set_flags_many(&changes) {
+                    self.sync(false);
+                    return self.no(tag, &format!("[SERVERBUG] {e}"));
+                }
+                let snap = mb.snapshot();
+                for (seq, u) in touched {
+                    let Ok(j) = snap.messages.binary_search_by_key(&u, |m| m.uid) else {
+                        continue;
+                    };
+                    let now = snap.messages[j].clone();
                     if let Some(sel) = self.selected.as_mut() {
-                        sel.messages[seq as usize - 1].flags = new;
+                        sel.messages[seq as usize - 1] = now.clone();
                     }
                     if response == StoreResponse::Answer {
                         let uid_part = if uid {
-                            format!("UID {} ", meta.uid)
+                            format!("UID {} ", now.uid)
                         } else {
                             String::new()
                         };
+                        let modseq = self.modseq_part(&now);
                         self.line(&format!(
-                            "* {seq} FETCH ({uid_part}FLAGS ({}))",
-                            new.to_imap()
+                            "* {seq} FETCH ({uid_part}FLAGS ({}){modseq})",
+                            now.flags.to_imap()
                         ));
                     }
                 }
-                self.ok(tag, "STORE completed")
+                if modified.is_empty() {
+                    self.ok(tag, "STORE completed")
+                } else {
+                    let set = super::transfer::uid_set(&modified);
+                    self.ok(
+                        tag,
+                        &format!("[MODIFIED {set}] Conditional STORE failed for some"),
+                    )
+                }
             }
             CommandBody::Copy {
                 sequence_set,
                 mailbox,
                 uid,
-            }
-            | CommandBody::Move {
+            } => self.transfer(tag, &sequence_set, &mailbox, uid, false),
+            CommandBody::Move {
                 sequence_set,
                 mailbox,
                 uid,
-            } => {
-                if !is_inbox(&mailbox) {
-                    return self.no(tag, "[TRYCREATE] Only INBOX exists");
-                }
-                for (_, meta) in self.resolve(&sequence_set, uid) {
-                    let opts = DeliverOptions {
-                        flags: meta.flags,
-                        internal_date: Some(meta.internal_date),
-                        ..Default::default()
-                    };
-                    let copied = mb.read(meta.uid).and_then(|d| mb.deliver(&d, opts));
-                    if let Err(e) = copied {
-                        return self.no(tag, &format!("[SERVERBUG] {e}"));
-                    }
-                }
-                self.sync(false);
-                self.ok(tag, "COPY completed")
-            }
+            } => self.transfer(tag, &sequence_set, &mailbox, uid, true),
             _ => self.bad(tag, "Command not supported"),
+        }
+    }
+
+    /// ` MODSEQ (n)` when CONDSTORE is on, else nothing.
+    fn modseq_part(&self, m: &MessageMeta) -> String {
+        if self.condstore {
+            format!(" MODSEQ ({})", m.modseq)
+        } else {
+            String::new()
         }
     }
 
@@ -594,7 +604,7 @@ impl<A: Accounts> Session<A> {
     }
 
     /// Messages addressed by a sequence set: (sequence number, metadata).
-    fn resolve(&self, set: &SequenceSet, uid: bool) -> Vec<(u32, MessageMeta)> {
+    pub(super) fn resolve(&self, set: &SequenceSet, uid: bool) -> Vec<(u32, MessageMeta)> {
         let msgs = self.selected_messages();
         let max_seq = msgs.len() as u32;
         let max_uid = self.max_uid();
@@ -612,74 +622,12 @@ impl<A: Accounts> Session<A> {
             .collect()
     }
 
-    fn select(
-        &mut self,
-        tag: &str,
-        mb: &Arc<dyn MailStore>,
-        mailbox: &Mailbox<'_>,
-        read_only: bool,
-    ) {
-        self.selected = None;
-        if !is_inbox(mailbox) {
-            return self.no(tag, "[NONEXISTENT] Only INBOX exists");
-        }
-        let snap = mb.snapshot();
-        self.line(&format!("* FLAGS ({ALL_FLAGS})"));
-        if read_only {
-            self.line("* OK [PERMANENTFLAGS ()] Read-only mailbox");
-        } else {
-            self.line(&format!(
-                "* OK [PERMANENTFLAGS ({ALL_FLAGS})] Flags permitted"
-            ));
-        }
-        self.line(&format!("* {} EXISTS", snap.messages.len()));
-        self.line("* 0 RECENT");
-        if let Some(i) = snap
-            .messages
-            .iter()
-            .position(|m| !m.flags.contains(Flags::SEEN))
-        {
-            self.line(&format!("* OK [UNSEEN {}] First unseen", i + 1));
-        }
-        self.line(&format!(
-            "* OK [UIDVALIDITY {}] UIDs valid",
-            snap.uidvalidity
-        ));
-        self.line(&format!(
-            "* OK [UIDNEXT {}] Predicted next UID",
-            snap.uidnext
-        ));
-        self.selected = Some(Selected {
-            read_only,
-            messages: snap.messages,
-        });
-        let mode = if read_only { "READ-ONLY" } else { "READ-WRITE" };
-        let cmd = if read_only { "EXAMINE" } else { "SELECT" };
-        self.ok(tag, &format!("[{mode}] {cmd} completed"))
-    }
-
-    fn list(&mut self, tag: &str, cmd: &str, _reference: &Mailbox<'_>, pattern: &ListMailbox<'_>) {
-        let pat = match pattern {
-            ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
-            ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
-        };
-        if pat.is_empty() {
-            self.line(&format!("* {cmd} (\\Noselect) \"/\" \"\""));
-        } else if glob(&pat.to_ascii_uppercase(), "INBOX") {
-            self.line(&format!("* {cmd} (\\HasNoChildren) \"/\" INBOX"));
-        }
-        self.ok(tag, &format!("{cmd} completed"))
-    }
-
     /// Brings this client's view up to date: EXPUNGE (if allowed), EXISTS, flag changes.
-    fn sync(&mut self, allow_expunge: bool) {
-        let Some(mb) = self.mailbox.clone() else {
-            return;
-        };
+    pub(super) fn sync(&mut self, allow_expunge: bool) {
         let Some(sel) = self.selected.as_mut() else {
             return;
         };
-        let snap = mb.snapshot();
+        let snap = sel.store.snapshot();
         let mut lines = Vec::new();
         if allow_expunge {
             let mut i = sel.messages.len();
@@ -694,10 +642,21 @@ impl<A: Accounts> Session<A> {
         }
         for (i, m) in sel.messages.iter_mut().enumerate() {
             if let Ok(j) = snap.messages.binary_search_by_key(&m.uid, |x| x.uid)
-                && snap.messages[j].flags != m.flags
+                && (snap.messages[j].flags != m.flags
+                    || (self.condstore && snap.messages[j].modseq != m.modseq))
             {
                 m.flags = snap.messages[j].flags;
-                lines.push(format!("* {} FETCH (FLAGS ({}))", i + 1, m.flags.to_imap()));
+                m.modseq = snap.messages[j].modseq;
+                let modseq = if self.condstore {
+                    format!(" MODSEQ ({})", m.modseq)
+                } else {
+                    String::new()
+                };
+                lines.push(format!(
+                    "* {} FETCH (FLAGS ({}){modseq})",
+                    i + 1,
+                    m.flags.to_imap()
+                ));
             }
         }
         let max = sel.messages.last().map(|m| m.uid).unwrap_or(0);
@@ -712,7 +671,13 @@ impl<A: Accounts> Session<A> {
         }
     }
 
-    fn search(&mut self, mb: &Arc<dyn MailStore>, key: &SearchKey<'_>, uid: bool) -> Vec<u32> {
+    /// Matching messages: (sequence number or UID, mod-sequence).
+    fn search(
+        &mut self,
+        mb: &Arc<dyn MailStore>,
+        key: &SearchKey<'_>,
+        uid: bool,
+    ) -> Vec<(u32, u64)> {
         let msgs = self.selected_messages().to_vec();
         let max_seq = msgs.len() as u32;
         let max_uid = self.max_uid();
@@ -728,7 +693,7 @@ impl<A: Accounts> Session<A> {
                 raw: Default::default(),
             };
             if search::matches(key, &c) {
-                hits.push(if uid { m.uid } else { i as u32 + 1 });
+                hits.push((if uid { m.uid } else { i as u32 + 1 }, m.modseq));
             }
         }
         hits
@@ -740,6 +705,7 @@ impl<A: Accounts> Session<A> {
         set: &SequenceSet,
         items: &[MessageDataItemName<'_>],
         uid: bool,
+        changed_since: Option<u64>,
     ) {
         let read_only = self.selected.as_ref().is_some_and(|s| s.read_only);
         let needs_text = items.iter().any(|i| {
@@ -749,6 +715,7 @@ impl<A: Accounts> Session<A> {
                     | MessageDataItemName::Uid
                     | MessageDataItemName::InternalDate
                     | MessageDataItemName::Rfc822Size
+                    | MessageDataItemName::ModSeq
             )
         });
         // MIME parsing only for items that need the structure; BODY[] and headers do not.
@@ -769,7 +736,46 @@ impl<A: Accounts> Session<A> {
             ),
             _ => false,
         });
-        for (seq, meta) in self.resolve(set, uid) {
+        let mut targets: Vec<(u32, MessageMeta)> = self
+            .resolve(set, uid)
+            .into_iter()
+            .filter(|(_, m)| changed_since.is_none_or(|n| m.modseq > n))
+            .collect();
+        // Bodies fetched without PEEK set \Seen: for all of them at once, durable (one
+        // directory fsync) before any of it is reported.
+        let sets_seen = !read_only
+            && items.iter().any(|i| {
+                matches!(
+                    i,
+                    MessageDataItemName::BodyExt { peek: false, .. }
+                        | MessageDataItemName::Rfc822
+                        | MessageDataItemName::Rfc822Text
+                )
+            });
+        let mut newly_seen = std::collections::HashSet::new();
+        if sets_seen {
+            let changes: Vec<(u32, Flags)> = targets
+                .iter()
+                .filter(|(_, m)| !m.flags.contains(Flags::SEEN))
+                .map(|(_, m)| (m.uid, m.flags.with(Flags::SEEN)))
+                .collect();
+            if !changes.is_empty() && mb.set_flags_many(&changes).is_ok() {
+                let snap = mb.snapshot();
+                newly_seen.extend(changes.iter().map(|(u, _)| *u));
+                for (seq, meta) in targets.iter_mut() {
+                    if !newly_seen.contains(&meta.uid) {
+                        continue;
+                    }
+                    if let Ok(j) = snap.messages.binary_search_by_key(&meta.uid, |m| m.uid) {
+                        *meta = snap.messages[j].clone();
+                    }
+                    if let Some(sel) = self.selected.as_mut() {
+                        sel.messages[*seq as usize - 1] = meta.clone();
+                    }
+                }
+            }
+        }
+        for (seq, meta) in targets {
             let raw = if needs_text {
                 match mb.read(meta.uid) {
                     Ok(r) => r,
@@ -784,9 +790,8 @@ impl<A: Accounts> Session<A> {
                 None
             };
             let mut parts: Vec<Vec<u8>> = Vec::new();
-            let mut flags = meta.flags;
-            let mut sets_seen = false;
-            let mut want_flags = false;
+            let flags = meta.flags;
+            let mut want_flags = newly_seen.contains(&meta.uid);
             if uid && !items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
                 parts.push(format!("UID {}", meta.uid).into_bytes());
             }
@@ -800,6 +805,8 @@ impl<A: Accounts> Session<A> {
                         want_flags = true;
                         continue;
                     }
+                    // Written with FLAGS below (the value may change when \\Seen is set).
+                    MessageDataItemName::ModSeq => continue,
                     MessageDataItemName::InternalDate => out.extend_from_slice(
                         format!(
                             "INTERNALDATE \"{}\"",
@@ -833,9 +840,7 @@ impl<A: Accounts> Session<A> {
                         }
                     }
                     MessageDataItemName::BodyExt {
-                        section,
-                        partial,
-                        peek,
+                        section, partial, ..
                     } => {
                         let bytes = fetch::section_bytes(&raw, parsed.as_ref(), section.as_ref());
                         let name = fetch::section_name(section.as_ref());
@@ -849,12 +854,10 @@ impl<A: Accounts> Session<A> {
                         };
                         out.extend_from_slice(format!("BODY[{name}]{origin} ").as_bytes());
                         fetch::literal(&mut out, &bytes);
-                        sets_seen |= !peek;
                     }
                     MessageDataItemName::Rfc822 => {
                         out.extend_from_slice(b"RFC822 ");
                         fetch::literal(&mut out, &raw);
-                        sets_seen = true;
                     }
                     MessageDataItemName::Rfc822Header => {
                         out.extend_from_slice(b"RFC822.HEADER ");
@@ -873,23 +876,20 @@ impl<A: Accounts> Session<A> {
                             Some(&imap_codec::imap_types::fetch::Section::Text(None)),
                         );
                         fetch::literal(&mut out, &t);
-                        sets_seen = true;
                     }
                     _ => continue,
                 }
                 parts.push(out);
             }
-            if sets_seen && !read_only && !flags.contains(Flags::SEEN) {
-                flags = flags.with(Flags::SEEN);
-                if mb.set_flags(meta.uid, flags).is_ok() {
-                    if let Some(sel) = self.selected.as_mut() {
-                        sel.messages[seq as usize - 1].flags = flags;
-                    }
-                    want_flags = true;
-                }
-            }
+            let modseq = meta.modseq;
             if want_flags {
                 parts.push(format!("FLAGS ({})", flags.to_imap()).into_bytes());
+            }
+            let asked_modseq = items
+                .iter()
+                .any(|i| matches!(i, MessageDataItemName::ModSeq));
+            if asked_modseq || changed_since.is_some() || (self.condstore && want_flags) {
+                parts.push(format!("MODSEQ ({modseq})").into_bytes());
             }
             self.out
                 .extend_from_slice(format!("* {seq} FETCH (").as_bytes());
@@ -904,14 +904,7 @@ impl<A: Accounts> Session<A> {
     }
 }
 
-fn is_inbox(m: &Mailbox<'_>) -> bool {
-    match m {
-        Mailbox::Inbox => true,
-        Mailbox::Other(o) => o.as_ref().eq_ignore_ascii_case(b"INBOX"),
-    }
-}
-
-fn to_flags(flags: &[Flag<'_>]) -> Flags {
+pub(super) fn to_flags(flags: &[Flag<'_>]) -> Flags {
     flags.iter().fold(Flags::default(), |acc, f| {
         acc.with(match f {
             Flag::Seen => Flags::SEEN,
@@ -922,15 +915,6 @@ fn to_flags(flags: &[Flag<'_>]) -> Flags {
             _ => Flags::default(),
         })
     })
-}
-
-/// IMAP LIST pattern match: `*` matches anything, `%` anything but the delimiter.
-fn glob(pattern: &str, name: &str) -> bool {
-    match pattern.chars().next() {
-        None => name.is_empty(),
-        Some('*') | Some('%') => (0..=name.len()).any(|i| glob(&pattern[1..], &name[i..])),
-        Some(c) => name.starts_with(c) && glob(&pattern[c.len_utf8()..], &name[c.len_utf8()..]),
-    }
 }
 
 trait IntoStaticOwned {
@@ -948,20 +932,22 @@ impl IntoStaticOwned for MessageDataItemName<'_> {
 mod tests {
     use super::*;
 
-    use crate::store::Maildir;
+    use crate::store::{DeliverOptions, MaildirFolders};
 
-    struct One(Arc<dyn MailStore>);
+    struct One(Arc<dyn Mailboxes>);
     impl Accounts for One {
-        fn login(&self, user: &str, password: &str) -> Option<Arc<dyn MailStore>> {
+        fn login(&self, user: &str, password: &str) -> Option<Arc<dyn Mailboxes>> {
             (user == "bob" && password == "pw").then(|| self.0.clone())
         }
     }
 
     fn setup() -> (tempfile::TempDir, Arc<dyn MailStore>, Session<One>) {
         let dir = tempfile::tempdir().unwrap();
-        let md: Arc<dyn MailStore> = Arc::new(Maildir::open(dir.path(), None).unwrap());
-        let s = Session::new(One(md.clone()), 1000);
-        (dir, md, s)
+        let mbs: Arc<dyn Mailboxes> = Arc::new(
+            MaildirFolders::open(&dir.path().join("Maildir"), &dir.path().join("f"), None).unwrap(),
+        );
+        let s = Session::new(One(mbs.clone()), 1000);
+        (dir, mbs.inbox(), s)
     }
 
     fn talk(s: &mut Session<One>, input: &str) -> String {
@@ -1083,7 +1069,7 @@ mod tests {
         ));
         assert!(
             talk(&mut s, "17 LIST \"\" *\r\n")
-                .starts_with("* LIST (\\HasNoChildren) \"/\" INBOX\r\n")
+                .starts_with("* LIST (\\HasNoChildren) \"/\" \"INBOX\"\r\n")
         );
         assert!(talk(&mut s, "18 CLOSE\r\n").starts_with("18 OK"));
     }
@@ -1121,5 +1107,262 @@ mod tests {
         assert!(talk(&mut s, "5 STORE 1 +FLAGS (\\Seen)\r\n").starts_with("5 NO"));
         let out = talk(&mut s, "6 FETCH 1 BODY[]\r\n");
         assert!(!out.contains("\\Seen"), "{out}");
+    }
+
+    #[test]
+    fn capabilities_before_and_after_login() {
+        let (_d, _md, mut s) = setup();
+        let hello = talk(&mut s, "");
+        assert!(
+            hello.contains("AUTH=PLAIN") && !hello.contains("MOVE"),
+            "{hello}"
+        );
+        let out = talk(&mut s, "1 CAPABILITY\r\n");
+        assert!(out.starts_with(&format!("* CAPABILITY {CAPABILITIES_BEFORE_LOGIN}\r\n")));
+        assert_eq!(
+            talk(&mut s, "2 ID (\"name\" \"x\")\r\n"),
+            "* ID NIL\r\n2 OK ID completed\r\n"
+        );
+        assert!(talk(&mut s, "3 NAMESPACE\r\n").starts_with("3 BAD"));
+        let out = talk(&mut s, "4 LOGIN bob pw\r\n5 CAPABILITY\r\n");
+        assert!(
+            out.contains(&format!("4 OK [CAPABILITY {CAPABILITIES}]")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("* CAPABILITY {CAPABILITIES}\r\n")),
+            "{out}"
+        );
+        for cap in [
+            "UIDPLUS",
+            "MOVE",
+            "IDLE",
+            "NAMESPACE",
+            "ENABLE",
+            "ID",
+            "LITERAL+",
+            "SPECIAL-USE",
+        ] {
+            assert!(CAPABILITIES.split(' ').any(|c| c == cap), "{cap}");
+        }
+        assert_eq!(
+            talk(&mut s, "6 NAMESPACE\r\n"),
+            "* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n6 OK NAMESPACE completed\r\n"
+        );
+        assert_eq!(
+            talk(&mut s, "7 ENABLE CONDSTORE X-UNKNOWN\r\n"),
+            "* ENABLED CONDSTORE\r\n7 OK ENABLE completed\r\n"
+        );
+    }
+
+    #[test]
+    fn folders_special_use_utf7_copy_and_move() {
+        let (_d, inbox, mut s) = setup();
+        talk(&mut s, "1 LOGIN bob pw\r\n");
+        let out = talk(&mut s, "2 LIST \"\" *\r\n");
+        for (attr, name) in [
+            ("\\Sent", "Sent"),
+            ("\\Drafts", "Drafts"),
+            ("\\Trash", "Trash"),
+            ("\\Junk", "Junk"),
+            ("\\Archive", "Archive"),
+        ] {
+            assert!(
+                out.contains(&format!(
+                    "* LIST (\\HasNoChildren {attr}) \"/\" \"{name}\"\r\n"
+                )),
+                "{out}"
+            );
+        }
+        assert!(talk(&mut s, "3 CREATE \"Entw&APw-rfe/Alt\"\r\n").starts_with("3 OK"));
+        assert!(talk(&mut s, "4 CREATE Sent\r\n").starts_with("4 NO [ALREADYEXISTS]"));
+        assert!(
+            talk(&mut s, "5 CREATE \"Entwürfe\"\r\n").starts_with("5 BAD"),
+            "raw UTF-8 name"
+        );
+        let out = talk(&mut s, "6 LIST \"\" %\r\n");
+        assert!(
+            out.contains("* LIST (\\HasChildren) \"/\" \"Entw&APw-rfe\"\r\n"),
+            "{out}"
+        );
+        assert!(!out.contains("Alt"), "{out}");
+        let out = talk(&mut s, "7 LIST \"Entw&APw-rfe/\" %\r\n");
+        assert!(
+            out.starts_with("* LIST (\\HasNoChildren) \"/\" \"Entw&APw-rfe/Alt\"\r\n"),
+            "{out}"
+        );
+        // Subscriptions.
+        assert!(talk(&mut s, "8 SUBSCRIBE \"Entw&APw-rfe/Alt\"\r\n").starts_with("8 OK"));
+        let out = talk(&mut s, "9 LSUB \"\" %\r\n");
+        assert!(
+            out.contains("* LSUB (\\Noselect) \"/\" \"Entw&APw-rfe\"\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("* LSUB () \"/\" \"Sent\"\r\n"), "{out}");
+        assert!(talk(&mut s, "10 UNSUBSCRIBE Sent\r\n").starts_with("10 OK"));
+        assert!(!talk(&mut s, "11 LSUB \"\" *\r\n").contains("\"Sent\""));
+
+        // Two messages in INBOX; COPY one to Archive, MOVE both to Trash.
+        for i in 0..2 {
+            inbox
+                .deliver(
+                    format!("Subject: m{i}\r\n\r\nhi\r\n").as_bytes(),
+                    DeliverOptions::default(),
+                )
+                .unwrap();
+        }
+        let out = talk(
+            &mut s,
+            "12 STATUS Archive (MESSAGES UIDNEXT UIDVALIDITY UNSEEN)\r\n",
+        );
+        assert!(
+            out.contains("* STATUS \"Archive\" (MESSAGES 0 UIDNEXT 1 UIDVALIDITY "),
+            "{out}"
+        );
+        talk(&mut s, "13 SELECT INBOX\r\n");
+        assert!(talk(&mut s, "14 STORE 1 +FLAGS (\\Flagged)\r\n").starts_with("* 1 FETCH"));
+        let out = talk(&mut s, "15 UID COPY 1 Archive\r\n");
+        let archive_v = {
+            let out = talk(&mut s, "16 STATUS Archive (UIDVALIDITY MESSAGES)\r\n");
+            assert!(out.contains("MESSAGES 1"), "{out}");
+            out.split("UIDVALIDITY ")
+                .nth(1)
+                .unwrap()
+                .split([' ', ')'])
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        assert!(
+            out.starts_with(&format!("15 OK [COPYUID {archive_v} 1 1] COPY completed")),
+            "{out}"
+        );
+        assert!(talk(&mut s, "17 COPY 1 Nowhere\r\n").starts_with("17 NO [TRYCREATE]"));
+        let out = talk(&mut s, "18 MOVE 1:2 Trash\r\n");
+        let trash_v = inbox_validity_of(&mut s, "Trash");
+        assert_eq!(
+            out,
+            format!(
+                "* OK [COPYUID {trash_v} 1:2 1:2] Moved\r\n* 2 EXPUNGE\r\n* 1 EXPUNGE\r\n18 OK MOVE completed\r\n"
+            )
+        );
+        assert!(inbox.snapshot().messages.is_empty(), "MOVE really moves");
+        let out = talk(&mut s, "20 SELECT Trash\r\n");
+        assert!(out.contains("* 2 EXISTS"), "{out}");
+        let out = talk(
+            &mut s,
+            "21 FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n",
+        );
+        assert!(
+            out.contains("FLAGS (\\Flagged)") && out.contains("Subject: m1"),
+            "{out}"
+        );
+        // UID EXPUNGE removes only the named \Deleted messages.
+        talk(&mut s, "22 STORE 1:2 +FLAGS (\\Deleted)\r\n");
+        assert_eq!(
+            talk(&mut s, "23 UID EXPUNGE 2\r\n"),
+            "* 2 EXPUNGE\r\n23 OK UID EXPUNGE completed\r\n"
+        );
+        // APPENDUID names the target's UIDVALIDITY.
+        let out = talk(&mut s, "24 APPEND Drafts (\\Draft) {9+}\r\nSubject: \r\n");
+        assert!(out.starts_with("24 OK [APPENDUID "), "{out}");
+        assert!(talk(&mut s, "25 APPEND Nowhere {1+}\r\nx\r\n").starts_with("25 NO [TRYCREATE]"));
+        // RENAME and DELETE.
+        assert!(talk(&mut s, "26 RENAME \"Entw&APw-rfe\" Old\r\n").starts_with("26 OK"));
+        let out = talk(&mut s, "27 LIST \"\" Old*\r\n");
+        assert!(out.contains("\"Old/Alt\""), "{out}");
+        assert!(talk(&mut s, "28 DELETE Old\r\n").starts_with("28 NO [CANNOT]"));
+        assert!(talk(&mut s, "29 DELETE Old/Alt\r\n").starts_with("29 OK"));
+        assert!(talk(&mut s, "30 DELETE Trash\r\n").starts_with("30 OK"));
+        assert!(
+            talk(&mut s, "31 FETCH 1 FLAGS\r\n").starts_with("31 BAD"),
+            "deleted mailbox is deselected"
+        );
+        assert!(talk(&mut s, "32 SELECT Trash\r\n").starts_with("32 NO [NONEXISTENT]"));
+    }
+
+    #[test]
+    fn condstore_modseq_changedsince_unchangedsince() {
+        let (_d, inbox, mut s) = setup();
+        for i in 0..3 {
+            inbox
+                .deliver(
+                    format!("Subject: c{i}\r\n\r\n").as_bytes(),
+                    DeliverOptions::default(),
+                )
+                .unwrap();
+        }
+        talk(&mut s, "1 LOGIN bob pw\r\n");
+        let out = talk(&mut s, "2 SELECT INBOX (CONDSTORE)\r\n");
+        let high: u64 = out
+            .split("[HIGHESTMODSEQ ")
+            .nth(1)
+            .unwrap()
+            .split(']')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(high, inbox.snapshot().highest_modseq);
+        let out = talk(&mut s, "3 STORE 2 +FLAGS.SILENT (\\Seen)\r\n");
+        assert_eq!(out, "3 OK STORE completed\r\n");
+        let m2 = inbox.snapshot().messages[1].modseq;
+        assert!(m2 > high, "a flag change raises the mod-sequence");
+        // Only what changed since `high`.
+        let out = talk(
+            &mut s,
+            &format!("4 UID FETCH 1:* (FLAGS) (CHANGEDSINCE {high})\r\n"),
+        );
+        assert_eq!(
+            out,
+            format!("* 2 FETCH (UID 2 FLAGS (\\Seen) MODSEQ ({m2}))\r\n4 OK FETCH completed\r\n")
+        );
+        // A conditional STORE refuses messages changed since.
+        let out = talk(
+            &mut s,
+            &format!("5 UID STORE 1:2 (UNCHANGEDSINCE {high}) +FLAGS (\\Flagged)\r\n"),
+        );
+        assert!(
+            out.ends_with("5 OK [MODIFIED 2] Conditional STORE failed for some\r\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("* 1 FETCH (UID 1 FLAGS (\\Flagged) MODSEQ ("),
+            "{out}"
+        );
+        let snap = inbox.snapshot();
+        assert!(!snap.messages[1].flags.contains(Flags::FLAGGED));
+        let out = talk(&mut s, &format!("6 SEARCH MODSEQ {}\r\n", m2 + 1));
+        assert_eq!(
+            out,
+            format!(
+                "* SEARCH 1 (MODSEQ {})\r\n6 OK SEARCH completed\r\n",
+                snap.messages[0].modseq
+            )
+        );
+        let out = talk(&mut s, "7 STATUS INBOX (HIGHESTMODSEQ)\r\n");
+        assert!(
+            out.contains(&format!("HIGHESTMODSEQ {}", snap.highest_modseq)),
+            "{out}"
+        );
+        // Another session's change reaches this one with its MODSEQ.
+        inbox.set_flags(3, Flags::ANSWERED).unwrap();
+        let out = talk(&mut s, "8 NOOP\r\n");
+        let m3 = inbox.snapshot().messages[2].modseq;
+        assert!(
+            out.starts_with(&format!("* 3 FETCH (FLAGS (\\Answered) MODSEQ ({m3}))\r\n")),
+            "{out}"
+        );
+    }
+
+    fn inbox_validity_of(s: &mut Session<One>, name: &str) -> String {
+        let out = talk(s, &format!("v STATUS {name} (UIDVALIDITY)\r\n"));
+        out.split("UIDVALIDITY ")
+            .nth(1)
+            .unwrap()
+            .split(')')
+            .next()
+            .unwrap()
+            .to_string()
     }
 }

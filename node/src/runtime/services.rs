@@ -11,7 +11,7 @@ use crate::imap::session::Accounts;
 use crate::smtp::reply::Reply;
 use crate::smtp::server::Service;
 use crate::smtp::session::Envelope;
-use crate::store::MailStore;
+use crate::store::Mailboxes;
 
 /// Inbound SMTP for one scope (an identity's onion service, or the loopback listener).
 pub struct InboundService {
@@ -52,10 +52,10 @@ impl Service for SubmissionService {
 pub struct ContextAccounts(pub Arc<Context>);
 
 impl Accounts for ContextAccounts {
-    fn login(&self, user: &str, password: &str) -> Option<Arc<dyn MailStore>> {
+    fn login(&self, user: &str, password: &str) -> Option<Arc<dyn Mailboxes>> {
         self.0
             .identities()
             .login(user, password)
-            .map(|h| h.mailbox.clone())
+            .map(|h| h.mailboxes.clone())
     }
 }

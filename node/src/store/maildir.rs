@@ -1,8 +1,15 @@
 //! [`MailStore`] on a Maildir whose file names carry the IMAP UID and the dedupe key.
 //!
-//! Files live in `cur/` as `<uid>.<unique>[.<dedupe key>]:2,<flags>` (standard Maildir flag
-//! letters), so any Maildir reader can open the store and IMAP UIDs survive restarts.
-//! `uidvalidity` and the persisted `uidnext` sit beside `cur/`.
+//! Files live in `cur/` as `<uid>.<unique>[.<dedupe key>].M<modseq>:2,<flags>` (standard
+//! Maildir flag letters), so any Maildir reader can open the store and IMAP UIDs and
+//! CONDSTORE mod-sequences survive restarts (a file without `.M<modseq>` has mod-sequence 1).
+//! Mod-sequences come from a durable ceiling in `modseq`, like UIDs (below), so
+//! HIGHESTMODSEQ never goes backwards either.
+//! `uidvalidity` sits beside `cur/`, and so does `uidnext`: a durable ceiling below which
+//! every UID ever handed out lies. UIDs are reserved in blocks of [`UID_BLOCK`]: the ceiling
+//! is raised (and fsynced) before a UID at or above it is assigned, so after a crash, even one
+//! that lost a message a client had already seen, no UID is ever handed out twice and UIDNEXT
+//! never goes backwards.
 //!
 //! Deduplication without a window for duplicates: a message's [`DedupeKey`] is part of its
 //! file name, so the rename that makes the message durable also records the key, atomically.
@@ -17,6 +24,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -30,11 +38,53 @@ use crate::fsutil;
 /// The log of dedupe keys of expunged messages.
 const DEDUPE_LOG: &str = "dedupe-keys";
 
+/// How many UIDs one durable write of the `uidnext` ceiling reserves.
+pub const UID_BLOCK: u32 = 64;
+
+/// How many mod-sequences one durable write of the `modseq` ceiling reserves.
+pub const MODSEQ_BLOCK: u64 = 1024;
+
+/// The bytes stored in all of one identity's mailboxes, against its quota (shared by the
+/// folders of one identity, so the quota counts them all).
+#[derive(Debug)]
+pub struct Usage {
+    limit: Option<u64>,
+    used: AtomicU64,
+}
+
+impl Usage {
+    /// A pool with this quota (`None`: no limit) and nothing used yet.
+    pub fn new(limit: Option<u64>) -> std::sync::Arc<Usage> {
+        std::sync::Arc::new(Usage {
+            limit,
+            used: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes stored now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, n: u64) {
+        self.used.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Takes `n` bytes off (a deleted mailbox's).
+    pub fn release(&self, n: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     meta: MessageMeta,
-    /// File name without the `:2,<flags>` info part.
-    base: String,
+    /// File name without the mod-sequence and the `:2,<flags>` info part.
+    stem: String,
     dedupe: Option<DedupeKey>,
 }
 
@@ -42,17 +92,21 @@ struct Entry {
 struct State {
     uidvalidity: u32,
     uidnext: u32,
+    /// The durable ceiling in `uidnext`: every UID handed out is below it.
+    reserved: u32,
+    /// The highest mod-sequence handed out (HIGHESTMODSEQ).
+    modseq: u64,
+    /// The durable ceiling in `modseq`: every mod-sequence handed out is below it.
+    modseq_reserved: u64,
     messages: BTreeMap<u32, Entry>,
     seen: HashSet<DedupeKey>,
-    /// Sum of the sizes of all messages.
-    used: u64,
 }
 
-/// One identity's mailbox (INBOX) in a Maildir.
+/// One mailbox (INBOX or a folder) in a Maildir.
 #[derive(Debug)]
 pub struct Maildir {
     dir: PathBuf,
-    quota: Option<u64>,
+    usage: std::sync::Arc<Usage>,
     state: Mutex<State>,
     changes: watch::Sender<u64>,
 }
@@ -64,35 +118,93 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// Splits a file name into (uid, base, dedupe key, flags).
-fn parse_name(name: &str) -> Option<(u32, &str, Option<DedupeKey>, Flags)> {
+/// What a file name in `cur/` says.
+struct Name {
+    uid: u32,
+    stem: String,
+    dedupe: Option<DedupeKey>,
+    modseq: u64,
+    flags: Flags,
+}
+
+fn parse_name(name: &str) -> Option<Name> {
     let (base, info) = name.split_once(":2,").unwrap_or((name, ""));
     let mut parts = base.split('.');
-    let uid: u32 = parts.next()?.parse().ok().filter(|&u| u > 0)?;
-    let _unique = parts.next()?;
-    let dedupe = parts.next().and_then(DedupeKey::from_hex);
-    Some((uid, base, dedupe, Flags::from_maildir(info)))
+    let uid_part = parts.next()?;
+    let uid: u32 = uid_part.parse().ok().filter(|&u| u > 0)?;
+    let unique = parts.next()?;
+    let mut stem = format!("{uid_part}.{unique}");
+    let (mut dedupe, mut modseq) = (None, 1);
+    for p in parts {
+        if let Some(m) = p.strip_prefix('M').and_then(|m| m.parse().ok()) {
+            modseq = m;
+        } else if let Some(k) = DedupeKey::from_hex(p) {
+            dedupe = Some(k);
+            stem = format!("{stem}.{p}");
+        } else {
+            return None;
+        }
+    }
+    Some(Name {
+        uid,
+        stem,
+        dedupe,
+        modseq,
+        flags: Flags::from_maildir(info),
+    })
+}
+
+fn read_ceiling(path: &Path) -> io::Result<Option<u64>> {
+    match fs::read_to_string(path) {
+        Ok(s) => s.trim().parse().map(Some).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: not a number: {s:?}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 impl Maildir {
     /// Opens (creating if needed) the Maildir at `dir` and indexes its messages. `quota` is
     /// the most bytes the mailbox may hold (`None`: no limit).
     pub fn open(dir: &Path, quota: Option<u64>) -> io::Result<Maildir> {
+        Self::open_shared(dir, Usage::new(quota), (now_unix() as u32).max(1))
+    }
+
+    /// Opens (creating if needed) the Maildir at `dir`, counting its bytes in `usage`.
+    /// A new mailbox gets `uidvalidity`; an existing one keeps the one it has.
+    pub fn open_shared(
+        dir: &Path,
+        usage: std::sync::Arc<Usage>,
+        uidvalidity: u32,
+    ) -> io::Result<Maildir> {
         for sub in ["tmp", "new", "cur"] {
             fsutil::create_dir_mode(&dir.join(sub), 0o700)?;
         }
         let uidvalidity = match fs::read_to_string(dir.join("uidvalidity")) {
-            Ok(s) => s.trim().parse().unwrap_or(1),
-            Err(_) => {
-                let v = (now_unix() as u32).max(1);
+            Ok(s) => s.trim().parse().map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: not a UIDVALIDITY: {s:?}",
+                        dir.join("uidvalidity").display()
+                    ),
+                )
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let v = uidvalidity.max(1);
                 fsutil::write_durable(&dir.join("uidvalidity"), v.to_string().as_bytes())?;
                 v
             }
+            Err(e) => return Err(e),
         };
-        let mut uidnext: u32 = fs::read_to_string(dir.join("uidnext"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(1);
+        let mut uidnext: u32 = read_ceiling(&dir.join("uidnext"))?
+            .unwrap_or(1)
+            .clamp(1, u32::MAX as u64) as u32;
+        let mut modseq: u64 = read_ceiling(&dir.join("modseq"))?.unwrap_or(1).max(1);
         // Leftovers in tmp/ were never acknowledged; drop them.
         for e in fs::read_dir(dir.join("tmp"))? {
             let _ = fs::remove_file(e?.path());
@@ -109,24 +221,26 @@ impl Maildir {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
             match parse_name(&name) {
-                Some((uid, base, dedupe, flags)) => {
+                Some(n) => {
                     let md = e.metadata()?;
-                    uidnext = uidnext.max(uid + 1);
+                    uidnext = uidnext.max(n.uid.saturating_add(1));
+                    modseq = modseq.max(n.modseq);
                     used += md.len();
-                    if let Some(k) = dedupe {
+                    if let Some(k) = n.dedupe {
                         seen.insert(k);
                     }
                     messages.insert(
-                        uid,
+                        n.uid,
                         Entry {
                             meta: MessageMeta {
-                                uid,
-                                flags,
+                                uid: n.uid,
+                                flags: n.flags,
                                 size: md.len(),
                                 internal_date: mtime(&md),
+                                modseq: n.modseq,
                             },
-                            base: base.to_string(),
-                            dedupe,
+                            stem: n.stem,
+                            dedupe: n.dedupe,
                         },
                     );
                 }
@@ -144,9 +258,9 @@ impl Maildir {
                 .map(|(_, i)| i.to_string());
             let flags = Flags::from_maildir(info.as_deref().unwrap_or(""));
             let uid = uidnext;
-            let base = format!("{uid}.{}", unique());
+            let stem = format!("{uid}.{}", unique());
             let md = fs::metadata(&path)?;
-            fs::rename(&path, cur_path(dir, &base, flags))?;
+            fs::rename(&path, cur_path(dir, &stem, 1, flags))?;
             uidnext += 1;
             used += md.len();
             messages.insert(
@@ -157,29 +271,34 @@ impl Maildir {
                         flags,
                         size: md.len(),
                         internal_date: mtime(&md),
+                        modseq: 1,
                     },
-                    base,
+                    stem,
                     dedupe: None,
                 },
             );
         }
         fsutil::sync_dir(&dir.join("cur"))?;
+        usage.add(used);
         Ok(Maildir {
             dir: dir.to_path_buf(),
-            quota,
+            usage,
             state: Mutex::new(State {
                 uidvalidity,
                 uidnext,
+                // The next delivery raises the ceiling durably before it assigns a UID.
+                reserved: uidnext,
+                modseq,
+                modseq_reserved: modseq,
                 messages,
                 seen,
-                used,
             }),
             changes: watch::channel(0).0,
         })
     }
 
-    fn path_of(&self, e: &Entry, flags: Flags) -> PathBuf {
-        cur_path(&self.dir, &e.base, flags)
+    fn path_of(&self, e: &Entry) -> PathBuf {
+        cur_path(&self.dir, &e.stem, e.meta.modseq, e.meta.flags)
     }
 
     fn notify(&self) {
@@ -190,15 +309,42 @@ impl Maildir {
         self.state.lock().expect("maildir lock")
     }
 
-    /// Bytes stored now.
+    /// Bytes stored now, in every mailbox sharing this one's quota.
     pub fn used_bytes(&self) -> u64 {
-        self.lock().used
+        self.usage.used()
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The next mod-sequence, below the durable ceiling (raised by a block when reached).
+    fn next_modseq(&self, st: &mut State) -> io::Result<u64> {
+        let next = st.modseq + 1;
+        if next >= st.modseq_reserved {
+            let ceiling = next + MODSEQ_BLOCK;
+            fsutil::write_durable(&self.dir.join("modseq"), ceiling.to_string().as_bytes())?;
+            st.modseq_reserved = ceiling;
+        }
+        st.modseq = next;
+        Ok(next)
+    }
+
+    /// Makes sure `st.uidnext` is below the durable ceiling (raising it by a block if not).
+    fn reserve(&self, st: &mut State) -> io::Result<()> {
+        if st.uidnext >= st.reserved {
+            let ceiling = st.uidnext.saturating_add(UID_BLOCK);
+            fsutil::write_durable(&self.dir.join("uidnext"), ceiling.to_string().as_bytes())?;
+            st.reserved = ceiling;
+        }
+        Ok(())
     }
 }
 
-fn cur_path(dir: &Path, base: &str, flags: Flags) -> PathBuf {
+fn cur_path(dir: &Path, stem: &str, modseq: u64, flags: Flags) -> PathBuf {
     dir.join("cur")
-        .join(format!("{base}:2,{}", flags.to_maildir()))
+        .join(format!("{stem}.M{modseq}:2,{}", flags.to_maildir()))
 }
 
 impl MailStore for Maildir {
@@ -214,14 +360,11 @@ impl MailStore for Maildir {
             {
                 return Ok(Delivered::Duplicate);
             }
-            if let (Some(limit), Quota::Enforce) = (self.quota, opts.quota)
-                && st.used + size > limit
+            let used = self.usage.used();
+            if let (Some(limit), Quota::Enforce) = (self.usage.limit, opts.quota)
+                && used + size > limit
             {
-                return Err(StoreError::OverQuota {
-                    used: st.used,
-                    limit,
-                    size,
-                });
+                return Err(StoreError::OverQuota { used, limit, size });
             }
         }
         let unique = unique();
@@ -243,12 +386,24 @@ impl MailStore for Maildir {
             fs::remove_file(&tmp)?;
             return Ok(Delivered::Duplicate);
         }
+        let reserved = self
+            .reserve(&mut st)
+            .and_then(|()| self.next_modseq(&mut st));
+        if let Err(e) = reserved {
+            if let Some(k) = opts.dedupe {
+                st.seen.remove(&k);
+            }
+            drop(st);
+            let _ = fs::remove_file(&tmp);
+            return Err(e.into());
+        }
         let uid = st.uidnext;
-        let base = match opts.dedupe {
+        let modseq = st.modseq;
+        let stem = match opts.dedupe {
             Some(k) => format!("{uid}.{unique}.{}", k.to_hex()),
             None => format!("{uid}.{unique}"),
         };
-        if let Err(e) = fs::rename(&tmp, cur_path(&self.dir, &base, opts.flags)) {
+        if let Err(e) = fs::rename(&tmp, cur_path(&self.dir, &stem, modseq, opts.flags)) {
             if let Some(k) = opts.dedupe {
                 st.seen.remove(&k);
             }
@@ -256,7 +411,7 @@ impl MailStore for Maildir {
             return Err(e.into());
         }
         st.uidnext += 1;
-        st.used += size;
+        self.usage.add(size);
         st.messages.insert(
             uid,
             Entry {
@@ -265,8 +420,9 @@ impl MailStore for Maildir {
                     flags: opts.flags,
                     size,
                     internal_date: opts.internal_date.unwrap_or_else(now_unix),
+                    modseq,
                 },
-                base,
+                stem,
                 dedupe: opts.dedupe,
             },
         );
@@ -283,6 +439,7 @@ impl MailStore for Maildir {
         Snapshot {
             uidvalidity: st.uidvalidity,
             uidnext: st.uidnext,
+            highest_modseq: st.modseq,
             messages: st.messages.values().map(|e| e.meta.clone()).collect(),
         }
     }
@@ -294,29 +451,57 @@ impl MailStore for Maildir {
                 .messages
                 .get(&uid)
                 .ok_or(StoreError::NoSuchMessage(uid))?;
-            self.path_of(e, e.meta.flags)
+            self.path_of(e)
         };
         Ok(fs::read(path)?)
     }
 
     fn set_flags(&self, uid: u32, flags: Flags) -> Result<(), StoreError> {
+        self.set_flags_many(&[(uid, flags)])
+    }
+
+    /// Renames the files (each change gets a new mod-sequence), then one directory fsync.
+    fn set_flags_many(&self, changes: &[(u32, Flags)]) -> Result<(), StoreError> {
         let mut st = self.lock();
-        let Some(e) = st.messages.get(&uid) else {
-            return Ok(());
-        };
-        if e.meta.flags == flags {
-            return Ok(());
+        let mut changed = false;
+        let mut result = Ok(());
+        for &(uid, flags) in changes {
+            let Some(e) = st.messages.get(&uid) else {
+                continue;
+            };
+            if e.meta.flags == flags {
+                continue;
+            }
+            let old = self.path_of(e);
+            let modseq = match self.next_modseq(&mut st) {
+                Ok(m) => m,
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
+            };
+            let e = st.messages.get_mut(&uid).expect("present");
+            let new = cur_path(&self.dir, &e.stem, modseq, flags);
+            if let Err(err) = fs::rename(&old, &new) {
+                result = Err(err.into());
+                break;
+            }
+            e.meta.flags = flags;
+            e.meta.modseq = modseq;
+            changed = true;
         }
-        fs::rename(self.path_of(e, e.meta.flags), self.path_of(e, flags))?;
-        st.messages.get_mut(&uid).expect("present").meta.flags = flags;
-        drop(st);
-        self.notify();
-        Ok(())
+        if changed {
+            if let Err(e) = fsutil::sync_dir(&self.dir.join("cur")) {
+                result = result.and(Err(e.into()));
+            }
+            drop(st);
+            self.notify();
+        }
+        result
     }
 
     fn expunge(&self, uids: &[u32]) -> Result<Vec<u32>, StoreError> {
         let mut st = self.lock();
-        fsutil::write_durable(&self.dir.join("uidnext"), st.uidnext.to_string().as_bytes())?;
         let keys: Vec<String> = uids
             .iter()
             .filter_map(|u| st.messages.get(u).and_then(|e| e.dedupe))
@@ -331,10 +516,14 @@ impl MailStore for Maildir {
             f.sync_data()?;
         }
         let mut removed = Vec::new();
+        if uids.iter().any(|u| st.messages.contains_key(u)) {
+            // An expunge is a change too: HIGHESTMODSEQ moves on.
+            self.next_modseq(&mut st)?;
+        }
         for uid in uids {
             if let Some(e) = st.messages.remove(uid) {
-                fs::remove_file(self.path_of(&e, e.meta.flags))?;
-                st.used = st.used.saturating_sub(e.meta.size);
+                fs::remove_file(self.path_of(&e))?;
+                self.usage.release(e.meta.size);
                 removed.push(*uid);
             }
         }
@@ -346,6 +535,14 @@ impl MailStore for Maildir {
 
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    fn uid_of(&self, key: DedupeKey) -> Option<u32> {
+        let st = self.lock();
+        st.messages
+            .values()
+            .find(|e| e.dedupe == Some(key))
+            .map(|e| e.meta.uid)
     }
 }
 
@@ -402,7 +599,7 @@ mod tests {
         drop(md);
         let md = Maildir::open(dir.path(), None).unwrap();
         let snap = md.snapshot();
-        assert_eq!(snap.uidnext, 4, "expunged UIDs are never reused");
+        assert!(snap.uidnext >= 4, "expunged UIDs are never reused");
         assert_eq!(snap.messages.len(), 2);
         assert_eq!(snap.messages[0].flags, Flags::FLAGGED.with(Flags::DELETED));
         assert_eq!(
@@ -412,8 +609,39 @@ mod tests {
         );
         // A file dropped into new/ by another tool gets the next UID.
         fs::write(dir.path().join("new/foreign"), b"hi").unwrap();
+        let next = md.snapshot().uidnext;
+        drop(md);
         let md = Maildir::open(dir.path(), None).unwrap();
-        assert_eq!(md.snapshot().messages.last().unwrap().uid, 4);
+        assert_eq!(md.snapshot().messages.last().unwrap().uid, next);
+    }
+
+    /// UIDs come from a durable ceiling: whatever a crash loses, a reopened mailbox never
+    /// hands out a UID it handed out before, and UIDNEXT never goes backwards.
+    #[test]
+    fn uidnext_never_goes_backwards_even_when_messages_are_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::open(dir.path(), None).unwrap();
+        let validity = md.snapshot().uidvalidity;
+        for i in 0..(UID_BLOCK + 3) {
+            md.deliver(format!("m{i}").as_bytes(), DeliverOptions::default())
+                .unwrap();
+        }
+        let before = md.snapshot().uidnext;
+        assert_eq!(before, UID_BLOCK + 4);
+        drop(md);
+        // The worst crash: every message file lost (as if the directory entries never
+        // reached the disk).
+        for e in fs::read_dir(dir.path().join("cur")).unwrap() {
+            fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        let md = Maildir::open(dir.path(), None).unwrap();
+        let snap = md.snapshot();
+        assert_eq!(snap.uidvalidity, validity, "UIDVALIDITY is kept");
+        assert!(snap.uidnext >= before, "{} < {before}", snap.uidnext);
+        assert!(matches!(
+            md.deliver(b"new", DeliverOptions::default()).unwrap(),
+            Delivered::Stored(u) if u >= before
+        ));
     }
 
     #[test]

@@ -1,10 +1,14 @@
-//! The `MailStore` seam: one identity's mail, as IMAP and the delivery stages see it.
+//! The `MailStore` and `Mailboxes` seams: one identity's mail, as IMAP and the delivery
+//! stages see it. A [`MailStore`] is one mailbox (INBOX or a folder); [`Mailboxes`] is the
+//! identity's set of them (LIST, CREATE, DELETE, RENAME, subscriptions, special use).
 //!
 //! Contract: every method that changes the store is durable (fsynced) before it returns `Ok`,
 //! and every method may block on the disk, so async callers run them on blocking threads
-//! (`tokio::task::spawn_blocking`), never on an async worker. [`Maildir`] is the implementation.
+//! (`tokio::task::spawn_blocking`), never on an async worker. [`Maildir`] and
+//! [`MaildirFolders`] are the implementations.
 
 mod flags;
+mod folders;
 mod maildir;
 
 use std::fmt;
@@ -14,7 +18,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 pub use flags::Flags;
-pub use maildir::Maildir;
+pub use folders::{
+    DELIMITER, FolderError, FolderInfo, Mailboxes, MaildirFolders, SpecialUse, normalize,
+};
+pub use maildir::{Maildir, UID_BLOCK, Usage};
 
 /// What the store knows about one message without reading it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +34,8 @@ pub struct MessageMeta {
     pub size: u64,
     /// Arrival time, Unix seconds (INTERNALDATE).
     pub internal_date: i64,
+    /// CONDSTORE mod-sequence: raised whenever the message is stored or re-flagged.
+    pub modseq: u64,
 }
 
 /// A consistent view of a mailbox.
@@ -36,6 +45,8 @@ pub struct Snapshot {
     pub uidvalidity: u32,
     /// The UID the next message will get.
     pub uidnext: u32,
+    /// The highest mod-sequence of any change so far (CONDSTORE HIGHESTMODSEQ).
+    pub highest_modseq: u64,
     /// Messages in UID order.
     pub messages: Vec<MessageMeta>,
 }
@@ -59,6 +70,23 @@ impl DedupeKey {
         h.update((id.len() as u64).to_be_bytes());
         h.update(id.as_bytes());
         h.update(Sha256::digest(bytes));
+        let d = h.finalize();
+        let mut k = [0u8; 16];
+        k.copy_from_slice(&d[..16]);
+        DedupeKey(k)
+    }
+
+    /// The key of the node's own copy of a message its user submitted, filed in Sent: the
+    /// client's Message-ID alone, so the copy the client APPENDs to Sent afterwards (with
+    /// the headers the node removed or changed at submission) is recognised as the same.
+    pub fn sent_copy(message_id: &str) -> Self {
+        let id = message_id
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>');
+        let mut h = Sha256::new();
+        h.update(b"onionpost/sent-copy/v1\0");
+        h.update(id.as_bytes());
         let d = h.finalize();
         let mut k = [0u8; 16];
         k.copy_from_slice(&d[..16]);
@@ -147,10 +175,23 @@ pub trait MailStore: Send + Sync + fmt::Debug + 'static {
     fn read(&self, uid: u32) -> Result<Vec<u8>, StoreError>;
     /// Replaces a message's flags. Unknown UIDs are ignored.
     fn set_flags(&self, uid: u32, flags: Flags) -> Result<(), StoreError>;
+    /// Replaces the flags of several messages, durable together (one fsync where the store
+    /// can). Unknown UIDs are ignored.
+    fn set_flags_many(&self, changes: &[(u32, Flags)]) -> Result<(), StoreError> {
+        changes
+            .iter()
+            .try_for_each(|&(uid, flags)| self.set_flags(uid, flags))
+    }
     /// Removes messages for good; returns the UIDs removed.
     fn expunge(&self, uids: &[u32]) -> Result<Vec<u32>, StoreError>;
     /// A receiver that changes whenever messages are added, removed or re-flagged.
     fn subscribe(&self) -> watch::Receiver<u64>;
+    /// The UID of a message in the mailbox now that was stored with this dedupe key
+    /// (not one expunged since). The default knows of none.
+    fn uid_of(&self, key: DedupeKey) -> Option<u32> {
+        let _ = key;
+        None
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,407 @@
+//! Incoming: verification of `multipart/signed` and decryption of `multipart/encrypted`
+//! (RFC 3156), with a typed result that says who signed with which key, or why the
+//! signature does not count.
+//!
+//! Both kinds of signed-and-encrypted messages are read: the combined form (RFC 3156 §6.2,
+//! one OpenPGP message signed and encrypted, what this crate, GnuPG with `-se` and most
+//! clients send) and the nested form (§6.1, a `multipart/signed` entity inside the
+//! encryption).
+//!
+//! The readable message returned is what the node stores for IMAP: the outer header fields,
+//! the protected part's `Content-*` fields and its body; protected copies of header fields
+//! and gossip are not repeated, and a Subject hidden as `...` is restored from the
+//! protected part.
+
+use std::io::{Cursor, Read};
+
+use pgp::composed::{Deserializable, DetachedSignature, Esk, Message};
+use pgp::packet::Signature;
+use pgp::types::Password;
+
+use crate::autocrypt::{self, Autocrypt};
+use crate::error::{Error, SignatureError};
+use crate::key::{Fingerprint, KeyRef, PublicCert, SecretCert};
+use crate::mime::{self, Entity};
+use crate::protect::HIDDEN_SUBJECT;
+
+/// Who made a valid signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signer {
+    /// The signing certificate's primary fingerprint (what the ledger binds).
+    pub cert: Fingerprint,
+    /// The component key that made the signature (the primary key for onionpost keys, a
+    /// signing subkey for many others).
+    pub key: Fingerprint,
+    /// The From address, which the certificate holds.
+    pub address: String,
+    /// The signature's creation time (seconds since the Unix epoch), if it states one.
+    pub created: Option<u32>,
+}
+
+/// An opened incoming message.
+#[derive(Debug)]
+pub struct Opened {
+    /// The readable message (CRLF), to store for IMAP.
+    pub message: Vec<u8>,
+    /// The outer From address, lower-cased.
+    pub from: Option<String>,
+    /// Whether the message came encrypted (and was decrypted).
+    pub encrypted: bool,
+    /// The signature verdict: who signed, or why the message does not count as signed.
+    pub signature: Result<Signer, SignatureError>,
+    /// Valid Autocrypt-Gossip headers from inside the encryption whose address is one of the
+    /// message's recipients.
+    pub gossip: Vec<Autocrypt>,
+}
+
+/// Opens any incoming message: decrypts PGP/MIME `multipart/encrypted` with `me` (error
+/// [`Error::NotForUs`] without it), verifies PGP/MIME `multipart/signed`, and reports
+/// anything else (S/MIME included) as [`SignatureError::Unsigned`] with the message
+/// unchanged (CRLF-normalised).
+pub fn open(
+    message: &[u8],
+    me: Option<&SecretCert>,
+    certs: &[PublicCert],
+) -> Result<Opened, Error> {
+    let message = mime::to_crlf(message);
+    let entity = mime::split_entity(&message)?;
+    let (ctype, params) = mime::content_type(entity.header).unwrap_or_default();
+    // S/MIME and other protocols are not ours: such a message is, for OpenPGP, unsigned.
+    let protocol = mime::param(&params, "protocol")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let ctype = match (ctype.as_str(), protocol.as_str()) {
+        ("multipart/encrypted", "application/pgp-encrypted")
+        | ("multipart/signed", "application/pgp-signature") => ctype,
+        _ => String::new(),
+    };
+    match ctype.as_str() {
+        "multipart/encrypted" => match me {
+            Some(me) => decrypt_entity(&entity, &params, me, certs),
+            None => Err(Error::NotForUs {
+                ours: None,
+                recipients: Vec::new(),
+            }),
+        },
+        "multipart/signed" => verify_entity(&entity, &params, certs),
+        _ => {
+            let from = outer_from(&entity);
+            Ok(Opened {
+                message: message.clone(),
+                signature: Err(SignatureError::Unsigned { from: from.clone() }),
+                from,
+                encrypted: false,
+                gossip: Vec::new(),
+            })
+        }
+    }
+}
+
+/// Verifies a `multipart/signed` message against `certs` (the certificates the caller
+/// trusts for their addresses: for the node, those bound on the ledger).
+pub fn verify(message: &[u8], certs: &[PublicCert]) -> Result<Opened, Error> {
+    let message = mime::to_crlf(message);
+    let entity = mime::split_entity(&message)?;
+    let (ctype, params) = mime::content_type(entity.header).unwrap_or_default();
+    if ctype != "multipart/signed" {
+        return Err(Error::NotPgpMime {
+            expected: "multipart/signed",
+            found: Some(ctype).filter(|c| !c.is_empty()),
+        });
+    }
+    verify_entity(&entity, &params, certs)
+}
+
+/// Decrypts a `multipart/encrypted` message with `me` and verifies its signature against
+/// `certs`.
+pub fn decrypt(message: &[u8], me: &SecretCert, certs: &[PublicCert]) -> Result<Opened, Error> {
+    let message = mime::to_crlf(message);
+    let entity = mime::split_entity(&message)?;
+    let (ctype, params) = mime::content_type(entity.header).unwrap_or_default();
+    if ctype != "multipart/encrypted" {
+        return Err(Error::NotPgpMime {
+            expected: "multipart/encrypted",
+            found: Some(ctype).filter(|c| !c.is_empty()),
+        });
+    }
+    decrypt_entity(&entity, &params, me, certs)
+}
+
+fn outer_from(entity: &Entity<'_>) -> Option<String> {
+    mime::addresses(entity.header, "from").into_iter().next()
+}
+
+fn two_parts<'a>(
+    entity: &Entity<'a>,
+    params: &[(String, String)],
+    protocol: &str,
+) -> Result<(&'a [u8], &'a [u8]), Error> {
+    let found = mime::param(params, "protocol").unwrap_or("");
+    if !found.eq_ignore_ascii_case(protocol) {
+        return Err(Error::Malformed(
+            "PGP/MIME protocol parameter missing or unknown",
+        ));
+    }
+    let boundary =
+        mime::param(params, "boundary").ok_or(Error::Malformed("multipart without a boundary"))?;
+    let parts = mime::split_multipart(entity.body, boundary)?;
+    match parts.as_slice() {
+        [first, second] => Ok((first, second)),
+        _ => Err(Error::Malformed(
+            "a PGP/MIME multipart must have exactly two parts",
+        )),
+    }
+}
+
+fn verify_entity(
+    entity: &Entity<'_>,
+    params: &[(String, String)],
+    certs: &[PublicCert],
+) -> Result<Opened, Error> {
+    let (signed, sig_part) = two_parts(entity, params, "application/pgp-signature")?;
+    let from = outer_from(entity);
+    let payload = mime::split_entity(signed)?;
+    let sig_entity = mime::split_entity(sig_part)?;
+    let sig_bytes = mime::decode_transfer(&sig_entity.fields, sig_entity.body)?;
+    let signature = match DetachedSignature::from_reader_single(Cursor::new(sig_bytes)) {
+        Err(e) => Err(SignatureError::Unparsable(e.to_string())),
+        Ok((sig, _)) => check(&sig.signature, certs, from.as_deref(), |key| match key {
+            KeyRef::Primary(k) => sig.signature.verify(*k, signed),
+            KeyRef::Subkey(k) => sig.signature.verify(&k.key, signed),
+        }),
+    };
+    let signature = signature.and_then(|s| protected_from_matches(&payload, from.as_deref(), s));
+    Ok(Opened {
+        message: readable(entity, &payload),
+        from,
+        encrypted: false,
+        signature,
+        gossip: Vec::new(),
+    })
+}
+
+fn decrypt_entity(
+    entity: &Entity<'_>,
+    params: &[(String, String)],
+    me: &SecretCert,
+    certs: &[PublicCert],
+) -> Result<Opened, Error> {
+    let (_version, encrypted) = two_parts(entity, params, "application/pgp-encrypted")?;
+    let from = outer_from(entity);
+    let enc_entity = mime::split_entity(encrypted)?;
+    let data = mime::decode_transfer(&enc_entity.fields, enc_entity.body)?;
+    let binary = dearmor(data)?;
+    let msg = Message::from_bytes(Cursor::new(binary)).map_err(|source| Error::Armor {
+        what: "encrypted message",
+        source,
+    })?;
+    let Message::Encrypted { esk, .. } = &msg else {
+        return Err(Error::Malformed(
+            "the encrypted part is not an encrypted OpenPGP message",
+        ));
+    };
+    let recipients: Vec<String> = esk
+        .iter()
+        .filter_map(|e| match e {
+            Esk::PublicKeyEncryptedSessionKey(p) => p
+                .id()
+                .ok()
+                .map(|id| data_encoding::HEXUPPER.encode(id.as_ref())),
+            Esk::SymKeyEncryptedSessionKey(_) => None,
+        })
+        .collect();
+    let mut msg = match msg.decrypt(&Password::empty(), me.inner()) {
+        Ok(m) => m,
+        Err(pgp::errors::Error::MissingKey) => {
+            return Err(Error::NotForUs {
+                ours: Some(me.fingerprint()),
+                recipients,
+            });
+        }
+        Err(e) => return Err(Error::Decrypt(e)),
+    };
+    // gpg compresses around the signed data; other tools sign around compressed data.
+    for _ in 0..3 {
+        msg = msg.decompress().map_err(Error::Decrypt)?;
+    }
+    let data = msg.as_data_vec().map_err(Error::Read)?;
+    let mut signature = Err(SignatureError::Unsigned { from: from.clone() });
+    if let Message::Signed { reader, .. } = &msg {
+        for i in 0..reader.num_signatures() {
+            let Some(sig) = reader.signature(i) else {
+                continue;
+            };
+            let verdict = check(sig, certs, from.as_deref(), |key| {
+                msg.verify_nested_explicit(i, key.as_verifying())
+                    .map(|_| ())
+            });
+            let valid = verdict.is_ok();
+            if i == 0 || valid {
+                signature = verdict;
+            }
+            if valid {
+                break;
+            }
+        }
+    }
+    let payload_bytes = mime::to_crlf(&data);
+    let payload = mime::split_entity(&payload_bytes)?;
+    let recipients: Vec<String> = mime::addresses(entity.header, "to")
+        .into_iter()
+        .chain(mime::addresses(entity.header, "cc"))
+        .collect();
+    let gossip = autocrypt::gossip_from(&payload.fields, &recipients);
+
+    // The nested form: a multipart/signed entity inside the encryption.
+    let (inner_type, inner_params) = mime::content_type(payload.header).unwrap_or_default();
+    if inner_type == "multipart/signed" && matches!(signature, Err(SignatureError::Unsigned { .. }))
+    {
+        let mut wrapped = Vec::new();
+        for field in entity.fields.iter().filter(|f| !f.is_content()) {
+            wrapped.extend_from_slice(field.raw);
+        }
+        wrapped.extend_from_slice(&payload_bytes);
+        let wrapped_entity = mime::split_entity(&wrapped)?;
+        let inner = verify_entity(&wrapped_entity, &inner_params, certs)?;
+        return Ok(Opened {
+            encrypted: true,
+            gossip,
+            ..inner
+        });
+    }
+    let signature = signature.and_then(|s| protected_from_matches(&payload, from.as_deref(), s));
+    Ok(Opened {
+        message: readable(entity, &payload),
+        from,
+        encrypted: true,
+        signature,
+        gossip,
+    })
+}
+
+/// Binary OpenPGP data from armored or binary input; a damaged or truncated armor is
+/// [`Error::Armor`] before any decryption is tried.
+fn dearmor(data: Vec<u8>) -> Result<Vec<u8>, Error> {
+    let first = data.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    if first.is_some_and(|b| b & 0x80 != 0) {
+        return Ok(data);
+    }
+    let mut out = Vec::new();
+    pgp::armor::Dearmor::new(Cursor::new(data))
+        .read_to_end(&mut out)
+        .map_err(|e| Error::Armor {
+            what: "encrypted message",
+            source: pgp::errors::Error::IO {
+                source: e,
+                backtrace: None,
+            },
+        })?;
+    Ok(out)
+}
+
+/// Finds the key a signature names among `certs`, checks it may sign, verifies with
+/// `verify`, and checks the certificate holds the From address.
+fn check(
+    sig: &Signature,
+    certs: &[PublicCert],
+    from: Option<&str>,
+    verify: impl Fn(&KeyRef<'_>) -> pgp::errors::Result<()>,
+) -> Result<Signer, SignatureError> {
+    let fingerprints: Vec<Vec<u8>> = sig
+        .issuer_fingerprint()
+        .iter()
+        .map(|f| f.as_bytes().to_vec())
+        .collect();
+    let key_ids: Vec<Vec<u8>> = sig
+        .issuer_key_id()
+        .iter()
+        .map(|k| k.as_ref().to_vec())
+        .collect();
+    for cert in certs {
+        for component in cert.signing_keys() {
+            let fp = component.key.fingerprint();
+            let named = fingerprints.iter().any(|f| f == fp.as_bytes())
+                || key_ids.iter().any(|k| *k == component.key.key_id());
+            if !named {
+                continue;
+            }
+            if !component.may_sign {
+                return Err(SignatureError::NotASigningKey {
+                    cert: cert.fingerprint(),
+                    key: fp,
+                });
+            }
+            verify(&component.key).map_err(|e| SignatureError::BadSignature {
+                cert: cert.fingerprint(),
+                key: fp.clone(),
+                reason: e.to_string(),
+            })?;
+            return match from {
+                Some(from) if cert.holds(from) => Ok(Signer {
+                    cert: cert.fingerprint(),
+                    key: fp,
+                    address: from.to_string(),
+                    created: sig.created().map(|t| t.as_secs()),
+                }),
+                _ => Err(SignatureError::SignerNotFrom {
+                    cert: cert.fingerprint(),
+                    addresses: cert.addresses().to_vec(),
+                    from: from.map(str::to_string),
+                }),
+            };
+        }
+    }
+    let issuer = fingerprints
+        .first()
+        .or(key_ids.first())
+        .map(|b| data_encoding::HEXUPPER.encode(b))
+        .unwrap_or_else(|| "none".to_string());
+    Err(SignatureError::UnknownKey { issuer })
+}
+
+/// A valid signature counts only if the protected From (when there is one) is the outer
+/// From.
+fn protected_from_matches(
+    payload: &Entity<'_>,
+    outer: Option<&str>,
+    signer: Signer,
+) -> Result<Signer, SignatureError> {
+    match mime::addresses(payload.header, "from").into_iter().next() {
+        Some(signed) if Some(signed.as_str()) != outer => Err(SignatureError::FromMismatch {
+            signed,
+            outer: outer.map(str::to_string),
+        }),
+        _ => Ok(signer),
+    }
+}
+
+/// The outer fields (without Content-*), the payload's Content-* fields, its body; a hidden
+/// Subject restored from the protected copy.
+fn readable(outer: &Entity<'_>, payload: &Entity<'_>) -> Vec<u8> {
+    let protected_subject = payload.fields.iter().find(|f| f.is("subject"));
+    let mut out = Vec::new();
+    let mut had_subject = false;
+    for field in outer.fields.iter().filter(|f| !f.is_content()) {
+        if field.is("subject") {
+            had_subject = true;
+            if let Some(p) = protected_subject
+                && field.value() == HIDDEN_SUBJECT
+            {
+                out.extend_from_slice(p.raw);
+                continue;
+            }
+        }
+        out.extend_from_slice(field.raw);
+    }
+    if !had_subject && let Some(p) = protected_subject {
+        out.extend_from_slice(p.raw);
+    }
+    // Only what describes the body: protected copies, gossip and anything else inside
+    // the part were shown above or are not for the reader.
+    for field in payload.fields.iter().filter(|f| f.is_content()) {
+        out.extend_from_slice(field.raw);
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(payload.body);
+    out
+}

@@ -8,6 +8,8 @@
 //! - `validator-<i>/`: each validator's home (`config.toml`, `genesis.json`,
 //!   `validator.key`, `data/`, `validator.log`, `validator.pid`).
 
+pub mod compose;
+pub mod health;
 pub mod hostile;
 pub mod tor;
 
@@ -88,8 +90,15 @@ pub fn validator_ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + i as u8))
 }
 
-/// Creates a devnet in `dir` (which must not hold one already).
+/// Creates a devnet in `dir` (which must not hold one already), validator `i` on
+/// [`validator_ip`]`(i)`.
 pub fn init(dir: &Path, opts: &InitOptions) -> Result<Manifest> {
+    init_at(dir, opts, validator_ip)
+}
+
+/// Creates a devnet in `dir` (which must not hold one already) with validator `i` on the
+/// address `ip(i)`: the compose devnet puts them on container addresses.
+pub fn init_at(dir: &Path, opts: &InitOptions, ip: impl Fn(usize) -> IpAddr) -> Result<Manifest> {
     if opts.validators == 0 || opts.validators > 100 {
         bail!(
             "--validators must be between 1 and 100, not {}",
@@ -123,7 +132,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<Manifest> {
         std::fs::create_dir_all(&home)
             .with_context(|| format!("cannot create {}", home.display()))?;
         let key = vconfig::create_key(&home)?;
-        let ip = validator_ip(i);
+        let ip = ip(i);
         entries.push(ValidatorEntry {
             moniker: format!("validator-{i}"),
             home,

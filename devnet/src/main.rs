@@ -66,6 +66,71 @@ enum Command {
         #[command(subcommand)]
         command: TorCommand,
     },
+    /// The compose devnet: validators, a private Tor network and mail nodes as containers
+    /// (docker-compose.yml; images from docker/build-images.sh).
+    Compose {
+        #[command(subcommand)]
+        command: ComposeCommand,
+    },
+    /// Readiness checks, run inside the compose devnet's containers as health checks.
+    Health {
+        #[command(subcommand)]
+        command: HealthCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ComposeCommand {
+    /// Write validator homes and genesis, Tor keys and torrcs, mail node homes with one
+    /// identity each (alice, bob, carol) and their configs, for docker-compose.yml to mount.
+    Init {
+        /// Directory of the compose devnet (docker-compose.yml's default: ./devnet-compose).
+        #[arg(long, default_value = "devnet-compose")]
+        dir: PathBuf,
+        /// Compose project: containers are PROJECT-<service>, the network PROJECT-devnet.
+        #[arg(long, default_value = "onionpost")]
+        project: String,
+        /// The /24 the containers live on (first three octets).
+        #[arg(long, default_value = "10.89.0")]
+        subnet: String,
+        /// Target milliseconds between blocks.
+        #[arg(long, default_value_t = 200)]
+        block_ms: u64,
+        /// Tor key cache kept between runs (default: $ONIONPOST_TOR_KEYS or
+        /// /var/tmp/onionpost-tor-keys-v1).
+        #[arg(long)]
+        keys: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum HealthCommand {
+    /// Healthy when the validator's height advances.
+    Validator {
+        #[arg(long, default_value = "/home/validator")]
+        home: PathBuf,
+        /// How long to wait for the next block.
+        #[arg(long, default_value_t = 8)]
+        within_secs: u64,
+    },
+    /// Healthy when an authority's consensus lists this tor.
+    Tor {
+        #[arg(long, default_value = "/network.json")]
+        network: PathBuf,
+        #[arg(long)]
+        nickname: String,
+    },
+    /// Healthy when every identity's onion service answers SMTP through the Tor client at
+    /// SOCKS.
+    Node {
+        #[arg(long, default_value = "/home/node")]
+        home: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:9050")]
+        socks: std::net::SocketAddr,
+        /// How long one connection may take.
+        #[arg(long, default_value_t = 20)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -89,6 +154,14 @@ enum TorCommand {
     Down {
         #[arg(long)]
         dir: PathBuf,
+    },
+    /// Fill a key cache with the keys of 3 authorities and RELAYS relays (what is missing
+    /// is generated with tor-gencert and tor); the compose devnet runs this in its tor image.
+    Keys {
+        #[arg(long)]
+        keys: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        relays: usize,
     },
 }
 
@@ -142,6 +215,7 @@ async fn main() -> Result<()> {
         }
         Command::Status { dir, json } => {
             let m = load(&dir)?;
+            let containers = onionpost_devnet::compose::container_states(&dir)?;
             let mut rows = Vec::new();
             for v in &m.validators {
                 let row = match status(v).await {
@@ -156,8 +230,27 @@ async fn main() -> Result<()> {
                 };
                 rows.push(row);
             }
+            if let Some(cs) = &containers {
+                for (row, (_, state)) in rows.iter_mut().zip(cs) {
+                    row["container"] = serde_json::to_value(state)?;
+                }
+            }
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                match &containers {
+                    None => println!("{}", serde_json::to_string_pretty(&rows)?),
+                    Some(cs) => {
+                        let all: Vec<_> = cs
+                            .iter()
+                            .map(|(s, st)| serde_json::json!({"service": s.service, "container": s.container, "ip": s.ip, "state": st}))
+                            .collect();
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(
+                                &serde_json::json!({"validators": rows, "containers": all})
+                            )?
+                        );
+                    }
+                }
             } else {
                 for r in rows {
                     if r["up"] == true {
@@ -177,6 +270,27 @@ async fn main() -> Result<()> {
                         );
                     }
                 }
+                if let Some(cs) = &containers {
+                    println!("containers:");
+                    for (s, st) in cs {
+                        println!(
+                            "  {:<14} {:<15} {:<8} {:<10} {}",
+                            s.service,
+                            s.ip,
+                            st.status,
+                            if st.health.is_empty() {
+                                "-"
+                            } else {
+                                &st.health
+                            },
+                            if st.connected || st.status == "absent" {
+                                ""
+                            } else {
+                                "(cut off the network)"
+                            }
+                        );
+                    }
+                }
             }
         }
         Command::Down { dir } => {
@@ -188,6 +302,8 @@ async fn main() -> Result<()> {
             }
         }
         Command::Tor { command } => tor_command(command).await?,
+        Command::Compose { command } => compose_command(command)?,
+        Command::Health { command } => health_command(command).await?,
     }
     Ok(())
 }
@@ -253,6 +369,79 @@ async fn tor_command(command: TorCommand) -> Result<()> {
             }
             println!("stopped the private Tor network in {}", dir.display());
         }
+        TorCommand::Keys { keys, relays } => {
+            let mut cfg = TorNetworkConfig::new(&keys);
+            cfg.key_cache = keys.clone();
+            let got = tokio::task::spawn_blocking(move || {
+                onionpost_devnet::tor::ensure_keys(&cfg, relays)
+            })
+            .await??;
+            println!("{} nodes' keys in {}", got.len(), keys.display());
+        }
     }
+    Ok(())
+}
+
+fn compose_command(command: ComposeCommand) -> Result<()> {
+    use onionpost_devnet::compose::{self, ComposeOptions};
+    match command {
+        ComposeCommand::Init {
+            dir,
+            project,
+            subnet,
+            block_ms,
+            keys,
+        } => {
+            let mut opts = ComposeOptions {
+                project,
+                subnet: compose::parse_subnet(&subnet)?,
+                block_ms,
+                ..Default::default()
+            };
+            if let Some(k) = keys {
+                opts.key_cache = k;
+            }
+            let m = compose::init(&dir, &opts)?;
+            println!(
+                "compose devnet {} in {} (network {}, {})",
+                m.project,
+                dir.display(),
+                m.network,
+                m.subnet
+            );
+            for s in m.validators.iter().chain(&m.tor) {
+                println!("  {:<12} {}", s.service, s.ip);
+            }
+            for n in &m.nodes {
+                for id in &n.identities {
+                    println!(
+                        "  {:<12} {}  {}  password {}",
+                        n.service.service, n.service.ip, id.address, id.password
+                    );
+                }
+            }
+            println!(
+                "next: docker-compose --env-file {} up -d",
+                dir.join(compose::COMPOSE_ENV).display()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn health_command(command: HealthCommand) -> Result<()> {
+    use onionpost_devnet::health;
+    let seen = match command {
+        HealthCommand::Validator { home, within_secs } => {
+            health::validator(&home, Duration::from_secs(within_secs)).await?
+        }
+        HealthCommand::Tor { network, nickname } => health::tor(&network, &nickname)?,
+        HealthCommand::Node {
+            home,
+            socks,
+            timeout_secs,
+        } => health::node(&home, socks, Duration::from_secs(timeout_secs))?,
+    };
+    println!("healthy: {seen}");
     Ok(())
 }

@@ -196,6 +196,75 @@ impl NetworkInfo {
         s.push_str("]\n");
         s
     }
+
+    /// The torrc of node `n` with its data (keys, state, `notice.log`) in `dir`. With
+    /// `owner`, the tor exits when that process does (`__OwningControllerProcess`).
+    pub fn torrc(&self, n: &NodeInfo, dir: &Path, owner: Option<u32>) -> String {
+        let mut s = String::new();
+        let mut line = |l: String| {
+            s.push_str(&l);
+            s.push('\n');
+        };
+        line("TestingTorNetwork 1".into());
+        line(format!("DataDirectory {}", dir.display()));
+        line(format!("Nickname {}", n.nickname));
+        line(format!(
+            "Log notice file {}",
+            dir.join("notice.log").display()
+        ));
+        line("SafeLogging 0".into());
+        line("RunAsDaemon 0".into());
+        line("ShutdownWaitLength 0".into());
+        if let Some(pid) = owner {
+            line(format!("__OwningControllerProcess {pid}"));
+        }
+        line("GeoIPFile \"\"".into());
+        line("GeoIPv6File \"\"".into());
+        line("PathsNeededToBuildCircuits 0.67".into());
+        line("V3AuthNIntervalsValid 2".into());
+        line("SocksPort 0".into());
+        line(format!("Address {}", n.or_addr.ip()));
+        line(format!("ORPort {}", n.or_addr));
+        line("AssumeReachable 1".into());
+        line("ExitRelay 0".into());
+        line("ExitPolicy reject *:*".into());
+        line("ContactInfo onionpost-devnet".into());
+        for a in self.authorities() {
+            line(format!(
+                "DirAuthority {} orport={} no-v2 v3ident={} {} {}",
+                a.nickname,
+                a.or_addr.port(),
+                a.v3ident.as_deref().unwrap_or_default(),
+                a.dir_addr.expect("authority DirPort"),
+                a.rsa_identity
+            ));
+        }
+        if let Some(dir_addr) = n.dir_addr {
+            let hsdirs: Vec<String> = self
+                .authorities()
+                .map(|a| format!("${}", a.rsa_identity))
+                .collect();
+            line(format!("DirPort {dir_addr}"));
+            line("AuthoritativeDirectory 1".into());
+            line("V3AuthoritativeDirectory 1".into());
+            line("AuthDirMaxServersPerAddr 0".into());
+            line("V3AuthVotingInterval 15".into());
+            line("V3AuthVoteDelay 2".into());
+            line("V3AuthDistDelay 2".into());
+            line("TestingV3AuthInitialVotingInterval 5".into());
+            line("TestingV3AuthInitialVoteDelay 2".into());
+            line("TestingV3AuthInitialDistDelay 2".into());
+            line("AuthDirVoteStableGuaranteeMinUptime 0".into());
+            line("AuthDirVoteStableGuaranteeMTBF 0".into());
+            line("TestingDirAuthVoteGuard *".into());
+            line(format!("TestingDirAuthVoteHSDir {}", hsdirs.join(",")));
+            line("TestingDirAuthVoteHSDirIsStrict 1".into());
+            line("ConsensusParams hsdir_interval=6 cbtdisabled=1".into());
+        } else {
+            line("DirCache 0".into());
+        }
+        s
+    }
 }
 
 /// One running tor.
@@ -252,7 +321,7 @@ impl TorNetwork {
             set_mode(&dir, 0o700)?;
             set_mode(&dir.join("keys"), 0o700)?;
             let torrc = dir.join("torrc");
-            fs::write(&torrc, net.torrc(&n, &dir))
+            fs::write(&torrc, net.info.torrc(&n, &dir, Some(std::process::id())))
                 .map_err(io_err(format!("writing {}", torrc.display())))?;
             let child = Command::new(&cfg.tor)
                 .arg("-f")
@@ -343,72 +412,6 @@ impl TorNetwork {
         Ok(())
     }
 
-    fn torrc(&self, n: &NodeInfo, dir: &Path) -> String {
-        let mut s = String::new();
-        let mut line = |l: String| {
-            s.push_str(&l);
-            s.push('\n');
-        };
-        line("TestingTorNetwork 1".into());
-        line(format!("DataDirectory {}", dir.display()));
-        line(format!("Nickname {}", n.nickname));
-        line(format!(
-            "Log notice file {}",
-            dir.join("notice.log").display()
-        ));
-        line("SafeLogging 0".into());
-        line("RunAsDaemon 0".into());
-        line("ShutdownWaitLength 0".into());
-        line(format!("__OwningControllerProcess {}", std::process::id()));
-        line("GeoIPFile \"\"".into());
-        line("GeoIPv6File \"\"".into());
-        line("PathsNeededToBuildCircuits 0.67".into());
-        line("V3AuthNIntervalsValid 2".into());
-        line("SocksPort 0".into());
-        line("Address 127.0.0.1".into());
-        line(format!("ORPort {}", n.or_addr));
-        line("AssumeReachable 1".into());
-        line("ExitRelay 0".into());
-        line("ExitPolicy reject *:*".into());
-        line("ContactInfo onionpost-devnet".into());
-        for a in self.info.authorities() {
-            line(format!(
-                "DirAuthority {} orport={} no-v2 v3ident={} {} {}",
-                a.nickname,
-                a.or_addr.port(),
-                a.v3ident.as_deref().unwrap_or_default(),
-                a.dir_addr.expect("authority DirPort"),
-                a.rsa_identity
-            ));
-        }
-        if let Some(dir_addr) = n.dir_addr {
-            let hsdirs: Vec<String> = self
-                .info
-                .authorities()
-                .map(|a| format!("${}", a.rsa_identity))
-                .collect();
-            line(format!("DirPort {dir_addr}"));
-            line("AuthoritativeDirectory 1".into());
-            line("V3AuthoritativeDirectory 1".into());
-            line("AuthDirMaxServersPerAddr 0".into());
-            line("V3AuthVotingInterval 15".into());
-            line("V3AuthVoteDelay 2".into());
-            line("V3AuthDistDelay 2".into());
-            line("TestingV3AuthInitialVotingInterval 5".into());
-            line("TestingV3AuthInitialVoteDelay 2".into());
-            line("TestingV3AuthInitialDistDelay 2".into());
-            line("AuthDirVoteStableGuaranteeMinUptime 0".into());
-            line("AuthDirVoteStableGuaranteeMTBF 0".into());
-            line("TestingDirAuthVoteGuard *".into());
-            line(format!("TestingDirAuthVoteHSDir {}", hsdirs.join(",")));
-            line("TestingDirAuthVoteHSDirIsStrict 1".into());
-            line("ConsensusParams hsdir_interval=6 cbtdisabled=1".into());
-        } else {
-            line("DirCache 0".into());
-        }
-        s
-    }
-
     /// Polls every authority's consensus until each lists every node.
     fn wait_ready(&mut self, limit: Duration) -> Result<(), TorNetError> {
         let deadline = Instant::now() + limit;
@@ -457,7 +460,7 @@ impl Drop for TorNetwork {
 }
 
 /// Fetches `/tor/status-vote/current/consensus-microdesc` and returns the nicknames it lists.
-fn fetch_consensus_nicknames(dir: SocketAddr) -> io::Result<Vec<String>> {
+pub(crate) fn fetch_consensus_nicknames(dir: SocketAddr) -> io::Result<Vec<String>> {
     let mut s = TcpStream::connect_timeout(&dir, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.write_all(
@@ -480,12 +483,17 @@ fn fetch_consensus_nicknames(dir: SocketAddr) -> io::Result<Vec<String>> {
 
 /// Cached keys of one node.
 #[derive(Debug, Clone)]
-struct NodeKeys {
-    nickname: String,
-    dir: PathBuf,
-    rsa_identity: String,
-    ed_identity: String,
-    v3ident: Option<String>,
+pub struct NodeKeys {
+    /// Its nickname (`auth0`, `relay0`, …).
+    pub nickname: String,
+    /// Its directory in the cache (the keys are in `keys/`).
+    pub dir: PathBuf,
+    /// RSA identity fingerprint.
+    pub rsa_identity: String,
+    /// Ed25519 identity, base64.
+    pub ed_identity: String,
+    /// The v3 authority identity (authorities only).
+    pub v3ident: Option<String>,
 }
 
 fn nicknames(relays: usize) -> Vec<String> {
@@ -495,9 +503,11 @@ fn nicknames(relays: usize) -> Vec<String> {
         .collect()
 }
 
-/// Loads the cached keys, generating whatever is missing. Concurrent processes generate in
-/// private directories and rename them into place: the first one wins, the others use it.
-fn ensure_keys(cfg: &TorNetworkConfig, relays: usize) -> Result<Vec<NodeKeys>, TorNetError> {
+/// Loads the cached keys of 3 authorities and `relays` relays from `cfg.key_cache`, generating
+/// whatever is missing with `cfg.tor` and `cfg.tor_gencert` (a complete cache needs neither).
+/// Concurrent processes generate in private directories and rename them into place: the
+/// first one wins, the others use it.
+pub fn ensure_keys(cfg: &TorNetworkConfig, relays: usize) -> Result<Vec<NodeKeys>, TorNetError> {
     fs::create_dir_all(&cfg.key_cache)
         .map_err(io_err(format!("creating {}", cfg.key_cache.display())))?;
     let mut out = Vec::new();
@@ -638,7 +648,7 @@ fn load_keys(dir: &Path, nick: &str, authority: bool) -> Result<NodeKeys, TorNet
     })
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<(), TorNetError> {
+pub(crate) fn copy_dir(from: &Path, to: &Path) -> Result<(), TorNetError> {
     fs::create_dir_all(to).map_err(io_err(format!("creating {}", to.display())))?;
     for e in fs::read_dir(from).map_err(io_err(format!("reading {}", from.display())))? {
         let e = e.map_err(io_err(format!("reading {}", from.display())))?;
@@ -652,7 +662,7 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), TorNetError> {
     Ok(())
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<(), TorNetError> {
+pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), TorNetError> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(io_err(format!("chmod {}", path.display())))

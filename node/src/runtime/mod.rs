@@ -187,6 +187,56 @@ async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, RuntimeError>
         .map_err(io_err(format!("binding the {what} listener on {addr}")))
 }
 
+/// Binds the listener `name` on `addr` with its connection cap, and records both for
+/// `status`.
+async fn open_listener(
+    name: &'static str,
+    addr: SocketAddr,
+    cfg: &Config,
+    listeners: &mut BTreeMap<String, (SocketAddr, ConnectionLimit)>,
+) -> Result<(TcpListener, ConnectionLimit), RuntimeError> {
+    let l = bind(name, addr).await?;
+    let limit = ConnectionLimit::new(cfg.limits.max_connections);
+    listeners.insert(
+        name.to_string(),
+        (l.local_addr().map_err(io_err(name))?, limit.clone()),
+    );
+    Ok((l, limit))
+}
+
+/// Serves SMTP sessions configured by `sc` on `l`, each answered by `svc`.
+#[allow(clippy::too_many_arguments)]
+fn spawn_smtp<V: smtp::server::Service>(
+    l: TcpListener,
+    name: &'static str,
+    limit: ConnectionLimit,
+    svc: Arc<V>,
+    sc: SessionConfig,
+    timing: Timing,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let stop = shutdown.clone();
+    tokio::spawn(listener::serve(
+        l,
+        ListenerSpec {
+            name,
+            limit,
+            busy: BUSY,
+        },
+        shutdown.clone(),
+        tasks.clone(),
+        move |stream, _| {
+            let (svc, stop, sc) = (svc.clone(), stop.clone(), sc.clone());
+            async move {
+                if let Err(e) = smtp::server::handle(stream, &*svc, sc, timing, &stop).await {
+                    tracing::debug!("session ended: {e}");
+                }
+            }
+        },
+    ));
+}
+
 /// Runs the node on `home` until SIGTERM or SIGINT.
 pub async fn run(home: &Path, config: Config) -> Result<(), RuntimeError> {
     let _lock = lock::HomeLock::acquire(home)?;
@@ -221,12 +271,7 @@ pub async fn run(home: &Path, config: Config) -> Result<(), RuntimeError> {
     let mut listeners = BTreeMap::new();
 
     if let Some(addr) = cfg.smtp.listen {
-        let l = bind("smtp", addr).await?;
-        let limit = ConnectionLimit::new(cfg.limits.max_connections);
-        listeners.insert(
-            "smtp".to_string(),
-            (l.local_addr().map_err(io_err("smtp"))?, limit.clone()),
-        );
+        let (l, limit) = open_listener("smtp", addr, &cfg, &mut listeners).await?;
         if cfg.transport.kind == TransportKind::Onion {
             tracing::warn!(%addr, "the [smtp] listener accepts mail for every identity of this node, which links them for anyone who can reach it; leave it out with the onion transport");
         }
@@ -234,64 +279,18 @@ pub async fn run(home: &Path, config: Config) -> Result<(), RuntimeError> {
             inbound: inbound.clone(),
             scope: Scope::AllHosted,
         });
-        let (cfg2, stop) = (cfg.clone(), shutdown.clone());
-        tokio::spawn(listener::serve(
-            l,
-            ListenerSpec {
-                name: "smtp",
-                limit,
-                busy: BUSY,
-            },
-            shutdown.clone(),
-            tasks.clone(),
-            move |stream, _| {
-                let (svc, stop) = (svc.clone(), stop.clone());
-                // Never the host's name; the same for every node.
-                let sc = session_config(&cfg2, Mode::Inbound, "onion".into());
-                async move {
-                    if let Err(e) = smtp::server::handle(stream, &*svc, sc, timing, &stop).await {
-                        tracing::debug!("session ended: {e}");
-                    }
-                }
-            },
-        ));
+        // Never the host's name; the same for every node.
+        let sc = session_config(&cfg, Mode::Inbound, "onion".into());
+        spawn_smtp(l, "smtp", limit, svc, sc, timing, &shutdown, &tasks);
     }
     if let Some(addr) = cfg.submission.listen {
-        let l = bind("submission", addr).await?;
-        let limit = ConnectionLimit::new(cfg.limits.max_connections);
-        listeners.insert(
-            "submission".to_string(),
-            (l.local_addr().map_err(io_err("submission"))?, limit.clone()),
-        );
+        let (l, limit) = open_listener("submission", addr, &cfg, &mut listeners).await?;
         let svc = Arc::new(SubmissionService(submission.clone()));
-        let (cfg2, stop) = (cfg.clone(), shutdown.clone());
-        tokio::spawn(listener::serve(
-            l,
-            ListenerSpec {
-                name: "submission",
-                limit,
-                busy: BUSY,
-            },
-            shutdown.clone(),
-            tasks.clone(),
-            move |stream, _| {
-                let (svc, stop) = (svc.clone(), stop.clone());
-                let sc = session_config(&cfg2, Mode::Submission, "localhost".into());
-                async move {
-                    if let Err(e) = smtp::server::handle(stream, &*svc, sc, timing, &stop).await {
-                        tracing::debug!("session ended: {e}");
-                    }
-                }
-            },
-        ));
+        let sc = session_config(&cfg, Mode::Submission, "localhost".into());
+        spawn_smtp(l, "submission", limit, svc, sc, timing, &shutdown, &tasks);
     }
     if let Some(addr) = cfg.imap.listen {
-        let l = bind("imap", addr).await?;
-        let limit = ConnectionLimit::new(cfg.limits.max_connections);
-        listeners.insert(
-            "imap".to_string(),
-            (l.local_addr().map_err(io_err("imap"))?, limit.clone()),
-        );
+        let (l, limit) = open_listener("imap", addr, &cfg, &mut listeners).await?;
         let accounts: Arc<dyn imap::session::Accounts + Send + Sync> =
             Arc::new(ContextAccounts(ctx.clone()));
         let max_literal = cfg.limits.max_message_size.min(u32::MAX as usize) as u32;

@@ -433,18 +433,17 @@ async fn run_tx(args: TxArgs, signer: &Signer) -> Result<()> {
 
 /// The policy of `list` now (verified against the stated app hash).
 async fn current_policy(client: &mut LedgerClient<Channel>, list: &str) -> Result<pb::ListPolicy> {
-    let status = client
-        .get_status(pb::GetStatusRequest {})
-        .await?
-        .into_inner();
-    let (height, root) = verify::stated_anchor(&status)?;
+    // Height 0 asks for the latest state; the answer states the height and app hash it is
+    // from, and the proof is checked against those (asking for the height a status call just
+    // gave races a new block when that height is 0, which on the wire means "latest").
     let ans = client
         .get_list(pb::ListQuery {
             list: list.to_owned(),
-            height,
+            height: 0,
         })
         .await?
         .into_inner();
+    let (height, root) = verify::stated_anchor(&ans)?;
     let record = verify::list_record(&root, height, list, &ans)?
         .with_context(|| format!("there is no list {list:?}"))?;
     Ok(record.policy.unwrap_or_default())
@@ -460,14 +459,16 @@ async fn own_record(
         .get_status(pb::GetStatusRequest {})
         .await?
         .into_inner();
-    let (height, root) = verify::stated_anchor(&status)?;
+    // Asked at height 0 (the latest) and checked against the anchor the answer states: see
+    // `current_policy`.
     let ans = client
         .get_identity(pb::IdentityQuery {
             identity: me.to_vec(),
-            height,
+            height: 0,
         })
         .await?
         .into_inner();
+    let (height, root) = verify::stated_anchor(&ans)?;
     Ok((
         status.chain_id,
         height,

@@ -176,6 +176,13 @@ pub enum Error {
     /// Nothing is certified yet: no block has been verified.
     #[error("no app hash is certified yet: the chain has no verified block")]
     NothingCertified,
+    /// The only certified state is the genesis state (height 0), which the query protocol
+    /// cannot address: height 0 on the wire means "the latest". The next block makes a
+    /// queryable height certified.
+    #[error(
+        "only the genesis state is certified yet, and queries cannot address height 0; wait for the next block"
+    )]
+    OnlyGenesisCertified,
     /// A height above the latest verified one.
     #[error("height {asked} is not verified yet; the latest verified height is {latest}")]
     NotYetVerified {
@@ -244,7 +251,10 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::NoVerifiedAnswer(_) | Error::NothingCertified | Error::NotYetVerified { .. }
+            Error::NoVerifiedAnswer(_)
+                | Error::NothingCertified
+                | Error::OnlyGenesisCertified
+                | Error::NotYetVerified { .. }
         )
     }
 

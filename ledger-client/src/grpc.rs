@@ -716,6 +716,9 @@ impl GrpcLedger {
         C: Fn(&[u8; 32], u64, &A) -> Result<T, Lie>,
     {
         let asked = match (root, at) {
+            // Asking for height 0 would be answered from the server's latest height, and
+            // then refused as stale: say what is missing instead.
+            (Some((0, _, _)), _) => return Err(Error::OnlyGenesisCertified),
             (Some((h, _, _)), _) | (None, At::Height(h)) => h,
             (None, At::Latest) => 0,
         };
@@ -1094,5 +1097,27 @@ impl Ledger for GrpcLedger {
             move |root, height, ans| verify::trust_path(root, height, &from, &to, limits, ans),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The genesis state cannot be asked for on the wire (height 0 means "the latest"), so a
+    /// read against a root at height 0 is refused up front, as transient, before any server
+    /// is asked: the answer would come from a later height and look like a stale-height lie.
+    #[tokio::test]
+    async fn a_root_at_genesis_is_not_queried() {
+        let pinned = RootPolicy::Pinned(TrustedRoot {
+            height: 0,
+            root: [7; 32],
+        });
+        // Port 9 (discard) on loopback: nothing is asked, so nothing needs to listen.
+        let ledger =
+            GrpcLedger::new(Config::new(vec!["http://127.0.0.1:9".into()], pinned)).unwrap();
+        let err = ledger.identity(&[1; 32], At::Latest).await.unwrap_err();
+        assert!(matches!(err, Error::OnlyGenesisCertified), "{err}");
+        assert!(err.is_transient());
     }
 }

@@ -285,8 +285,31 @@ pub struct TorNetwork {
 
 impl TorNetwork {
     /// Generates (or reuses cached) keys, starts all tors and waits for a full consensus.
+    ///
+    /// The ports are chosen free a moment before the tors bind them, so another process on
+    /// the machine can take one in between (a test suite starts many servers at once, and
+    /// outgoing connections draw from the same range); a tor that exits while the network
+    /// starts is therefore taken as such a collision, and the network is started again on
+    /// fresh ports, up to [`START_ATTEMPTS`] times.
     pub fn start(cfg: &TorNetworkConfig) -> Result<TorNetwork, TorNetError> {
         let started = Instant::now();
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(cfg, started) {
+                Err(TorNetError::Exited {
+                    nickname,
+                    status,
+                    log_tail,
+                }) if attempt < START_ATTEMPTS => {
+                    tracing::warn!(%nickname, %status, attempt, "a tor exited while the network started; starting again on fresh ports: {log_tail}");
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn start_once(cfg: &TorNetworkConfig, started: Instant) -> Result<TorNetwork, TorNetError> {
         let relays = cfg.relays.max(1);
         let keys = ensure_keys(cfg, relays)?;
         fs::create_dir_all(&cfg.work_dir)
@@ -317,18 +340,29 @@ impl TorNetwork {
         };
         for (k, n) in keys.iter().zip(net.info.nodes.clone()) {
             let dir = cfg.work_dir.join(&n.nickname);
+            // A data directory from an earlier attempt holds that attempt's state and log.
+            let _ = fs::remove_dir_all(&dir);
             copy_dir(&k.dir.join("keys"), &dir.join("keys"))?;
             set_mode(&dir, 0o700)?;
             set_mode(&dir.join("keys"), 0o700)?;
             let torrc = dir.join("torrc");
             fs::write(&torrc, net.info.torrc(&n, &dir, Some(std::process::id())))
                 .map_err(io_err(format!("writing {}", torrc.display())))?;
+            // What tor prints before its notice log is open (a bad option, a port in use).
+            let console = fs::File::create(dir.join(CONSOLE_LOG)).map_err(io_err(format!(
+                "creating {}",
+                dir.join(CONSOLE_LOG).display()
+            )))?;
             let child = Command::new(&cfg.tor)
                 .arg("-f")
                 .arg(&torrc)
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stdout(
+                    console
+                        .try_clone()
+                        .map_err(io_err("duplicating a file handle"))?,
+                )
+                .stderr(console)
                 .spawn()
                 .map_err(|source| TorNetError::Spawn {
                     program: cfg.tor.display().to_string(),
@@ -405,7 +439,11 @@ impl TorNetwork {
                 return Err(TorNetError::Exited {
                     nickname: p.nickname.clone(),
                     status: status.to_string(),
-                    log_tail: log_tail(&p.dir.join("notice.log")),
+                    log_tail: [
+                        log_tail(&p.dir.join(CONSOLE_LOG)),
+                        log_tail(&p.dir.join("notice.log")),
+                    ]
+                    .join("\n"),
                 });
             }
         }
@@ -667,6 +705,12 @@ pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), TorNetError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(io_err(format!("chmod {}", path.display())))
 }
+
+/// How many times [`TorNetwork::start`] starts the network when a tor exits meanwhile.
+pub const START_ATTEMPTS: u32 = 3;
+
+/// A tor's standard output and error, in its data directory.
+const CONSOLE_LOG: &str = "console.log";
 
 /// A loopback address with a port that was free a moment ago.
 fn free_addr() -> Result<SocketAddr, TorNetError> {

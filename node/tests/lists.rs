@@ -109,7 +109,12 @@ fn setup(net: &Devnet, n: usize) -> (Vec<Node>, Node) {
     let names = [
         "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
     ];
-    let mut nodes: Vec<Node> = names[..n].iter().map(|name| Node::new(name)).collect();
+    let mut nodes: Vec<Node> = (0..n)
+        .map(|i| match names.get(i) {
+            Some(name) => Node::new(name),
+            None => Node::new(&format!("member{i}")),
+        })
+        .collect();
     let mut mallory = Node::new("mallory");
     // Everyone routes to everyone.
     let routes: Vec<(String, u16)> = nodes
@@ -399,4 +404,194 @@ fn members_relay_when_the_author_dies_and_an_offline_member_gets_it_on_return() 
     let sent = copies_queued(&nodes);
     println!("transmissions with the author dead and one member offline: {sent} for {n} members");
     assert!(sent < 3 * n, "{sent}");
+}
+
+/// Forwards TCP connections from `listener` to `upstream`, both ways, until the test ends.
+fn forward(listener: std::net::TcpListener, upstream: String) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(down) = conn else { continue };
+            let Ok(up) = std::net::TcpStream::connect(&upstream) else {
+                continue;
+            };
+            for (mut from, mut to) in [
+                (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                (up, down),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+}
+
+#[test]
+fn a_member_that_cannot_reach_the_ledger_defers_and_delivers_once_it_can() {
+    let net = Devnet::start(4, "lists-defer");
+    let (mut nodes, mut mallory) = setup(&net, 3);
+    fresh_ports(&mut nodes, &mut mallory);
+    // Bob's node reaches the ledger only through a port where nothing listens yet.
+    let gate = support::free_port();
+    let endpoints = net.ledger_toml();
+    let line = endpoints
+        .lines()
+        .find(|l| l.starts_with("endpoints"))
+        .unwrap()
+        .to_string();
+    nodes[1].extra =
+        endpoints.replace(&line, &format!("endpoints = [\"http://127.0.0.1:{gate}\"]"));
+    start_all(&mut nodes, &mut mallory);
+
+    submit(
+        &nodes[0],
+        "dev@list.invalid",
+        "Deferred post",
+        "Held back until bob's ledger answers.",
+    );
+    wait_for(Duration::from_secs(60), "the post at carol", || {
+        nodes[2].count_in_maildir("Subject: Deferred post") == 1
+    });
+    wait_for(Duration::from_secs(60), "bob's node deferring it", || {
+        nodes[1].log().contains("deferring a post")
+    });
+    assert_eq!(
+        nodes[1].count_in_maildir("Deferred post"),
+        0,
+        "delivered without a verified answer"
+    );
+
+    // The ledger answers again: the retried copy is verified and delivered, once.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", gate)).unwrap();
+    let upstream = net.url(2).trim_start_matches("http://").to_string();
+    forward(listener, upstream);
+    wait_for(
+        Duration::from_secs(60),
+        "the post at bob once his ledger answers",
+        || nodes[1].count_in_maildir("Subject: Deferred post") == 1,
+    );
+    assert!(
+        nodes[1].log().contains("list post verified"),
+        "{}",
+        nodes[1].log()
+    );
+    // Copies from alice's retries and from carol's relay may still arrive (the relay timeout
+    // is 3 s): none is stored twice.
+    std::thread::sleep(Duration::from_secs(4));
+    for m in &nodes[1..] {
+        assert_eq!(
+            m.count_in_maildir("Subject: Deferred post"),
+            1,
+            "{}",
+            m.address
+        );
+    }
+}
+
+/// List figures for BENCHMARKS.md (`cargo bench -p onionpost-node --bench lists`): a post to
+/// `ONIONPOST_LIST_MEMBERS` (default 50) member nodes on one machine (direct transport), the
+/// time from the submission's 250 until every other member has stored it and the SMTP
+/// transmissions it took; then the cost of a receiving node's ledger checks for one post (the
+/// latest verified height and the list at the post's height and at the latest), through the
+/// ledger client with its cache and with a cache of one entry.
+#[allow(dead_code)]
+pub fn list_figures() {
+    use onionpost_ledger_client::{At, Config, Genesis, GrpcLedger, Ledger, RootPolicy};
+    use std::time::Instant;
+
+    let n: usize = std::env::var("ONIONPOST_LIST_MEMBERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let net = Devnet::start(4, "lists-bench");
+    let t = Instant::now();
+    let (mut nodes, mut mallory) = setup(&net, n);
+    eprintln!(
+        "registered {} identities and built a list of {n} in {:.1} s",
+        n + 1,
+        t.elapsed().as_secs_f64()
+    );
+    fresh_ports(&mut nodes, &mut mallory);
+    start_all(&mut nodes, &mut mallory);
+
+    let t = Instant::now();
+    submit(
+        &nodes[0],
+        "dev@list.invalid",
+        "Bench post",
+        "To every member.",
+    );
+    let accepted = t.elapsed();
+    let mut pending: Vec<usize> = (1..n).collect();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !pending.is_empty() {
+        pending.retain(|&i| nodes[i].count_in_maildir("Subject: Bench post") == 0);
+        assert!(
+            Instant::now() < deadline,
+            "{} members never got the post",
+            pending.len()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let all = t.elapsed();
+    wait_for(Duration::from_secs(60), "every relay copy taken", || {
+        copies_queued(&nodes) >= 2 * n - 2
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let sent = copies_queued(&nodes);
+    for m in &nodes[1..] {
+        assert_eq!(
+            m.count_in_maildir("Subject: Bench post"),
+            1,
+            "{}",
+            m.address
+        );
+    }
+
+    let genesis = Genesis::load(&net.genesis()).unwrap();
+    let endpoints: Vec<String> = (0..4).map(|i| net.url(i)).collect();
+    let checks = |cache_capacity: usize| -> (f64, f64) {
+        support::ledger::rt().block_on(async {
+            let mut config = Config::new(endpoints.clone(), RootPolicy::Certified(genesis.clone()));
+            config.cache_capacity = cache_capacity;
+            let client = GrpcLedger::new(config).unwrap();
+            let h = client.latest_height().await.unwrap();
+            let rounds = 200;
+            let mut times = Vec::with_capacity(rounds);
+            for _ in 0..rounds {
+                let t = Instant::now();
+                let latest = client.latest_height().await.unwrap();
+                let at_h = client.list("dev", At::Height(h)).await.unwrap();
+                let now = client.list("dev", At::Height(latest)).await.unwrap();
+                assert!(at_h.value.is_some() && now.value.is_some());
+                times.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            times.sort_by(f64::total_cmp);
+            (times[rounds / 2], times[rounds * 99 / 100])
+        })
+    };
+    let (cached_p50, cached_p99) = checks(1024);
+    let (uncached_p50, uncached_p99) = checks(1);
+    println!("| measurement | figure |");
+    println!("| --- | ---: |");
+    println!(
+        "| post to {n} members: submission 250 | {:.0} ms |",
+        accepted.as_secs_f64() * 1e3
+    );
+    println!(
+        "| post to {n} members: 250 -> stored at all {} others | {:.0} ms |",
+        n - 1,
+        all.as_secs_f64() * 1e3
+    );
+    println!(
+        "| SMTP transmissions for the post (bound 3N = {}) | {sent} |",
+        3 * n
+    );
+    println!(
+        "| receiver's ledger checks per post, cached: p50 / p99 | {cached_p50:.0} / {cached_p99:.0} us |"
+    );
+    println!(
+        "| receiver's ledger checks per post, cache of 1: p50 / p99 | {uncached_p50:.0} / {uncached_p99:.0} us |"
+    );
 }

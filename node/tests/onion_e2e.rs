@@ -31,6 +31,8 @@ struct Node {
     submission: u16,
     imap: u16,
     queue: String,
+    /// More configuration (a `[ledger]` table for list mail).
+    extra: String,
     child: Option<Child>,
 }
 
@@ -48,21 +50,29 @@ impl Node {
             submission: free_port(),
             imap: free_port(),
             queue: queue.into(),
+            extra: String::new(),
             child: None,
         }
     }
 
-    fn start(&mut self, net: &TorNetwork) -> Instant {
+    /// Writes the node's configuration; returns its path.
+    fn write_config(&self, net: &TorNetwork) -> PathBuf {
         let cfg = format!(
             "[submission]\nlisten = \"127.0.0.1:{}\"\n[imap]\nlisten = \"127.0.0.1:{}\"\n\
-             [queue]\n{}\n[transport]\nkind = \"onion\"\n{}",
+             [queue]\n{}\n{}\n[transport]\nkind = \"onion\"\n{}",
             self.submission,
             self.imap,
             self.queue,
+            self.extra,
             net.node_config_toml()
         );
         let cfg_path = self.home.join("node.toml");
         fs::write(&cfg_path, cfg).unwrap();
+        cfg_path
+    }
+
+    fn start(&mut self, net: &TorNetwork) -> Instant {
+        let cfg_path = self.write_config(net);
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -313,6 +323,96 @@ fn mail_travels_between_onion_services() {
     wait_for(Duration::from_secs(20), "queues drained", || {
         a.status().contains("queue: 0 message(s)") && c.status().contains("queue: 0 message(s)")
     });
+}
+
+/// A list of four members whose nodes reach each other only through onion services: alice
+/// posts from her mail client, her node sends the signed post to bob's, carol's and dave's
+/// onions, and each delivers it once, after checking it on a 4-validator ledger.
+#[test]
+fn list_posts_travel_between_onion_services() {
+    use support::ledger::{Devnet, tx_as};
+    let ledger = Devnet::start(4, "lists-onion");
+    let net = TorNetwork::shared();
+    let fast = "retry_base_secs = 1.0\nretry_max_secs = 4.0\nretry_window_secs = 600.0";
+    let mut nodes: Vec<Node> = ["alice", "bob", "carol", "dave"]
+        .iter()
+        .map(|name| Node::new(name, fast))
+        .collect();
+    for node in &mut nodes {
+        node.extra = ledger.ledger_toml();
+        let cfg = node.write_config(net);
+        let out = Command::new(BIN)
+            .args([
+                "--home",
+                node.home.to_str().unwrap(),
+                "identity",
+                "register",
+            ])
+            .arg(&node.name)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("registered:"),
+            "register {}: {out:?}",
+            node.name
+        );
+    }
+    let url = ledger.url(1);
+    tx_as(&nodes[0].home, "alice", &url, &["create-list", "onion"]);
+    for m in 1..nodes.len() {
+        let member = nodes[m].address.clone();
+        tx_as(
+            &nodes[0].home,
+            "alice",
+            &url,
+            &["add-member", "onion", &member],
+        );
+    }
+    for node in &mut nodes {
+        node.start(net);
+    }
+
+    submit(
+        &nodes[0],
+        "onion@list.invalid",
+        "List over Tor",
+        "to three onions",
+    );
+    for m in &nodes[1..] {
+        // The first delivery to each onion may wait out its descriptor's publication.
+        wait_for(Duration::from_secs(180), "the post at every member", || {
+            m.count_in_maildir("Subject: List over Tor") == 1
+        });
+    }
+    // Relay copies cross the onions too (relay timeout 3 s): none is stored twice.
+    wait_for(Duration::from_secs(60), "every relay copy queued", || {
+        nodes
+            .iter()
+            .map(|n| n.log().matches("post copy queued").count())
+            .sum::<usize>()
+            >= 2 * nodes.len() - 2
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    for m in &nodes[1..] {
+        assert_eq!(
+            m.count_in_maildir("Subject: List over Tor"),
+            1,
+            "{}",
+            m.name
+        );
+        assert_eq!(
+            m.count_in_maildir(&format!(
+                "Onionpost-List-Verified: list=onion; author={}",
+                nodes[0].address.split('@').nth(1).unwrap()
+            )),
+            1,
+            "{}",
+            m.name
+        );
+    }
+    assert_eq!(nodes[0].count_in_maildir("List over Tor"), 0, "the author");
 }
 
 /// What a Tor client outside the nodes saw at two onion services of one node.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # onionpost demo on one machine, on loopback: a ledger, identities, a mailing list, verified
-# membership proofs, and mail between two mail nodes read back over IMAP.
+# membership proofs, mail between two mail nodes read back over IMAP, and a mailing list whose
+# posts every member's node checks against the ledger before delivery.
 # Installs what it needs on Debian, builds, runs, prints each step, and cleans up on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -87,4 +88,7 @@ run "$BIN/onionpost-devnet" status --dir "$WORK/devnet"
 
 step "mail between two mail nodes, over onion services"
 scripts/demo-mail.sh "$BIN" "$WORK"
+
+step "a mailing list with no server: posts checked against the ledger by every member's node"
+scripts/demo-lists.sh "$BIN" "$WORK"
 step "done"

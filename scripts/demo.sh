@@ -22,7 +22,9 @@ fi
 
 echo "==> building (the first build takes a while: RocksDB and libp2p are compiled from source)"
 # cargo's own progress (crate counts and names), so a first build of ~40 minutes is visibly moving.
-cargo build -p onionpost-ledger -p onionpost -p onionpost-node -p onionpost-devnet --bins
+# The whole workspace, as the test suite builds it: selecting packages with -p would unify
+# dependency features differently and compile ~200 crates a second time for scripts/test.sh.
+cargo build --workspace --bins
 BIN=$CARGO_TARGET_DIR/debug
 WORK=$(mktemp -d /tmp/onionpost-demo.XXXXXX)
 cleanup() {

@@ -10,7 +10,8 @@ need_apt=()
 for pkg_bin in "libclang-dev:/usr/lib/llvm-14/lib/libclang.so" "clang:/usr/bin/clang" \
                "tor:/usr/bin/tor" "swaks:/usr/bin/swaks" "fetchmail:/usr/bin/fetchmail" \
                "mutt:/usr/bin/mutt" "python3:/usr/bin/python3" "isync:/usr/bin/mbsync" \
-               "gnupg:/usr/bin/gpg" "rnp:/usr/bin/rnp" "sq:/usr/bin/sq"; do
+               "gnupg:/usr/bin/gpg" "rnp:/usr/bin/rnp" "sq:/usr/bin/sq" \
+               "neomutt:/usr/bin/neomutt" "offlineimap3:/usr/bin/offlineimap" "tmux:/usr/bin/tmux"; do
   pkg=${pkg_bin%%:*}; path=${pkg_bin#*:}
   [ -e "$path" ] || need_apt+=("$pkg")
 done

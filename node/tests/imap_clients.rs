@@ -1,7 +1,9 @@
 //! IMAP against real clients and a real node process: Python's `imapclient` through every
 //! command of the mailbox and extension work (folders, special use, modified UTF-7, UIDPLUS,
-//! MOVE, IDLE pushed from a second process's delivery, NAMESPACE, ENABLE, ID), mbsync
-//! syncing every folder both ways, and UIDVALIDITY/UIDNEXT across a `kill -9` restart.
+//! MOVE, IDLE pushed from a second process's delivery, NAMESPACE, ENABLE, ID), mbsync and
+//! offlineimap syncing every folder both ways, neomutt (driven through tmux, as a person
+//! would) sending through submission and filing into Sent over IMAP, and UIDVALIDITY/UIDNEXT
+//! across a `kill -9` restart.
 
 mod support;
 
@@ -554,4 +556,260 @@ c.logout()
         "{out}"
     );
     assert!(out.contains("OTHER=2"), "{out}");
+}
+
+/// Runs offlineimap once with `rc`; its output (it logs every copy, flag change and deletion).
+fn offlineimap(rc: &Path) -> String {
+    let out = Command::new("offlineimap")
+        .arg("-c")
+        .arg(rc)
+        .args(["-o", "-u", "basic"])
+        .output()
+        .expect("offlineimap (Debian package offlineimap3) must be installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "offlineimap failed:\n{text}");
+    assert!(
+        !text.contains("ERROR"),
+        "offlineimap reported an error:\n{text}"
+    );
+    text
+}
+
+#[test]
+fn offlineimap_syncs_every_folder_both_ways_then_transfers_nothing() {
+    let mut node = Node::new("bob");
+    node.start();
+    remote(&node, "seed");
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("mail");
+    fs::create_dir_all(&local).unwrap();
+    let rc = dir.path().join("offlineimaprc");
+    fs::write(
+        &rc,
+        format!(
+            "[general]\naccounts = node\nmetadata = {meta}\n\n\
+             [Account node]\nlocalrepository = local\nremoterepository = remote\n\n\
+             [Repository local]\ntype = Maildir\nlocalfolders = {local}\nsep = /\n\n\
+             [Repository remote]\ntype = IMAP\nremotehost = 127.0.0.1\nremoteport = {port}\n\
+             remoteuser = {user}\nremotepass = {pw}\nssl = no\nstarttls = no\n",
+            meta = dir.path().join("meta").display(),
+            local = local.display(),
+            port = node.imap,
+            user = node.address,
+            pw = node.password,
+        ),
+    )
+    .unwrap();
+
+    // First run: every folder and message comes down.
+    offlineimap(&rc);
+    for (b, n) in [
+        ("INBOX", 2),
+        ("Projekte/Alt", 1),
+        ("Sent", 1),
+        ("Drafts", 0),
+        ("Trash", 0),
+        ("Junk", 0),
+        ("Archive", 0),
+    ] {
+        assert_eq!(files(&local.join(b)).len(), n, "{b} after the first sync");
+    }
+
+    // Near: read "one" (Seen), delete "old", a new message in INBOX. Far: flag "two", a new
+    // message "three".
+    for f in files(&local.join("INBOX")) {
+        if fs::read_to_string(&f).unwrap().contains("Subject: one") {
+            let name = f.to_string_lossy().into_owned();
+            let (base, flags) = name.split_once(":2,").unwrap();
+            fs::rename(&f, format!("{base}:2,{flags}S").replace("/new/", "/cur/")).unwrap();
+        }
+    }
+    for f in files(&local.join("Projekte/Alt")) {
+        fs::remove_file(f).unwrap();
+    }
+    fs::write(
+        local.join("INBOX/new/1700000002.local.host"),
+        "Subject: written offline\r\n\r\nbody\r\n",
+    )
+    .unwrap();
+    remote(&node, "change");
+
+    offlineimap(&rc);
+    let far = remote(&node, "dump");
+    assert!(far.contains(r#""Projekte/Alt": []"#), "{far}");
+    assert!(
+        far.contains(
+            r#""INBOX": ["one[\\Seen]", "three[]", "two[\\Flagged]", "written offline[]"]"#
+        ),
+        "{far}"
+    );
+    let mut near: Vec<String> = files(&local.join("INBOX"))
+        .iter()
+        .map(|f| {
+            let text = fs::read_to_string(f).unwrap();
+            let subject = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Subject: "))
+                .unwrap()
+                .to_string();
+            let flags = f
+                .to_string_lossy()
+                .split_once(":2,")
+                .map(|x| x.1.to_string())
+                .unwrap_or_default();
+            format!("{subject}[{flags}]")
+        })
+        .collect();
+    near.sort();
+    assert_eq!(
+        near,
+        ["one[S]", "three[]", "two[F]", "written offline[]"],
+        "near side after the second sync"
+    );
+
+    // Third run: in sync, nothing is copied, flagged or deleted either way.
+    let log = offlineimap(&rc);
+    for moving in ["Copy message", "flag", "Deleting"] {
+        assert!(
+            !log.contains(moving),
+            "the third sync transferred ({moving}):\n{log}"
+        );
+    }
+    assert_eq!(
+        remote(&node, "dump"),
+        far,
+        "the third sync changed the server"
+    );
+}
+
+/// A tmux session, killed on drop.
+struct Tmux(String);
+
+impl Tmux {
+    fn start(name: &str, command: &str) -> Tmux {
+        let st = Command::new("tmux")
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                name,
+                "-x",
+                "200",
+                "-y",
+                "50",
+                command,
+            ])
+            .status()
+            .expect("tmux must be installed");
+        assert!(st.success());
+        Tmux(name.to_string())
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.0])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &str) {
+        let st = Command::new("tmux")
+            .args(["send-keys", "-t", &self.0, keys])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Waits until the screen shows `text`, up to 20 s.
+    fn wait_for(&self, text: &str) {
+        let ok = support::wait_until(std::time::Duration::from_secs(20), || {
+            self.screen().contains(text)
+        });
+        assert!(ok, "the screen never showed {text:?}:\n{}", self.screen());
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .status();
+    }
+}
+
+/// neomutt, as a person uses it (interactively, in a terminal driven through tmux): it sends
+/// through the node's submission port and files its copy into Sent over IMAP (an APPEND, in
+/// its debug log); the message arrives in INBOX and Sent holds it once (the node filed one at
+/// submission and recognises neomutt's).
+#[test]
+fn neomutt_sends_through_submission_and_files_into_sent_over_imap() {
+    let mut node = Node::new("bob");
+    node.start();
+    let dir = tempfile::tempdir().unwrap();
+    let user = node.address.replace('@', "%40");
+    let muttrc = dir.path().join("muttrc");
+    fs::write(
+        &muttrc,
+        format!(
+            "set from = \"{addr}\"\nset use_from = yes\n\
+             set smtp_url = \"smtp://{user}@127.0.0.1:{sub}/\"\nset smtp_pass = \"{pw}\"\n\
+             set folder = \"imap://{user}@127.0.0.1:{imap}/\"\nset imap_pass = \"{pw}\"\n\
+             set record = \"=Sent\"\nset copy = yes\n\
+             set ssl_starttls = no\nset ssl_force_tls = no\n\
+             set editor = \"true\"\nset abort_unmodified = no\n",
+            addr = node.address,
+            sub = node.submission,
+            imap = node.imap,
+            pw = node.password,
+        ),
+    )
+    .unwrap();
+    let body = dir.path().join("body.txt");
+    fs::write(&body, "written in neomutt\n").unwrap();
+    let log = dir.path().join("neomutt.log");
+    let done = dir.path().join("done");
+    let session = Tmux::start(
+        &format!("neomutt-{}", std::process::id()),
+        &format!(
+            "neomutt -d 2 -l {log} -F {rc} -s 'from neomutt' -i {body} -- {to}; touch {done}; sleep 60",
+            log = log.display(),
+            rc = muttrc.display(),
+            body = body.display(),
+            to = node.address,
+            done = done.display(),
+        ),
+    );
+    session.wait_for("To: ");
+    session.keys("Enter");
+    session.wait_for("Subject: from neomutt");
+    session.keys("Enter");
+    session.wait_for("y:Send");
+    session.keys("y");
+    assert!(
+        support::wait_until(std::time::Duration::from_secs(30), || done.exists()),
+        "neomutt did not finish sending:\n{}",
+        session.screen()
+    );
+
+    let trace: String = fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("neomutt.log"))
+        .map(|e| fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(
+        trace.contains("APPEND \"Sent\""),
+        "neomutt did not file its copy over IMAP:\n{trace}"
+    );
+    let dump = remote(&node, "dump");
+    assert!(dump.contains(r#""INBOX": ["from neomutt[]"]"#), "{dump}");
+    assert!(
+        dump.contains(r#""Sent": ["from neomutt[\\Seen]"]"#),
+        "{dump}"
+    );
 }

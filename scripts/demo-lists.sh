@@ -84,19 +84,21 @@ swaks --silent 1 --server "127.0.0.1:${SUB[alice]}" --auth PLAIN --auth-user "${
   --body "Every member's node checked my membership on the ledger before delivering this." \
   && echo "accepted by alice's node: membership checked, post signed, sent to every member"
 
-say "bob and carol read it over IMAP (Python imaplib): list headers and what their node verified"
+say "bob and carol read it over IMAP (Python imaplib) in folder Lists/demo: list headers and what their node verified"
 for who in bob carol; do
-  echo "--- $who's INBOX"
+  echo "--- $who's Lists/demo"
   python3 - "${IMAP[$who]}" "${ADDR[$who]}" "${PW[$who]}" <<'PY'
 import imaplib, sys, time, email, email.policy
 port, user, pw = sys.argv[1:]
 deadline = time.time() + 60
 while True:
-    M = imaplib.IMAP4('127.0.0.1', int(port)); M.login(user, pw); M.select('INBOX')
-    typ, data = M.search(None, 'HEADER', 'List-Id', 'demo')
-    if data[0].split(): break
-    M.logout()
     if time.time() > deadline: sys.exit("the post did not arrive within 60 s")
+    M = imaplib.IMAP4('127.0.0.1', int(port)); M.login(user, pw)
+    # The node files a list's posts in a folder of their own, created with the first post.
+    if M.select('"Lists/demo"')[0] == 'OK':
+        typ, data = M.search(None, 'HEADER', 'List-Id', 'demo')
+        if data[0].split(): break
+    M.logout()
     time.sleep(0.2)
 typ, msg = M.fetch(data[0].split()[-1], '(RFC822)')
 m = email.message_from_bytes(msg[0][1], policy=email.policy.default)

@@ -111,24 +111,25 @@ impl Node {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    /// Messages in the Maildir whose text contains `needle`.
+    /// Messages in any of the identity's mailboxes (INBOX and the folders, where list posts
+    /// are filed) whose text contains `needle`.
     fn count_in_maildir(&self, needle: &str) -> usize {
-        let cur = self
-            .home
-            .join("identities")
-            .join(&self.name)
-            .join("Maildir/cur");
-        fs::read_dir(cur)
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .filter(|e| {
-                        fs::read(e.path())
-                            .map(|b| String::from_utf8_lossy(&b).contains(needle))
-                            .unwrap_or(false)
-                    })
-                    .count()
+        let id = self.home.join("identities").join(&self.name);
+        let folders = fs::read_dir(id.join("folders"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("cur"));
+        std::iter::once(id.join("Maildir/cur"))
+            .chain(folders)
+            .flat_map(|cur| fs::read_dir(cur).into_iter().flatten())
+            .filter_map(Result::ok)
+            .filter(|e| {
+                fs::read(e.path())
+                    .map(|b| String::from_utf8_lossy(&b).contains(needle))
+                    .unwrap_or(false)
             })
-            .unwrap_or(0)
+            .count()
     }
 
     fn log(&self) -> String {

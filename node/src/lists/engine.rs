@@ -9,8 +9,8 @@
 //!
 //! Receiving ([`Lists::receive`]): the signature ([`Post::from_wire`]), the node's latest
 //! verified height L, the list at H and at L, the delivery checks ([`check::may_deliver`]),
-//! then the core decides: deliver (once, deduplicated by post id, durably in the mailbox
-//! too) and relay. The SMTP 250 is given only after the delivery and the relay copies are
+//! then the core decides: deliver (once, deduplicated by post id, durably in the list's
+//! folder `Lists/<list>` too) and relay. The SMTP 250 is given only after the delivery and the relay copies are
 //! on disk.
 
 use std::collections::HashMap;
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::address::{list_address, list_id, member_address};
 use super::broadcast::{Broadcast, Input, Member, Output, PostId};
 use super::check::{self, Refusal};
+use super::folder::open_list_folder;
 use super::post::Post;
 use crate::clock::Clock;
 use crate::context::{Context, Hosted};
@@ -282,7 +283,9 @@ impl Lists {
             );
             tracing::info!(%list, %to, height = post.height, latest, post = %hex::encode(&id[..8]), "list post verified");
             let stamped = self.stamp(&post, latest, data);
-            let r = self.execute_for(out, hosted.clone(), stamped, id).await;
+            let r = self
+                .execute_for(out, hosted.clone(), list, stamped, id)
+                .await;
             results.push(r);
         }
         self.changed.notify_one();
@@ -307,6 +310,7 @@ impl Lists {
         &self,
         out: Vec<Output>,
         hosted: Arc<Hosted>,
+        list: &str,
         stamped: Vec<u8>,
         id: PostId,
     ) -> Result<(), Reply> {
@@ -322,8 +326,14 @@ impl Lists {
             return Ok(());
         }
         let key = DedupeKey(id[..16].try_into().expect("16 bytes"));
-        let mailbox = hosted.mailbox.clone();
-        match tokio::task::spawn_blocking(move || store(&*mailbox, &stamped, Some(key))).await {
+        let list = list.to_owned();
+        // Filed in the list's own folder (created with its first post), off the async workers.
+        let stored = tokio::task::spawn_blocking(move || {
+            let folder = open_list_folder(&*hosted.mailboxes, &list)
+                .map_err(|e| local_error(&format!("opening the folder of list {list}: {e}")))?;
+            store(&*folder, &stamped, Some(key))
+        });
+        match stored.await {
             Ok(r) => r,
             Err(e) => Err(local_error(&format!("store task: {e}"))),
         }

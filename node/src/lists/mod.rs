@@ -3,6 +3,7 @@
 //!
 //! * [`address`]: list addresses (`<list>@list.invalid`) and member post addresses;
 //! * [`post`]: the signed post on the wire and its id;
+//! * [`folder`]: the folder per list (`Lists/<list>`) where a member's posts are filed;
 //! * [`check`]: the ledger checks, as pure functions of verified answers, and their replies;
 //! * [`broadcast`]: the relaying broadcast protocol, sans I/O;
 //! * [`engine`]: the async part: ledger reads, the queue, the mailboxes, timers.
@@ -11,4 +12,5 @@ pub mod address;
 pub mod broadcast;
 pub mod check;
 pub mod engine;
+pub mod folder;
 pub mod post;

@@ -153,20 +153,25 @@ impl Node {
         self.count_in(name, needle)
     }
 
-    /// Number of messages in identity `name`'s Maildir whose text contains `needle`.
+    /// Number of messages of identity `name` whose text contains `needle`, in any of its
+    /// mailboxes (INBOX and the folders: list posts are filed in `Lists/<list>`).
     pub fn count_in(&self, name: &str, needle: &str) -> usize {
-        let cur = self.home.join("identities").join(name).join("Maildir/cur");
-        fs::read_dir(cur)
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .filter(|e| {
-                        fs::read(e.path())
-                            .map(|b| String::from_utf8_lossy(&b).contains(needle))
-                            .unwrap_or(false)
-                    })
-                    .count()
+        let id = self.home.join("identities").join(name);
+        let folders = fs::read_dir(id.join("folders"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("cur"));
+        std::iter::once(id.join("Maildir/cur"))
+            .chain(folders)
+            .flat_map(|cur| fs::read_dir(cur).into_iter().flatten())
+            .filter_map(Result::ok)
+            .filter(|e| {
+                fs::read(e.path())
+                    .map(|b| String::from_utf8_lossy(&b).contains(needle))
+                    .unwrap_or(false)
             })
-            .unwrap_or(0)
+            .count()
     }
 
     pub fn log(&self) -> String {

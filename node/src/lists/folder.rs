@@ -32,5 +32,5 @@ pub fn open_list_folder(
     mailboxes.set_subscribed(&name, true)?;
     mailboxes
         .open(&name)
-        .ok_or_else(|| FolderError::NotFound(name))
+        .ok_or(FolderError::NotFound(name))
 }

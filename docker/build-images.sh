@@ -9,7 +9,7 @@
 #                             it is rebuilt only when one of those changes.
 #   onionpost-tor:dev         + Debian's tor (authorities and relays of the private network)
 #   onionpost-validator:dev   + onionpost-ledger and onionpost-devnet (its health check)
-#   onionpost-node:dev        + onionpost-node, onionpost-devnet, swaks and curl (SMTP
+#   onionpost-node:dev        + onionpost-node, onionpost, onionpost-devnet, swaks, curl (SMTP
 #                             submission and IMAP clients, run inside the container because
 #                             the node's client listeners are loopback-only)
 #
@@ -99,11 +99,13 @@ fi
 docker tag "$BASE" onionpost-base:latest
 
 # --- the project's binaries -------------------------------------------------------------------
-BINS=(onionpost-ledger onionpost-node onionpost-devnet)
+BINS=(onionpost-ledger onionpost-node onionpost-devnet onionpost)
 if [ "$RUN_CARGO" = 1 ]; then
-  echo "==> cargo build --release (onionpost-ledger, onionpost-node, onionpost-devnet)"
+  # The whole workspace: -p selections unify dependency features differently and would
+  # compile the dependencies again for every other release build (benches).
+  echo "==> cargo build --release --workspace --bins"
   t=$(date +%s.%N)
-  cargo build --release --quiet -p onionpost-ledger -p onionpost-node -p onionpost-devnet --bins
+  cargo build --release --workspace --bins
   echo "    cargo: $(elapsed "$t") s"
 fi
 CTX=$(mktemp -d /var/tmp/onionpost-docker-ctx.XXXXXX)

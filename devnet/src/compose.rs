@@ -254,7 +254,15 @@ pub fn init(dir: &Path, opts: &ComposeOptions) -> Result<ComposeManifest> {
         &serde_json::to_vec_pretty(&net)?,
     )?;
 
-    // Mail nodes, one identity each.
+    // Mail nodes, one identity each, reading the ledger of the validators above.
+    let genesis = m.validators[0].home.join("genesis.json");
+    let ledger = NodeLedger {
+        endpoints: validators
+            .iter()
+            .map(|v| format!("http://{}", SocketAddr::new(v.ip, VALIDATOR_PORT + 1)))
+            .collect(),
+        chain_id: opts.chain_id.clone(),
+    };
     let mut mail_nodes = Vec::new();
     for (i, name) in IDENTITIES.iter().enumerate() {
         let home = dir.join(format!("node-{i}"));
@@ -263,7 +271,9 @@ pub fn init(dir: &Path, opts: &ComposeOptions) -> Result<ComposeManifest> {
         let (id, password) = onionpost_node::identity::IdentityStore::new(&home)
             .create(name)
             .with_context(|| format!("creating identity {name} in {}", home.display()))?;
-        write(&home.join("node.toml"), node_toml(&net).as_bytes())?;
+        write(&home.join("node.toml"), node_toml(&net, &ledger).as_bytes())?;
+        std::fs::copy(&genesis, home.join(NODE_GENESIS))
+            .with_context(|| format!("copying {} into {}", genesis.display(), home.display()))?;
         let probe = home.join("tor-probe");
         std::fs::create_dir_all(&probe).with_context(|| format!("creating {}", probe.display()))?;
         tor::set_mode(&probe, 0o700)?;
@@ -306,15 +316,36 @@ pub fn init(dir: &Path, opts: &ComposeOptions) -> Result<ComposeManifest> {
     Ok(manifest)
 }
 
+/// The genesis file in a mail node's home (mounted at `/home/node`), from which its ledger
+/// client derives the validator set.
+pub const NODE_GENESIS: &str = "genesis.json";
+
+/// What a mail node needs to read the devnet's ledger.
+struct NodeLedger {
+    /// Every validator's gRPC endpoint on the devnet's network.
+    endpoints: Vec<String>,
+    /// The chain id.
+    chain_id: String,
+}
+
 /// The configuration of a mail node in the devnet: client listeners on the container's
-/// loopback, the private Tor network, quick retries (a devnet heals in seconds, not hours).
-fn node_toml(net: &NetworkInfo) -> String {
+/// loopback, the private Tor network, quick retries (a devnet heals in seconds, not hours),
+/// and the devnet's ledger (every validator an endpoint) for list mail.
+fn node_toml(net: &NetworkInfo, ledger: &NodeLedger) -> String {
+    let endpoints: Vec<String> = ledger
+        .endpoints
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect();
     format!(
         "[submission]\nlisten = \"127.0.0.1:{SUBMISSION_PORT}\"\n\
          [imap]\nlisten = \"127.0.0.1:{IMAP_PORT}\"\n\
          [queue]\nretry_base_secs = 2\nretry_max_secs = 10\n\
+         [ledger]\nendpoints = [{}]\nchain_id = \"{}\"\ngenesis = \"/home/node/{NODE_GENESIS}\"\n\
          [transport]\nkind = \"onion\"\n\
          [transport.onion]\nstate_dir = \"/home/node/arti\"\n{}",
+        endpoints.join(", "),
+        ledger.chain_id,
         net.node_config_toml()
     )
 }
@@ -773,6 +804,18 @@ mod tests {
             assert_eq!(private.authorities[0].dir.to_string(), "10.89.42.20:7000");
             assert_eq!(private.fallbacks[2].orport.to_string(), "10.89.42.22:5000");
             assert_eq!(cfg.imap.listen.unwrap().to_string(), "127.0.0.1:143");
+            // The ledger: every validator on its container address, genesis in the home.
+            let ledger = cfg.ledger.as_ref().unwrap();
+            assert_eq!(ledger.endpoints.len(), 4);
+            assert_eq!(
+                ledger.endpoints[0],
+                format!("http://10.89.42.10:{}", VALIDATOR_PORT + 1)
+            );
+            assert_eq!(ledger.genesis, Path::new("/home/node").join(NODE_GENESIS));
+            assert_eq!(
+                std::fs::read(home.join(NODE_GENESIS)).unwrap(),
+                std::fs::read(dev.validators[0].home.join("genesis.json")).unwrap()
+            );
             let id = &n.identities[0];
             let stored = onionpost_node::identity::IdentityStore::new(&home)
                 .load(&id.name)

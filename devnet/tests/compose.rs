@@ -408,6 +408,16 @@ async fn validators_killed_and_restarted_in_a_loop_under_load_never_diverge() {
 
 /// Runs `curl` against a node's IMAP server inside its container.
 fn imap(net: &Devnet, node: usize, url_path: &str, request: Option<&str>) -> String {
+    try_imap(net, node, url_path, request).unwrap()
+}
+
+/// [`imap`], with curl's failure (a mailbox that does not exist yet) as an error.
+fn try_imap(
+    net: &Devnet,
+    node: usize,
+    url_path: &str,
+    request: Option<&str>,
+) -> anyhow::Result<String> {
     let n = &net.c.manifest.nodes[node];
     let id = &n.identities[0];
     let user = format!("{}:{}", id.address, id.password);
@@ -425,17 +435,26 @@ fn imap(net: &Devnet, node: usize, url_path: &str, request: Option<&str>) -> Str
     if let Some(r) = request {
         args.extend(["--request", r]);
     }
-    net.c.exec(&n.service.service, &args).unwrap()
+    net.c.exec(&n.service.service, &args)
 }
 
 /// The sequence numbers of INBOX messages whose subject contains `token`.
 fn search(net: &Devnet, node: usize, token: &str) -> Vec<u32> {
-    let out = imap(
+    search_in(net, node, "INBOX", token)
+}
+
+/// The sequence numbers of messages in `mailbox` (URL-encoded) whose subject contains
+/// `token`.
+/// A mailbox that does not exist (yet) has none.
+fn search_in(net: &Devnet, node: usize, mailbox: &str, token: &str) -> Vec<u32> {
+    let Ok(out) = try_imap(
         net,
         node,
-        "INBOX",
+        mailbox,
         Some(&format!("SEARCH SUBJECT \"{token}\"")),
-    );
+    ) else {
+        return Vec::new();
+    };
     out.lines()
         .filter_map(|l| l.trim().strip_prefix("* SEARCH"))
         .flat_map(|l| {
@@ -570,4 +589,115 @@ fn mail_queued_for_a_cut_off_node_arrives_exactly_once_after_healing() {
         "delivered more than once"
     );
     assert_eq!(search(&net, 1, "hello-first").len(), 1);
+}
+
+/// The folder a member's node files the list's posts in (`Lists/friends`), URL-encoded.
+const LIST_FOLDER: &str = "Lists%2Ffriends";
+
+/// A list post across containers: each node registers its identity on the validators'
+/// ledger, alice (as her node identity) creates a list with bob and carol, posts to it with
+/// swaks, and both members' nodes deliver the post only after checking it on the ledger.
+#[test]
+fn a_list_post_reaches_every_member_across_containers() {
+    let mut services: Vec<&str> = VALIDATORS.to_vec();
+    services.extend(TORS);
+    services.extend(["node-0", "node-1", "node-2"]);
+    let net = Devnet::up("lists", &services);
+    net.wait_healthy(&services, Duration::from_secs(300));
+
+    let nodes = &net.c.manifest.nodes;
+    for (i, n) in nodes.iter().enumerate() {
+        let name = &n.identities[0].name;
+        let out = net
+            .c
+            .exec(
+                &n.service.service,
+                &[
+                    "onionpost-node",
+                    "identity",
+                    "register",
+                    name,
+                    "--config",
+                    "/home/node/node.toml",
+                ],
+            )
+            .unwrap_or_else(|e| panic!("register {name} on node-{i}: {e:#}"));
+        assert!(out.contains("registered"), "{out}");
+    }
+    let ledger = format!(
+        "http://{}:{}",
+        net.c.manifest.validators[1].ip,
+        compose::VALIDATOR_PORT + 1
+    );
+    let admin = |args: &[&str]| {
+        let mut all = vec![
+            "onionpost",
+            "--home",
+            "/home/node",
+            "--identity",
+            "alice",
+            "tx",
+            "--ledger",
+            &ledger,
+        ];
+        all.extend_from_slice(args);
+        let out = net.c.exec("node-0", &all).unwrap();
+        assert!(out.contains("applied"), "{out}");
+    };
+    admin(&["create-list", "friends"]);
+    for n in &nodes[1..] {
+        admin(&["add-member", "friends", &n.identities[0].address]);
+    }
+
+    let alice = &nodes[0].identities[0];
+    let server = format!("127.0.0.1:{}", compose::SUBMISSION_PORT);
+    net.c
+        .exec(
+            "node-0",
+            &[
+                "swaks",
+                "--silent",
+                "1",
+                "--server",
+                &server,
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                &alice.address,
+                "--auth-password",
+                &alice.password,
+                "--from",
+                &alice.address,
+                "--to",
+                "friends@list.invalid",
+                "--header",
+                "Subject: list-post-across-containers",
+                "--body",
+                "to every member",
+            ],
+        )
+        .unwrap();
+    for member in 1..nodes.len() {
+        let seq = wait_until(
+            "the post in the member's folder of the list",
+            Duration::from_secs(300),
+            || {
+                search_in(&net, member, LIST_FOLDER, "list-post-across-containers")
+                    .first()
+                    .copied()
+            },
+        );
+        let body = imap(
+            &net,
+            member,
+            &format!("{LIST_FOLDER};MAILINDEX={seq}"),
+            None,
+        );
+        assert!(body.contains("List-Id: <friends.list.invalid>"), "{body}");
+        assert!(
+            body.contains("Onionpost-List-Verified: list=friends; author="),
+            "{body}"
+        );
+        assert!(body.contains("to every member"), "{body}");
+    }
 }

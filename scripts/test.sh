@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs onionpost's whole test suite on a fresh Debian machine: installs what the tests need
-# (system packages, cargo-nextest), checks formatting and lints, then runs every test.
+# (system packages, cargo-nextest), checks formatting and lints, then runs every test, the
+# compose devnet's container tests too where a Docker engine runs. Arguments go to nextest
+# (for example `-E 'binary(lists)'`) and run only the tests they select.
 # The build directory lives outside the clone (CARGO_TARGET_DIR) so repeated runs reuse it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,9 +33,32 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
+# The compose devnet's tests need a Docker engine (a daemon cannot be installed from here):
+# with one, they run after the others, on images carrying this build's debug binaries; the
+# cargo feature that enables them is then on for every step, so the workspace builds once.
+FEATURES=()
+if docker info >/dev/null 2>&1; then
+  FEATURES=(--features onionpost-devnet/compose-tests)
+  command -v debootstrap >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq debootstrap >/dev/null; }
+else
+  echo "==> no Docker engine here: the compose devnet's tests will not run (scripts/test-compose.sh runs them where one is)"
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
-cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets "${FEATURES[@]}" --quiet -- -D warnings
 echo "==> cargo nextest run"
-cargo nextest run --workspace --no-fail-fast "$@"
+if [ $# -gt 0 ]; then
+  # Arguments select tests (nextest ORs filter expressions): run just those.
+  exec cargo nextest run --workspace "${FEATURES[@]}" --no-fail-fast "$@"
+fi
+cargo nextest run --workspace "${FEATURES[@]}" --no-fail-fast -E 'not binary(compose)'
+if [ ${#FEATURES[@]} -gt 0 ]; then
+  echo "==> compose devnet: images with this build's binaries, then its partition and fault tests"
+  cargo build --workspace --bins "${FEATURES[@]}" --quiet
+  ./docker/build-images.sh --no-cargo --bin "$CARGO_TARGET_DIR/debug"
+  # The kill-and-restart loop is a soak: a minute here, longer by scripts/test-compose.sh.
+  ONIONPOST_COMPOSE_SOAK_SECS=${ONIONPOST_COMPOSE_SOAK_SECS:-60} \
+    cargo nextest run --workspace "${FEATURES[@]}" --no-fail-fast -E 'binary(compose)' --test-threads 2
+fi

@@ -30,7 +30,5 @@ pub fn open_list_folder(
         Err(e) => return Err(e),
     }
     mailboxes.set_subscribed(&name, true)?;
-    mailboxes
-        .open(&name)
-        .ok_or(FolderError::NotFound(name))
+    mailboxes.open(&name).ok_or(FolderError::NotFound(name))
 }

@@ -3,7 +3,8 @@
 # they need (Docker engine and compose tool, debootstrap, cargo-nextest), builds the release
 # binaries and the images (docker/build-images.sh: nothing is pulled), then runs the tests
 # against containers on Docker networks of their own. Extra arguments go to nextest.
-# Not part of scripts/test.sh: the README says why and how long this takes.
+# scripts/test.sh runs the same tests on debug binaries with a 60 s soak; this is the longer
+# run (release images, ONIONPOST_COMPOSE_SOAK_SECS default 180 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -24,6 +25,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 ./docker/build-images.sh
-echo "==> cargo nextest run -p onionpost-devnet --features compose-tests --test compose"
-cargo nextest run -p onionpost-devnet --features compose-tests --test compose \
+# The whole workspace with the feature on, as scripts/test.sh builds it (a -p selection would
+# unify dependency features differently and compile them again).
+echo "==> cargo nextest run --workspace --features onionpost-devnet/compose-tests -E 'binary(compose)'"
+cargo nextest run --workspace --features onionpost-devnet/compose-tests -E 'binary(compose)' \
   --no-fail-fast --test-threads "${ONIONPOST_COMPOSE_THREADS:-2}" "$@"

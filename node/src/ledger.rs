@@ -32,7 +32,7 @@ use crate::config::LedgerConfig;
 pub enum LedgerError {
     /// The node has no `[ledger]` section.
     #[error(
-        "this node has no [ledger] configuration; list mail needs one (endpoints, chain_id, genesis)"
+        "this node has no [ledger] configuration; list mail and key bindings need one (endpoints, chain_id, genesis)"
     )]
     NotConfigured,
     /// The ledger client gave no verified answer.
@@ -268,6 +268,124 @@ pub async fn register(
         }
         if start.elapsed() > wait {
             return Err(RegisterError::NotCommitted(wait));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What [`bind_key`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// Bound now (BindKey: the identity's first key), as verified at this height.
+    Bound(u64),
+    /// Bound now in place of another key (RotateKey), as verified at this height.
+    Rotated(u64),
+    /// This key was the active one already, as verified at this height.
+    Already(u64),
+}
+
+/// Why [`bind_key`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// No verified answer, or no server took the transaction.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The identity is not registered on the ledger.
+    #[error("the identity is not registered on the ledger; run `identity register` first")]
+    NotRegistered,
+    /// The ledger refused the transaction.
+    #[error("the ledger refused the key binding (code {code}): {log}")]
+    Refused {
+        /// The rejection code (docs/ledger.md).
+        code: u32,
+        /// The server's log.
+        log: String,
+    },
+    /// Not visible in verified state within the time limit.
+    #[error(
+        "the key binding was accepted but is not in verified state after {0:?}; is a block producer running?"
+    )]
+    NotCommitted(Duration),
+}
+
+/// The identity's record at the latest verified height, waiting out transient errors (a
+/// chain that has just started) until `deadline`.
+async fn latest_identity(
+    client: &GrpcLedger,
+    who: &IdentityKey,
+    start: Instant,
+    wait: Duration,
+) -> Result<Verified<Option<onionpost_ledger_client::Identity>>, LedgerError> {
+    loop {
+        match client.identity(who, At::Latest).await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() && start.elapsed() < wait => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Binds the OpenPGP certificate `cert` (binary transferable public key) to the identity
+/// of `key`, signed by that key: BindKey if it has no active key, RotateKey if another key is
+/// active, nothing if this one is. Waits, up to `wait`, until verified state shows it.
+pub async fn bind_key(
+    ledger: &NodeLedger,
+    key: &SigningKey,
+    cert: &[u8],
+    wait: Duration,
+) -> Result<Binding, BindError> {
+    let client = ledger.client()?;
+    let who: IdentityKey = key.verification_key().to_bytes();
+    let start = Instant::now();
+    let known = latest_identity(client, &who, start, wait).await?;
+    let Some(id) = known.value else {
+        return Err(BindError::NotRegistered);
+    };
+    let e2e_key = pb::E2eKey {
+        algorithm: "openpgp".into(),
+        public_key: cert.to_vec(),
+    };
+    let rotate = match id.active_key() {
+        Some(k) if k.public_key == cert => return Ok(Binding::Already(known.height)),
+        Some(_) => true,
+        None => false,
+    };
+    let action = if rotate {
+        Action::RotateKey(pb::RotateKey {
+            new_key: Some(e2e_key),
+        })
+    } else {
+        Action::BindKey(pb::BindKey { key: Some(e2e_key) })
+    };
+    let chain_id = &ledger.config().expect("configured").chain_id;
+    let tx = onionpost_proto::tx::sign(key, chain_id, id.record.next_nonce, action);
+    let ans = ledger.submit(tx).await?;
+    if ans.code != 0 {
+        return Err(BindError::Refused {
+            code: ans.code,
+            log: ans.log,
+        });
+    }
+    loop {
+        match client.identity(&who, At::Latest).await {
+            Ok(v) => {
+                if let Some(id) = &v.value
+                    && id.active_key().is_some_and(|k| k.public_key == cert)
+                {
+                    return Ok(if rotate {
+                        Binding::Rotated(v.height)
+                    } else {
+                        Binding::Bound(v.height)
+                    });
+                }
+            }
+            Err(e) if e.is_transient() => {}
+            Err(e) => return Err(LedgerError::from(e).into()),
+        }
+        if start.elapsed() > wait {
+            return Err(BindError::NotCommitted(wait));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -50,6 +50,10 @@ pub const CAPABILITIES_BEFORE_LOGIN: &str = "IMAP4rev1 LITERAL+ SASL-IR ID ENABL
 pub const CAPABILITIES: &str = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT \
     UIDPLUS MOVE SPECIAL-USE CHILDREN CONDSTORE";
 pub(super) const ALL_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
+/// The flags a mailbox shows (FLAGS): the system flags and the node's end-to-end keywords,
+/// which clients cannot change (so PERMANENTFLAGS has [`ALL_FLAGS`] only).
+pub(super) const SHOWN_FLAGS: &str =
+    "\\Answered \\Flagged \\Deleted \\Seen \\Draft $Verified $Unverified $Encrypted";
 /// After this many BAD/NO answers in a row the session ends.
 const MAX_ERRORS: u32 = 50;
 
@@ -517,8 +521,9 @@ impl<A: Accounts> Session<A> {
                         modified.push(if uid { meta.uid } else { seq });
                         continue;
                     }
+                    // The node's keywords stay whatever the client asks.
                     let new = match kind {
-                        StoreType::Replace => change,
+                        StoreType::Replace => change.with(meta.flags.only(Flags::KEYWORDS)),
                         StoreType::Add => meta.flags.with(change),
                         StoreType::Remove => meta.flags.without(change),
                     };

@@ -58,7 +58,7 @@ pub enum RecipientKey {
 }
 
 /// How one copy goes out.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Protection<'a> {
     /// Signed only (RFC 3156 `multipart/signed`).
     Sign,
@@ -66,6 +66,22 @@ pub enum Protection<'a> {
     Encrypt(Vec<&'a PublicCert>),
     /// Not now: the reason a recipient's key is unknown or unusable.
     Defer(String),
+}
+
+impl PartialEq for Protection<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Protection::Sign, Protection::Sign) => true,
+            (Protection::Defer(a), Protection::Defer(b)) => a == b,
+            (Protection::Encrypt(a), Protection::Encrypt(b)) => {
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(b)
+                        .all(|(x, y)| x.fingerprint() == y.fingerprint())
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Decides how a copy to `keys` (one per recipient of the copy) goes out. Pure.

@@ -391,6 +391,59 @@ pub async fn bind_key(
     }
 }
 
+/// Revokes the active OpenPGP key of the identity of `key` (RevokeKey, naming the key by
+/// its id so a stale revocation fails); waits until verified state shows no active key.
+/// Returns the height, or `None` if no key was active.
+pub async fn revoke_key(
+    ledger: &NodeLedger,
+    key: &SigningKey,
+    reason: &str,
+    wait: Duration,
+) -> Result<Option<u64>, BindError> {
+    use sha2::Digest;
+    let client = ledger.client()?;
+    let who: IdentityKey = key.verification_key().to_bytes();
+    let start = Instant::now();
+    let known = latest_identity(client, &who, start, wait).await?;
+    let Some(id) = known.value else {
+        return Err(BindError::NotRegistered);
+    };
+    let Some(active) = id.active_key() else {
+        return Ok(None);
+    };
+    let chain_id = &ledger.config().expect("configured").chain_id;
+    let tx = onionpost_proto::tx::sign(
+        key,
+        chain_id,
+        id.record.next_nonce,
+        Action::RevokeKey(pb::RevokeKey {
+            key_id: sha2::Sha256::digest(&active.public_key).to_vec(),
+            reason: reason.to_string(),
+        }),
+    );
+    let ans = ledger.submit(tx).await?;
+    if ans.code != 0 {
+        return Err(BindError::Refused {
+            code: ans.code,
+            log: ans.log,
+        });
+    }
+    loop {
+        match client.identity(&who, At::Latest).await {
+            Ok(v) if v.value.as_ref().is_some_and(|i| i.active_key().is_none()) => {
+                return Ok(Some(v.height));
+            }
+            Ok(_) => {}
+            Err(e) if e.is_transient() => {}
+            Err(e) => return Err(LedgerError::from(e).into()),
+        }
+        if start.elapsed() > wait {
+            return Err(BindError::NotCommitted(wait));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,6 +86,19 @@ enum IdentityCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Revoke the identity's OpenPGP key on the ledger (RevokeKey): nothing it signs from
+    /// now on verifies, and mail to the identity goes signed only. `identity rotate-key`
+    /// then binds a new key.
+    RevokeKey {
+        /// Identity name.
+        name: String,
+        /// The node's configuration file (its `[ledger]` table).
+        #[arg(long)]
+        config: PathBuf,
+        /// Why (recorded on the ledger, at most 256 bytes).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Print the identity's OpenPGP certificate (public key), ASCII-armored.
     ExportKey {
         /// Identity name.
@@ -216,6 +229,33 @@ fn identity(home: &Path, command: IdentityCommand) -> anyhow::Result<()> {
                 new.fingerprint(),
                 old.fingerprint()
             );
+        }
+        IdentityCommand::RevokeKey {
+            name,
+            config,
+            reason,
+        } => {
+            let id = store.load(&name)?;
+            let ledger = configured_ledger(home, &config)?;
+            let key = id.signing_key()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let done = rt
+                .block_on(ledger::revoke_key(
+                    &ledger,
+                    &key,
+                    &reason,
+                    std::time::Duration::from_secs(60),
+                ))
+                .with_context(|| format!("revoking the OpenPGP key of {}", id.address()))?;
+            match done {
+                Some(h) => println!(
+                    "revoked: the OpenPGP key of {} at height {h}; `identity rotate-key` binds a new one",
+                    id.address()
+                ),
+                None => println!("no OpenPGP key of {} is bound; nothing to revoke", id.address()),
+            }
         }
         IdentityCommand::ExportKey { name } => {
             let id = store.load(&name)?;

@@ -447,6 +447,47 @@ fn mail_between_bound_keys_is_encrypted_on_the_wire_verified_and_readable() {
     assert!(m.flags.contains("$Verified") && m.flags.contains("$Encrypted"), "{m:?}");
     assert!(m.results.contains(&format!("policy.cert={}", new.fingerprint())), "{m:?}");
 
+    // Revocation: what A's node signs with the revoked key no longer verifies (mail to B
+    // is still encrypted: B's key is bound); a new key bound after it verifies again.
+    let out = a.cli(&[
+        "identity",
+        "revoke-key",
+        "alice",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--reason",
+        "laptop lost",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("revoked:"), "{text}{out:?}");
+    submit(&a, &b.address, "After the revocation", "revoked key");
+    wait_for(Duration::from_secs(60), "the mail after the revocation", || {
+        b.count_in_maildir("revoked key") == 1
+    });
+    let out = a.cli(&[
+        "identity",
+        "rotate-key",
+        "alice",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("rotated:"), "{text}{out:?}");
+    submit(&a, &b.address, "With a fresh key", "fresh key");
+    wait_for(Duration::from_secs(60), "the mail with a fresh key", || {
+        b.count_in_maildir("fresh key") == 1
+    });
+    let (msgs, _) = inbox(&b);
+    let m = one(&msgs, "After the revocation");
+    assert!(m.flags.contains("$Unverified") && m.flags.contains("$Encrypted"), "{m:?}");
+    assert!(m.results.contains("pgp=fail") && m.results.contains("revoked"), "{m:?}");
+    let m = one(&msgs, "With a fresh key");
+    assert!(m.flags.contains("$Verified"), "{m:?}");
+    assert!(
+        m.results.contains(&format!("policy.cert={}", secret_key(&a).fingerprint())),
+        "{m:?}"
+    );
+
     // The policy that refuses forged From: a 550, nothing stored.
     b.terminate();
     b.extra = net.ledger_toml() + "[e2e]\nunverified_from_bound = \"refuse\"\n";

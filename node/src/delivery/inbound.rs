@@ -23,7 +23,7 @@ use onionpost_e2e::{Opened, SecretCert, SignatureError, Signer};
 use onionpost_proto::onion::OnionAddress;
 
 use crate::config::UnverifiedPolicy;
-use crate::e2e::directory::BoundKeys;
+use crate::e2e::directory::{BoundKeys, Ended};
 use crate::e2e::E2e;
 use crate::message::split_header;
 use crate::store::Flags;
@@ -118,7 +118,8 @@ pub enum SenderKeys {
 }
 
 /// How far (seconds) a signature's creation time may lie after the block time at which its
-/// key was replaced or revoked (clocks differ; the sender signs at each delivery attempt).
+/// key was replaced (clocks differ; the sender signs at each delivery attempt). A revoked
+/// key gets no such allowance: nothing it signs at or after its revocation verifies.
 pub const SIGNATURE_SKEW_SECS: u64 = 3600;
 
 /// The outcome of [`authenticate`] for one recipient.
@@ -248,10 +249,18 @@ fn judge(signature: &Result<Signer, SignatureError>, sender: &SenderKeys) -> Pgp
             else {
                 return PgpResult::Fail(format!("key {} is not bound on the ledger", signer.cert));
             };
+            // A replaced key is given the clock skew; a revoked one none (a revocation is
+            // for a key that must not sign any more).
+            let too_late = |end: Ended, created: u32| {
+                let created = u64::from(created);
+                if end.revoked {
+                    created >= end.time
+                } else {
+                    created > end.time.saturating_add(SIGNATURE_SKEW_SECS)
+                }
+            };
             match (key.ended, signer.created) {
-                (Some(end), Some(created))
-                    if u64::from(created) > end.time.saturating_add(SIGNATURE_SKEW_SECS) =>
-                {
+                (Some(end), Some(created)) if too_late(end, created) => {
                     PgpResult::Fail(format!(
                         "signed at {created} by key {}, which was {} on the ledger at height {} (time {})",
                         signer.cert,
@@ -904,9 +913,17 @@ mod tests {
             assert_eq!(got.flags, Flags::VERIFIED, "{}", text(&got));
             // Replaced long before the signature's time: a stolen old key cannot sign now.
             let earlier = history(&[(&old, Some(now - 10 * SIGNATURE_SKEW_SECS)), (&new, None)]);
-            let got = authenticate(&signed, &[kb], &earlier, UnverifiedPolicy::Mark, "me.onion");
+            let got = authenticate(&signed, &[kb.clone()], &earlier, UnverifiedPolicy::Mark, "me.onion");
             assert_eq!(got.flags, Flags::UNVERIFIED);
             assert!(text(&got).contains("replaced on the ledger at height 7"), "{}", text(&got));
+            // Revoked a little before the signature: no clock allowance for a revocation.
+            let mut revoked = history(&[(&old, Some(now - 5))]);
+            if let SenderKeys::Ledger(k) = &mut revoked {
+                k.history[0].ended.as_mut().unwrap().revoked = true;
+            }
+            let got = authenticate(&signed, &[kb], &revoked, UnverifiedPolicy::Mark, "me.onion");
+            assert_eq!(got.flags, Flags::UNVERIFIED);
+            assert!(text(&got).contains("revoked on the ledger"), "{}", text(&got));
         }
 
         #[test]

@@ -254,7 +254,10 @@ fn identity(home: &Path, command: IdentityCommand) -> anyhow::Result<()> {
                     "revoked: the OpenPGP key of {} at height {h}; `identity rotate-key` binds a new one",
                     id.address()
                 ),
-                None => println!("no OpenPGP key of {} is bound; nothing to revoke", id.address()),
+                None => println!(
+                    "no OpenPGP key of {} is bound; nothing to revoke",
+                    id.address()
+                ),
             }
         }
         IdentityCommand::ExportKey { name } => {

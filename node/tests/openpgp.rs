@@ -278,7 +278,9 @@ impl Drop for Gpg {
 
 /// The last armored OpenPGP message in `text`.
 fn last_pgp_message(text: &str) -> String {
-    let start = text.rfind("-----BEGIN PGP MESSAGE-----").expect("an OpenPGP message");
+    let start = text
+        .rfind("-----BEGIN PGP MESSAGE-----")
+        .expect("an OpenPGP message");
     let end = text[start..].find("-----END PGP MESSAGE-----").unwrap() + start;
     text[start..end + "-----END PGP MESSAGE-----".len()].to_string() + "\r\n"
 }
@@ -319,8 +321,14 @@ fn mail_between_bound_keys_is_encrypted_on_the_wire_verified_and_readable() {
     assert!(wire.contains("multipart/encrypted"), "{wire}");
     assert!(wire.contains("-----BEGIN PGP MESSAGE-----"), "{wire}");
     assert!(wire.contains("Autocrypt: addr="), "{wire}");
-    assert!(!wire.contains("Attack at dawn"), "the body went in clear: {wire}");
-    assert!(!wire.contains("Encrypted hello"), "the Subject went in clear: {wire}");
+    assert!(
+        !wire.contains("Attack at dawn"),
+        "the body went in clear: {wire}"
+    );
+    assert!(
+        !wire.contains("Encrypted hello"),
+        "the Subject went in clear: {wire}"
+    );
 
     let a_key = secret_key(&a);
     let (msgs, verified) = inbox(&b);
@@ -398,7 +406,10 @@ fn mail_between_bound_keys_is_encrypted_on_the_wire_verified_and_readable() {
         assert!(m.flags.contains("$Unverified"), "{m:?}");
         assert!(!m.flags.contains("$Verified"), "{m:?}");
         assert!(m.results.contains(result), "{m:?}");
-        assert!(!m.results.contains("pgp=pass"), "only the node's own results: {m:?}");
+        assert!(
+            !m.results.contains("pgp=pass"),
+            "only the node's own results: {m:?}"
+        );
     }
     assert_eq!(verified, "1", "still only the real one");
 
@@ -425,7 +436,10 @@ fn mail_between_bound_keys_is_encrypted_on_the_wire_verified_and_readable() {
         cfg.to_str().unwrap(),
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("rotated:"), "{text}{out:?}");
+    assert!(
+        out.status.success() && text.contains("rotated:"),
+        "{text}{out:?}"
+    );
     let new = secret_key(&a);
     assert_ne!(new.fingerprint(), old.fingerprint());
     assert_eq!(
@@ -436,16 +450,29 @@ fn mail_between_bound_keys_is_encrypted_on_the_wire_verified_and_readable() {
     );
     assert_eq!(send_raw(&b, &a.address, &b.address, &by_old), "OK");
     submit(&a, &b.address, "After the rotation", "new key");
-    wait_for(Duration::from_secs(60), "the mail after the rotation", || {
-        b.count_in_maildir("new key") == 1
-    });
+    wait_for(
+        Duration::from_secs(60),
+        "the mail after the rotation",
+        || b.count_in_maildir("new key") == 1,
+    );
     let (msgs, _) = inbox(&b);
     let m = one(&msgs, "Signed before the rotation");
     assert!(m.flags.contains("$Verified"), "{m:?}");
-    assert!(m.results.contains(&format!("policy.cert={}", old.fingerprint())), "{m:?}");
+    assert!(
+        m.results
+            .contains(&format!("policy.cert={}", old.fingerprint())),
+        "{m:?}"
+    );
     let m = one(&msgs, "After the rotation");
-    assert!(m.flags.contains("$Verified") && m.flags.contains("$Encrypted"), "{m:?}");
-    assert!(m.results.contains(&format!("policy.cert={}", new.fingerprint())), "{m:?}");
+    assert!(
+        m.flags.contains("$Verified") && m.flags.contains("$Encrypted"),
+        "{m:?}"
+    );
+    assert!(
+        m.results
+            .contains(&format!("policy.cert={}", new.fingerprint())),
+        "{m:?}"
+    );
 
     // Revocation: what A's node signs with the revoked key no longer verifies (mail to B
     // is still encrypted: B's key is bound); a new key bound after it verifies again.
@@ -459,11 +486,16 @@ fn mail_between_bound_keys_is_encrypted_on_the_wire_verified_and_readable() {
         "laptop lost",
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("revoked:"), "{text}{out:?}");
+    assert!(
+        out.status.success() && text.contains("revoked:"),
+        "{text}{out:?}"
+    );
     submit(&a, &b.address, "After the revocation", "revoked key");
-    wait_for(Duration::from_secs(60), "the mail after the revocation", || {
-        b.count_in_maildir("revoked key") == 1
-    });
+    wait_for(
+        Duration::from_secs(60),
+        "the mail after the revocation",
+        || b.count_in_maildir("revoked key") == 1,
+    );
     let out = a.cli(&[
         "identity",
         "rotate-key",
@@ -472,19 +504,29 @@ fn mail_between_bound_keys_is_encrypted_on_the_wire_verified_and_readable() {
         cfg.to_str().unwrap(),
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("rotated:"), "{text}{out:?}");
+    assert!(
+        out.status.success() && text.contains("rotated:"),
+        "{text}{out:?}"
+    );
     submit(&a, &b.address, "With a fresh key", "fresh key");
     wait_for(Duration::from_secs(60), "the mail with a fresh key", || {
         b.count_in_maildir("fresh key") == 1
     });
     let (msgs, _) = inbox(&b);
     let m = one(&msgs, "After the revocation");
-    assert!(m.flags.contains("$Unverified") && m.flags.contains("$Encrypted"), "{m:?}");
-    assert!(m.results.contains("pgp=fail") && m.results.contains("revoked"), "{m:?}");
+    assert!(
+        m.flags.contains("$Unverified") && m.flags.contains("$Encrypted"),
+        "{m:?}"
+    );
+    assert!(
+        m.results.contains("pgp=fail") && m.results.contains("revoked"),
+        "{m:?}"
+    );
     let m = one(&msgs, "With a fresh key");
     assert!(m.flags.contains("$Verified"), "{m:?}");
     assert!(
-        m.results.contains(&format!("policy.cert={}", secret_key(&a).fingerprint())),
+        m.results
+            .contains(&format!("policy.cert={}", secret_key(&a).fingerprint())),
         "{m:?}"
     );
 
@@ -536,5 +578,8 @@ fn a_bound_recipient_never_gets_mail_in_clear_while_the_ledger_is_unreachable() 
     assert!(!wire.contains("Not for the wire"), "{wire}");
     let (msgs, _) = inbox(&b);
     let m = one(&msgs, "Downgrade");
-    assert!(m.flags.contains("$Verified") && m.flags.contains("$Encrypted"), "{m:?}");
+    assert!(
+        m.flags.contains("$Verified") && m.flags.contains("$Encrypted"),
+        "{m:?}"
+    );
 }

@@ -23,8 +23,8 @@ use onionpost_e2e::{Opened, SecretCert, SignatureError, Signer};
 use onionpost_proto::onion::OnionAddress;
 
 use crate::config::UnverifiedPolicy;
-use crate::e2e::directory::{BoundKeys, Ended};
 use crate::e2e::E2e;
+use crate::e2e::directory::{BoundKeys, Ended};
 use crate::message::split_header;
 use crate::store::Flags;
 
@@ -245,7 +245,10 @@ fn judge(signature: &Result<Signer, SignatureError>, sender: &SenderKeys) -> Pgp
             PgpResult::Neutral(format!("signed by {}, but {why}", signer.cert))
         }
         (Ok(signer), SenderKeys::Ledger(k)) => {
-            let Some(key) = k.history.iter().find(|h| h.cert.fingerprint() == signer.cert)
+            let Some(key) = k
+                .history
+                .iter()
+                .find(|h| h.cert.fingerprint() == signer.cert)
             else {
                 return PgpResult::Fail(format!("key {} is not bound on the ledger", signer.cert));
             };
@@ -260,15 +263,13 @@ fn judge(signature: &Result<Signer, SignatureError>, sender: &SenderKeys) -> Pgp
                 }
             };
             match (key.ended, signer.created) {
-                (Some(end), Some(created)) if too_late(end, created) => {
-                    PgpResult::Fail(format!(
-                        "signed at {created} by key {}, which was {} on the ledger at height {} (time {})",
-                        signer.cert,
-                        if end.revoked { "revoked" } else { "replaced" },
-                        end.height,
-                        end.time
-                    ))
-                }
+                (Some(end), Some(created)) if too_late(end, created) => PgpResult::Fail(format!(
+                    "signed at {created} by key {}, which was {} on the ledger at height {} (time {})",
+                    signer.cert,
+                    if end.revoked { "revoked" } else { "replaced" },
+                    end.height,
+                    end.time
+                )),
                 _ => PgpResult::Pass(signer.clone()),
             }
         }
@@ -283,7 +284,10 @@ fn results_field(
     height: Option<u64>,
     encrypted: bool,
 ) -> String {
-    let mut f = format!("Authentication-Results: {authserv};\r\n\tpgp={}", result.name());
+    let mut f = format!(
+        "Authentication-Results: {authserv};\r\n\tpgp={}",
+        result.name()
+    );
     match result {
         PgpResult::Fail(why) | PgpResult::Neutral(why) => {
             f += &format!(" reason={}", quoted(why));
@@ -798,7 +802,10 @@ mod tests {
         use onionpost_e2e::{Protect, SecretCert};
 
         fn addr(name: &str, seed: u8) -> String {
-            format!("{name}@{}", OnionAddress::from_public_key([seed; 32]).hostname())
+            format!(
+                "{name}@{}",
+                OnionAddress::from_public_key([seed; 32]).hostname()
+            )
         }
 
         fn key(a: &str) -> SecretCert {
@@ -850,15 +857,36 @@ mod tests {
                 Protect::default(),
             )
             .unwrap();
-            let got = authenticate(&sealed, &[kb.clone()], &history(&[(&ka, None)]), UnverifiedPolicy::Refuse, "me.onion");
+            let got = authenticate(
+                &sealed,
+                &[kb.clone()],
+                &history(&[(&ka, None)]),
+                UnverifiedPolicy::Refuse,
+                "me.onion",
+            );
             assert_eq!(got.verdict, Verdict::Accept);
             assert_eq!(got.flags, Flags::VERIFIED.with(Flags::ENCRYPTED));
             let t = text(&got);
-            assert!(t.starts_with("Authentication-Results: me.onion;\r\n\tpgp=pass\r\n"), "{t}");
-            assert!(t.contains(&format!("policy.cert={}", ka.fingerprint())), "{t}");
-            assert!(t.contains("policy.ledger-height=42") && t.contains("policy.encrypted=yes"), "{t}");
-            assert!(t.contains("the secret") && t.contains("Subject: hello"), "{t}");
-            assert!(!t.contains("evil.example"), "incoming results are removed: {t}");
+            assert!(
+                t.starts_with("Authentication-Results: me.onion;\r\n\tpgp=pass\r\n"),
+                "{t}"
+            );
+            assert!(
+                t.contains(&format!("policy.cert={}", ka.fingerprint())),
+                "{t}"
+            );
+            assert!(
+                t.contains("policy.ledger-height=42") && t.contains("policy.encrypted=yes"),
+                "{t}"
+            );
+            assert!(
+                t.contains("the secret") && t.contains("Subject: hello"),
+                "{t}"
+            );
+            assert!(
+                !t.contains("evil.example"),
+                "incoming results are removed: {t}"
+            );
             // A retry, encrypted afresh, is the same message for dedupe.
             let again = onionpost_e2e::sign_and_encrypt(
                 rand::rngs::OsRng,
@@ -868,7 +896,13 @@ mod tests {
                 Protect::default(),
             )
             .unwrap();
-            let got2 = authenticate(&again, &[kb], &history(&[(&ka, None)]), UnverifiedPolicy::Mark, "me.onion");
+            let got2 = authenticate(
+                &again,
+                &[kb],
+                &history(&[(&ka, None)]),
+                UnverifiedPolicy::Mark,
+                "me.onion",
+            );
             assert_eq!(got.dedupe, got2.dedupe);
             assert!(got.dedupe.is_some());
         }
@@ -879,43 +913,98 @@ mod tests {
             let (ka, kb) = (key(&a), key(&b));
             let bound = history(&[(&ka, None)]);
             let forged = mail(&a, &b, "send money");
-            let got = authenticate(&forged, &[kb.clone()], &bound, UnverifiedPolicy::Mark, "me.onion");
+            let got = authenticate(
+                &forged,
+                &[kb.clone()],
+                &bound,
+                UnverifiedPolicy::Mark,
+                "me.onion",
+            );
             assert_eq!(got.verdict, Verdict::Accept);
             assert_eq!(got.flags, Flags::UNVERIFIED);
             assert!(text(&got).contains("pgp=none"), "{}", text(&got));
-            let refused = authenticate(&forged, &[kb.clone()], &bound, UnverifiedPolicy::Refuse, "me.onion");
-            assert!(matches!(&refused.verdict, Verdict::Refuse(r) if r.code == 550 && r.esc == [5, 7, 1]), "{:?}", refused.verdict);
+            let refused = authenticate(
+                &forged,
+                &[kb.clone()],
+                &bound,
+                UnverifiedPolicy::Refuse,
+                "me.onion",
+            );
+            assert!(
+                matches!(&refused.verdict, Verdict::Refuse(r) if r.code == 550 && r.esc == [5, 7, 1]),
+                "{:?}",
+                refused.verdict
+            );
             // Signed by a key that claims alice's address but is not the bound one.
             let mallory = key(&a);
-            let signed = onionpost_e2e::sign(rand::rngs::OsRng, &forged, &mallory, Protect::default()).unwrap();
-            let got = authenticate(&signed, &[kb.clone()], &bound, UnverifiedPolicy::Mark, "me.onion");
+            let signed =
+                onionpost_e2e::sign(rand::rngs::OsRng, &forged, &mallory, Protect::default())
+                    .unwrap();
+            let got = authenticate(
+                &signed,
+                &[kb.clone()],
+                &bound,
+                UnverifiedPolicy::Mark,
+                "me.onion",
+            );
             assert_eq!(got.flags, Flags::UNVERIFIED);
             assert!(text(&got).contains("pgp=fail reason="), "{}", text(&got));
             // Unsigned mail from an identity with no binding: unverified, never refused.
             let c = addr("carol", 3);
             let plain = mail(&c, &b, "hi");
-            let got = authenticate(&plain, &[kb], &history(&[]), UnverifiedPolicy::Refuse, "me.onion");
-            assert_eq!((got.verdict, got.flags), (Verdict::Accept, Flags::UNVERIFIED));
+            let got = authenticate(
+                &plain,
+                &[kb],
+                &history(&[]),
+                UnverifiedPolicy::Refuse,
+                "me.onion",
+            );
+            assert_eq!(
+                (got.verdict, got.flags),
+                (Verdict::Accept, Flags::UNVERIFIED)
+            );
         }
 
         #[test]
         fn an_earlier_key_verifies_what_it_signed_while_it_was_bound() {
             let (a, b) = (addr("alice", 1), addr("bob", 2));
             let (old, new, kb) = (key(&a), key(&a), key(&b));
-            let signed = onionpost_e2e::sign(rand::rngs::OsRng, &mail(&a, &b, "x"), &old, Protect::default()).unwrap();
+            let signed = onionpost_e2e::sign(
+                rand::rngs::OsRng,
+                &mail(&a, &b, "x"),
+                &old,
+                Protect::default(),
+            )
+            .unwrap();
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_secs();
             // Replaced after it signed: still verifies.
             let later = history(&[(&old, Some(now + 10)), (&new, None)]);
-            let got = authenticate(&signed, &[kb.clone()], &later, UnverifiedPolicy::Refuse, "me.onion");
+            let got = authenticate(
+                &signed,
+                &[kb.clone()],
+                &later,
+                UnverifiedPolicy::Refuse,
+                "me.onion",
+            );
             assert_eq!(got.flags, Flags::VERIFIED, "{}", text(&got));
             // Replaced long before the signature's time: a stolen old key cannot sign now.
             let earlier = history(&[(&old, Some(now - 10 * SIGNATURE_SKEW_SECS)), (&new, None)]);
-            let got = authenticate(&signed, &[kb.clone()], &earlier, UnverifiedPolicy::Mark, "me.onion");
+            let got = authenticate(
+                &signed,
+                &[kb.clone()],
+                &earlier,
+                UnverifiedPolicy::Mark,
+                "me.onion",
+            );
             assert_eq!(got.flags, Flags::UNVERIFIED);
-            assert!(text(&got).contains("replaced on the ledger at height 7"), "{}", text(&got));
+            assert!(
+                text(&got).contains("replaced on the ledger at height 7"),
+                "{}",
+                text(&got)
+            );
             // Revoked a little before the signature: no clock allowance for a revocation.
             let mut revoked = history(&[(&old, Some(now - 5))]);
             if let SenderKeys::Ledger(k) = &mut revoked {
@@ -923,7 +1012,11 @@ mod tests {
             }
             let got = authenticate(&signed, &[kb], &revoked, UnverifiedPolicy::Mark, "me.onion");
             assert_eq!(got.flags, Flags::UNVERIFIED);
-            assert!(text(&got).contains("revoked on the ledger"), "{}", text(&got));
+            assert!(
+                text(&got).contains("revoked on the ledger"),
+                "{}",
+                text(&got)
+            );
         }
 
         #[test]
@@ -938,12 +1031,28 @@ mod tests {
                 Protect::default(),
             )
             .unwrap();
-            let got = authenticate(&sealed, &[kb], &history(&[(&ka, None)]), UnverifiedPolicy::Refuse, "me.onion");
-            assert_eq!(got.verdict, Verdict::Accept, "never lost, even under refuse");
+            let got = authenticate(
+                &sealed,
+                &[kb],
+                &history(&[(&ka, None)]),
+                UnverifiedPolicy::Refuse,
+                "me.onion",
+            );
+            assert_eq!(
+                got.verdict,
+                Verdict::Accept,
+                "never lost, even under refuse"
+            );
             assert_eq!(got.flags, Flags::UNVERIFIED);
             let t = text(&got);
-            assert!(t.starts_with("Authentication-Results: me.onion;\r\n\tpgp=fail reason=\""), "{t}");
-            assert!(t.contains("-----BEGIN PGP MESSAGE-----"), "stored as received: {t}");
+            assert!(
+                t.starts_with("Authentication-Results: me.onion;\r\n\tpgp=fail reason=\""),
+                "{t}"
+            );
+            assert!(
+                t.contains("-----BEGIN PGP MESSAGE-----"),
+                "stored as received: {t}"
+            );
             assert!(!t.contains("evil.example"));
         }
     }

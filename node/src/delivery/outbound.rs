@@ -403,19 +403,25 @@ mod tests {
     #[test]
     fn protection_never_downgrades_and_encrypts_only_when_every_key_is_known() {
         let onion = onionpost_proto::onion::OnionAddress::from_public_key([9; 32]);
-        let me = SecretCert::generate(rand::rngs::OsRng, &format!("a@{}", onion.hostname()))
-            .unwrap();
-        let bob_addr = format!("bob@{}", onionpost_proto::onion::OnionAddress::from_public_key([8; 32]).hostname());
+        let me =
+            SecretCert::generate(rand::rngs::OsRng, &format!("a@{}", onion.hostname())).unwrap();
+        let bob_addr = format!(
+            "bob@{}",
+            onionpost_proto::onion::OnionAddress::from_public_key([8; 32]).hostname()
+        );
         let bob = SecretCert::generate(rand::rngs::OsRng, &bob_addr).unwrap();
         let bound = RecipientKey::Bound(bob.public().clone());
         assert_eq!(protection(&[RecipientKey::Unbound]), Protection::Sign);
         assert_eq!(protection(&[]), Protection::Sign);
-        assert!(matches!(protection(std::slice::from_ref(&bound)), Protection::Encrypt(c) if c.len() == 1));
+        assert!(
+            matches!(protection(std::slice::from_ref(&bound)), Protection::Encrypt(c) if c.len() == 1)
+        );
         assert_eq!(
             protection(&[bound.clone(), RecipientKey::Unbound]),
             Protection::Sign
         );
-        let down = protection(&[bound.clone(), RecipientKey::Unusable("ledger down".into())]);
+        let keys = [bound.clone(), RecipientKey::Unusable("ledger down".into())];
+        let down = protection(&keys);
         assert_eq!(down, Protection::Defer("ledger down".into()));
         let msg = format!(
             "From: a@{}\r\nTo: {bob_addr}\r\nSubject: s\r\n\r\nsecret body\r\n",
@@ -427,7 +433,13 @@ mod tests {
         let text = String::from_utf8_lossy(&signed);
         assert!(text.contains("multipart/signed") && text.contains("secret body"));
         assert!(text.contains("Autocrypt: "), "{text}");
-        let sealed = protect(rand::rngs::OsRng, msg.as_bytes(), &me, &protection(&[bound])).unwrap();
+        let sealed = protect(
+            rand::rngs::OsRng,
+            msg.as_bytes(),
+            &me,
+            &protection(&[bound]),
+        )
+        .unwrap();
         let text = String::from_utf8_lossy(&sealed);
         assert!(text.contains("multipart/encrypted") && !text.contains("secret body"));
         let opened = onionpost_e2e::decrypt(&sealed, &bob, &[me.public().clone()]).unwrap();

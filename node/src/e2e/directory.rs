@@ -51,10 +51,7 @@ pub struct BoundKeys {
 /// The ledger identity (its ed25519 key) of an address at an onion, if it is one.
 pub fn identity_of(address: &str) -> Option<IdentityKey> {
     let (_, domain) = address.rsplit_once('@')?;
-    domain
-        .parse::<OnionAddress>()
-        .ok()
-        .map(|o| o.public_key())
+    domain.parse::<OnionAddress>().ok().map(|o| o.public_key())
 }
 
 /// Turns a verified identity record into certificates for `address`. Pure.
@@ -67,16 +64,18 @@ pub fn keys_from(identity: Option<&Identity>, address: &str, height: u64) -> Bou
             ever_bound: false,
         };
     };
-    let active = id.active_key().map(|k| match PublicCert::from_bytes(&k.public_key) {
-        Ok(c) if c.holds(address) => Ok(c),
-        Ok(c) => Err(format!(
-            "the key bound to {address} on the ledger ({}) has no User ID with that address",
-            c.fingerprint()
-        )),
-        Err(e) => Err(format!(
-            "the key bound to {address} on the ledger does not parse: {e}"
-        )),
-    });
+    let active = id
+        .active_key()
+        .map(|k| match PublicCert::from_bytes(&k.public_key) {
+            Ok(c) if c.holds(address) => Ok(c),
+            Ok(c) => Err(format!(
+                "the key bound to {address} on the ledger ({}) has no User ID with that address",
+                c.fingerprint()
+            )),
+            Err(e) => Err(format!(
+                "the key bound to {address} on the ledger does not parse: {e}"
+            )),
+        });
     let mut history: Vec<HistoryKey> = Vec::new();
     // Index into `history` of the active key while walking (None: none, or unparsable).
     let mut current: Option<usize> = None;
@@ -168,10 +167,7 @@ mod tests {
                 }),
                 ..Default::default()
             },
-            key_history: vec![
-                entry(0, Kind::Bind, &b1, 5),
-                entry(1, Kind::Rotate, &b2, 9),
-            ],
+            key_history: vec![entry(0, Kind::Bind, &b1, 5), entry(1, Kind::Rotate, &b2, 9)],
             mailbox_hosts: vec![],
         };
         let keys = keys_from(Some(&id), &addr, 12);

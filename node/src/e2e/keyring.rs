@@ -235,7 +235,10 @@ mod tests {
             "created once"
         );
         let file = ring.key_path(&first.fingerprint().to_hex());
-        assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(
             fs::metadata(ring.dir()).unwrap().permissions().mode() & 0o777,
             0o700

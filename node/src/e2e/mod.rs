@@ -61,7 +61,9 @@ fn ledger_unavailable(what: &str, e: &LedgerError) -> Reply {
         reply(
             451,
             [4, 4, 3],
-            format!("Error: the ledger gave no verified answer about {what}; try again later ({e})"),
+            format!(
+                "Error: the ledger gave no verified answer about {what}; try again later ({e})"
+            ),
         )
     } else {
         reply(
@@ -116,11 +118,7 @@ impl E2e {
         recipients: &[String],
         data: &[u8],
     ) -> Result<Vec<u8>, Reply> {
-        if !self.config.enabled
-            || recipients
-                .iter()
-                .any(|r| parse_member_address(r).is_some())
-        {
+        if !self.config.enabled || recipients.iter().any(|r| parse_member_address(r).is_some()) {
             return Ok(data.to_vec());
         }
         let mut keys = Vec::with_capacity(recipients.len());
@@ -148,10 +146,14 @@ impl E2e {
     /// incoming mail. `Err`: no verified answer (the sender retries).
     pub async fn sender_keys(&self, message: &[u8]) -> Result<SenderKeys, Reply> {
         let Ok(client) = self.ledger.client() else {
-            return Ok(SenderKeys::Unchecked("this node has no ledger to check it against"));
+            return Ok(SenderKeys::Unchecked(
+                "this node has no ledger to check it against",
+            ));
         };
         let Some(from) = from_address(message) else {
-            return Ok(SenderKeys::Unchecked("the message has no single From address"));
+            return Ok(SenderKeys::Unchecked(
+                "the message has no single From address",
+            ));
         };
         match bound_keys(client, &from).await {
             Ok(Some(k)) => Ok(SenderKeys::Ledger(k)),

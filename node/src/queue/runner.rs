@@ -224,7 +224,9 @@ impl<T: Transport> Runner<T> {
         data: &[u8],
     ) -> Result<Vec<u8>, RcptOutcome> {
         let Some(sender) = self.ctx.identities().by_name(&m.identity).cloned() else {
-            return Err(RcptOutcome::Unreachable("the sending identity is gone".into()));
+            return Err(RcptOutcome::Unreachable(
+                "the sending identity is gone".into(),
+            ));
         };
         self.e2e
             .protect(&sender.identity, rcpts, data)

@@ -110,6 +110,9 @@ mod tests {
         assert_eq!(f.to_imap(), "\\Seen $Verified $Encrypted");
         assert_eq!(Flags::keyword("$verified"), Some(Flags::VERIFIED));
         assert_eq!(Flags::keyword("\\Seen"), None);
-        assert_eq!(f.only(Flags::KEYWORDS), Flags::VERIFIED.with(Flags::ENCRYPTED));
+        assert_eq!(
+            f.only(Flags::KEYWORDS),
+            Flags::VERIFIED.with(Flags::ENCRYPTED)
+        );
     }
 }

@@ -152,9 +152,21 @@ impl NodeLedger {
     /// Submits a signed transaction to the first endpoint that takes it; the server's answer
     /// (code 0: queued; otherwise the ledger's rejection code and log).
     pub async fn submit(&self, tx: pb::SignedTx) -> Result<pb::SubmitAnswer, LedgerError> {
+        self.submit_from(tx, 0).await
+    }
+
+    /// Like [`NodeLedger::submit`], trying the endpoints from the `first`-th on (modulo
+    /// their number), so a transaction that a server took but never had included can be
+    /// handed to another one (the same signed transaction: its nonce makes it apply once).
+    pub async fn submit_from(
+        &self,
+        tx: pb::SignedTx,
+        first: usize,
+    ) -> Result<pb::SubmitAnswer, LedgerError> {
         let (_, c) = self.inner.as_ref().ok_or(LedgerError::NotConfigured)?;
         let mut failures = Vec::new();
-        for url in &c.endpoints {
+        let n = c.endpoints.len();
+        for url in (0..n).map(|i| &c.endpoints[(first + i) % n]) {
             let attempt = async {
                 let mut client = LedgerClient::connect(url.clone())
                     .await
@@ -361,14 +373,26 @@ pub async fn bind_key(
     };
     let chain_id = &ledger.config().expect("configured").chain_id;
     let tx = onionpost_proto::tx::sign(key, chain_id, id.record.next_nonce, action);
-    let ans = ledger.submit(tx).await?;
+    let ans = ledger.submit(tx.clone()).await?;
     if ans.code != 0 {
         return Err(BindError::Refused {
             code: ans.code,
             log: ans.log,
         });
     }
+    let nonce = id.record.next_nonce;
+    let mut resubmitted = Instant::now();
+    let mut next_endpoint = 1;
     loop {
+        // Not included after a while: hand the same transaction to the next server too.
+        if resubmitted.elapsed() > Duration::from_secs(5) {
+            resubmitted = Instant::now();
+            match ledger.submit_from(tx.clone(), next_endpoint).await {
+                Ok(a) => tracing::info!(code = a.code, "binding resubmitted"),
+                Err(e) => tracing::warn!("resubmitting the binding: {e}"),
+            }
+            next_endpoint += 1;
+        }
         match client.identity(&who, At::Latest).await {
             Ok(v) => {
                 if let Some(id) = &v.value
@@ -378,6 +402,24 @@ pub async fn bind_key(
                         Binding::Rotated(v.height)
                     } else {
                         Binding::Bound(v.height)
+                    });
+                }
+                if let Some(id) = &v.value
+                    && id.record.next_nonce > nonce
+                {
+                    // Included, but the state machine did not apply it (the nonce is spent).
+                    return Err(BindError::Refused {
+                        code: 0,
+                        log: format!(
+                            "included by height {} but not applied (the ledger's log says why; history has {} entries, active key {})",
+                            v.height,
+                            id.key_history.len(),
+                            if id.active_key().is_some() {
+                                "another one"
+                            } else {
+                                "none"
+                            }
+                        ),
                     });
                 }
             }

@@ -122,6 +122,20 @@ enum IdentityCommand {
     },
 }
 
+/// The one runtime of a command-line run: the ledger client keeps its gRPC channels, which
+/// live on the runtime that opened them, across the steps of one command (register, then
+/// bind).
+fn cli_runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(RT.get_or_init(|| rt))
+}
+
 fn default_home() -> anyhow::Result<PathBuf> {
     Ok(dirs::data_dir()
         .context("no platform data directory; pass --home")?
@@ -238,10 +252,7 @@ fn identity(home: &Path, command: IdentityCommand) -> anyhow::Result<()> {
             let id = store.load(&name)?;
             let ledger = configured_ledger(home, &config)?;
             let key = id.signing_key()?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let done = rt
+            let done = cli_runtime()?
                 .block_on(ledger::revoke_key(
                     &ledger,
                     &key,
@@ -320,10 +331,7 @@ fn bind(
 ) -> anyhow::Result<()> {
     let key = id.signing_key()?;
     let bytes = cert.public().to_bytes()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let outcome = rt
+    let outcome = cli_runtime()?
         .block_on(ledger::bind_key(
             ledger,
             &key,
@@ -355,10 +363,7 @@ fn register_identity(
     id: &onionpost_node::identity::Identity,
 ) -> anyhow::Result<()> {
     let key = id.signing_key()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let outcome = rt
+    let outcome = cli_runtime()?
         .block_on(ledger::register(
             ledger,
             &key,

@@ -276,6 +276,12 @@ fn judge(signature: &Result<Signer, SignatureError>, sender: &SenderKeys) -> Pgp
     }
 }
 
+/// Whether a refusal is the end-to-end policy's verdict on the content (550 5.7.1), not a
+/// recipient that went away.
+pub fn is_content_verdict(r: &Reply) -> bool {
+    (r.code, r.esc) == (550, [5, 7, 1])
+}
+
 /// The node's `Authentication-Results` field (RFC 8601), CRLF-terminated.
 fn results_field(
     authserv: &str,
@@ -560,6 +566,8 @@ impl Inbound {
             }
         }
         match first_err {
+            // The end-to-end policy judged the content: said as it is.
+            Some(r) if is_content_verdict(&r) => Err(r),
             // Every recipient was checked at RCPT time; a permanent refusal now means the
             // identity went away meanwhile. Ask for a retry: RCPT then refuses it on its own,
             // without bouncing the recipients that were stored.

@@ -114,7 +114,7 @@ pub enum SenderKeys {
     /// not at an onion.
     Unchecked(&'static str),
     /// The From identity's keys as verified on the ledger.
-    Ledger(BoundKeys),
+    Ledger(Box<BoundKeys>),
 }
 
 /// How far (seconds) a signature's creation time may lie after the block time at which its
@@ -821,7 +821,7 @@ mod tests {
         }
 
         fn history(keys: &[(&SecretCert, Option<u64>)]) -> SenderKeys {
-            SenderKeys::Ledger(BoundKeys {
+            SenderKeys::Ledger(Box::new(BoundKeys {
                 height: 42,
                 active: None,
                 history: keys
@@ -838,7 +838,7 @@ mod tests {
                     })
                     .collect(),
                 ever_bound: !keys.is_empty(),
-            })
+            }))
         }
 
         fn mail(from: &str, to: &str, body: &str) -> Vec<u8> {
@@ -867,7 +867,7 @@ mod tests {
             .unwrap();
             let got = authenticate(
                 &sealed,
-                &[kb.clone()],
+                std::slice::from_ref(&kb),
                 &history(&[(&ka, None)]),
                 UnverifiedPolicy::Refuse,
                 "me.onion",
@@ -923,7 +923,7 @@ mod tests {
             let forged = mail(&a, &b, "send money");
             let got = authenticate(
                 &forged,
-                &[kb.clone()],
+                std::slice::from_ref(&kb),
                 &bound,
                 UnverifiedPolicy::Mark,
                 "me.onion",
@@ -933,7 +933,7 @@ mod tests {
             assert!(text(&got).contains("pgp=none"), "{}", text(&got));
             let refused = authenticate(
                 &forged,
-                &[kb.clone()],
+                std::slice::from_ref(&kb),
                 &bound,
                 UnverifiedPolicy::Refuse,
                 "me.onion",
@@ -950,7 +950,7 @@ mod tests {
                     .unwrap();
             let got = authenticate(
                 &signed,
-                &[kb.clone()],
+                std::slice::from_ref(&kb),
                 &bound,
                 UnverifiedPolicy::Mark,
                 "me.onion",
@@ -992,7 +992,7 @@ mod tests {
             let later = history(&[(&old, Some(now + 10)), (&new, None)]);
             let got = authenticate(
                 &signed,
-                &[kb.clone()],
+                std::slice::from_ref(&kb),
                 &later,
                 UnverifiedPolicy::Refuse,
                 "me.onion",
@@ -1002,7 +1002,7 @@ mod tests {
             let earlier = history(&[(&old, Some(now - 10 * SIGNATURE_SKEW_SECS)), (&new, None)]);
             let got = authenticate(
                 &signed,
-                &[kb.clone()],
+                std::slice::from_ref(&kb),
                 &earlier,
                 UnverifiedPolicy::Mark,
                 "me.onion",

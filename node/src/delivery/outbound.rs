@@ -51,7 +51,7 @@ pub enum RecipientKey {
     /// identity not registered, with no key bound, or whose key was revoked.
     Unbound,
     /// The active bound certificate, read with a verified proof, holding the address.
-    Bound(PublicCert),
+    Bound(Box<PublicCert>),
     /// A key may be bound but cannot be used: no verified answer from the ledger, or the
     /// bound certificate does not parse or does not hold the address. Never send in clear.
     Unusable(String),
@@ -94,7 +94,7 @@ pub fn protection(keys: &[RecipientKey]) -> Protection<'_> {
     for k in keys {
         match k {
             RecipientKey::Unusable(why) => return Protection::Defer(why.clone()),
-            RecipientKey::Bound(c) => certs.push(c),
+            RecipientKey::Bound(c) => certs.push(&**c),
             RecipientKey::Unbound => all_bound = false,
         }
     }
@@ -410,7 +410,7 @@ mod tests {
             onionpost_proto::onion::OnionAddress::from_public_key([8; 32]).hostname()
         );
         let bob = SecretCert::generate(rand::rngs::OsRng, &bob_addr).unwrap();
-        let bound = RecipientKey::Bound(bob.public().clone());
+        let bound = RecipientKey::Bound(Box::new(bob.public().clone()));
         assert_eq!(protection(&[RecipientKey::Unbound]), Protection::Sign);
         assert_eq!(protection(&[]), Protection::Sign);
         assert!(

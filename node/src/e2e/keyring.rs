@@ -46,7 +46,7 @@ pub enum KeyringError {
         /// The identity's address.
         address: String,
         /// What the e2e crate reported.
-        source: onionpost_e2e::Error,
+        source: Box<onionpost_e2e::Error>,
     },
 }
 
@@ -116,16 +116,12 @@ impl Keyring {
     /// Writes a fresh key durably; returns it (not yet current).
     fn generate(&self) -> Result<SecretCert, KeyringError> {
         fsutil::create_dir_mode(&self.dir, 0o700).map_err(|e| self.io(e))?;
-        let cert = SecretCert::generate(rand::rngs::OsRng, &self.address).map_err(|source| {
-            KeyringError::Key {
-                address: self.address.clone(),
-                source,
-            }
-        })?;
-        let bytes = cert.to_bytes().map_err(|source| KeyringError::Key {
+        let key_err = |source| KeyringError::Key {
             address: self.address.clone(),
-            source,
-        })?;
+            source: Box::new(source),
+        };
+        let cert = SecretCert::generate(rand::rngs::OsRng, &self.address).map_err(key_err)?;
+        let bytes = cert.to_bytes().map_err(key_err)?;
         fsutil::write_durable_mode(&self.key_path(&cert.fingerprint().to_hex()), &bytes, 0o600)
             .map_err(|e| self.io(e))?;
         Ok(cert)

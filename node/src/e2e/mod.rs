@@ -27,12 +27,16 @@ use crate::smtp::reply::{Reply, reply};
 use directory::bound_keys;
 use keyring::{Keyring, KeyringError};
 
+/// An identity's secret keys as cached: the current fingerprint, and every key (the current
+/// one first).
+type CachedKeys = (String, Arc<Vec<SecretCert>>);
+
 /// The end-to-end edge: the ledger, the keyrings, the policy.
 pub struct E2e {
     ledger: NodeLedger,
     config: E2eConfig,
     /// Keyring directory -> (current fingerprint, every key with the current first).
-    secrets: Mutex<HashMap<PathBuf, (String, Arc<Vec<SecretCert>>)>>,
+    secrets: Mutex<HashMap<PathBuf, CachedKeys>>,
 }
 
 /// The single From address of a message, lower-cased (None: none, or several).
@@ -99,7 +103,7 @@ impl E2e {
             Ok(None) => RecipientKey::Unbound,
             Ok(Some(k)) => match k.active {
                 None => RecipientKey::Unbound,
-                Some(Ok(cert)) => RecipientKey::Bound(cert),
+                Some(Ok(cert)) => RecipientKey::Bound(Box::new(cert)),
                 Some(Err(why)) => RecipientKey::Unusable(why),
             },
             Err(e) => RecipientKey::Unusable(format!(
@@ -156,7 +160,7 @@ impl E2e {
             ));
         };
         match bound_keys(client, &from).await {
-            Ok(Some(k)) => Ok(SenderKeys::Ledger(k)),
+            Ok(Some(k)) => Ok(SenderKeys::Ledger(Box::new(k))),
             Ok(None) => Ok(SenderKeys::Unchecked(
                 "the From address is not at an onion identity",
             )),

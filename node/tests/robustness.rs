@@ -219,6 +219,16 @@ fn connections_over_the_cap_are_told_to_come_back_later() {
     let mut a = Node::new("alice");
     a.extra = "[limits]\nmax_connections = 2\n".into();
     a.start();
+    // The start-up probe's connection is gone from the count first.
+    wait_for(
+        Duration::from_secs(10),
+        "no connection on submission",
+        || {
+            a.status()
+                .lines()
+                .any(|l| l.contains("submission: 127.0.0.1") && l.contains("(0 of 2 connections)"))
+        },
+    );
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut c = BufReader::new(TcpStream::connect(("127.0.0.1", a.submission)).unwrap());

@@ -250,10 +250,10 @@ pub async fn run(home: &Path, config: Config) -> Result<(), RuntimeError> {
     let ledger = NodeLedger::open(home, cfg.ledger.as_ref())?;
     match ledger.config() {
         Some(l) => {
-            tracing::info!(chain = %l.chain_id, endpoints = ?l.endpoints, "ledger configured: list mail on")
+            tracing::info!(chain = %l.chain_id, endpoints = ?l.endpoints, "ledger configured: list mail on, end-to-end keys checked against it")
         }
         None => tracing::info!(
-            "no [ledger] configuration: one-to-one mail only; list mail is refused until one is configured"
+            "no [ledger] configuration: one-to-one mail only, signed but not encrypted; list mail is refused until one is configured"
         ),
     }
     let e2e = E2e::new(ledger.clone(), cfg.e2e.clone());

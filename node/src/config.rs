@@ -42,6 +42,18 @@
 //! relay_timeout_secs = 30    # a relay not acknowledged by then goes to the next member too
 //! ```
 //!
+//! End-to-end OpenPGP (`[e2e]`, optional): every outgoing message is signed with the
+//! identity's OpenPGP key, and encrypted when every recipient has a key bound on the ledger
+//! (verified with a proof); incoming mail is verified against the keys the ledger binds to its
+//! From identity and marked `$Verified` / `$Unverified` / `$Encrypted`.
+//!
+//! ```toml
+//! [e2e]
+//! enabled = true                  # false: send mail as submitted (to measure the cost)
+//! unverified_from_bound = "mark"  # or "refuse": 550 for mail whose From has a bound key
+//!                                 # but that is not validly signed by it
+//! ```
+//!
 //! The onion transport (arti, the default): every identity publishes its own onion service
 //! from its own Tor client, and outbound mail goes to `<onion>.onion:25` over Tor. Without `[transport.onion.private]` it
 //! uses the public Tor network; with it, a private network (as `onionpost-devnet tor up`
@@ -103,9 +115,46 @@ pub struct Config {
     /// How outbound connections reach onion addresses.
     #[serde(default)]
     pub transport: TransportConfig,
-    /// The ledger, for list mail (absent: no list mail).
+    /// The ledger, for list mail and end-to-end keys (absent: no list mail, mail signed
+    /// only).
     #[serde(default)]
     pub ledger: Option<LedgerConfig>,
+    /// End-to-end OpenPGP.
+    #[serde(default)]
+    pub e2e: E2eConfig,
+}
+
+/// End-to-end OpenPGP settings (the `[e2e]` table).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct E2eConfig {
+    /// Sign (and, where every recipient's key is bound, encrypt) outgoing mail. Default
+    /// true; false sends mail as submitted (for measuring what end-to-end costs).
+    pub enabled: bool,
+    /// What to do with incoming mail whose From identity has a key bound on the ledger but
+    /// that is unsigned or not validly signed by it.
+    pub unverified_from_bound: UnverifiedPolicy,
+}
+
+impl Default for E2eConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            unverified_from_bound: UnverifiedPolicy::Mark,
+        }
+    }
+}
+
+/// What to do with mail that claims a bound identity in From but is not validly signed by
+/// its key.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UnverifiedPolicy {
+    /// Store it marked `$Unverified` with `pgp=fail` (or `none`).
+    #[default]
+    Mark,
+    /// Refuse it: 550 5.7.1.
+    Refuse,
 }
 
 /// How to reach the ledger and what to trust (the `[ledger]` table).
@@ -382,6 +431,11 @@ mod tests {
         assert_eq!(d.limits.mailbox_quota(), Some(2 * 1024 * 1024 * 1024));
         assert_eq!(d.queue.retry_jitter, 0.5);
         assert!(d.ledger.is_none(), "no ledger unless configured");
+        assert!(d.e2e.enabled);
+        assert_eq!(d.e2e.unverified_from_bound, UnverifiedPolicy::Mark);
+        let e = Config::parse("[e2e]\nunverified_from_bound = \"refuse\"\n").unwrap();
+        assert_eq!(e.e2e.unverified_from_bound, UnverifiedPolicy::Refuse);
+        assert!(Config::parse("[e2e]\nunverified_from_bound = \"maybe\"\n").is_err());
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::config::LedgerConfig;
 pub enum LedgerError {
     /// The node has no `[ledger]` section.
     #[error(
-        "this node has no [ledger] configuration; list mail needs one (endpoints, chain_id, genesis)"
+        "this node has no [ledger] configuration; list mail and key bindings need one (endpoints, chain_id, genesis)"
     )]
     NotConfigured,
     /// The ledger client gave no verified answer.
@@ -152,9 +152,21 @@ impl NodeLedger {
     /// Submits a signed transaction to the first endpoint that takes it; the server's answer
     /// (code 0: queued; otherwise the ledger's rejection code and log).
     pub async fn submit(&self, tx: pb::SignedTx) -> Result<pb::SubmitAnswer, LedgerError> {
+        self.submit_from(tx, 0).await
+    }
+
+    /// Like [`NodeLedger::submit`], trying the endpoints from the `first`-th on (modulo
+    /// their number), so a transaction that a server took but never had included can be
+    /// handed to another one (the same signed transaction: its nonce makes it apply once).
+    pub async fn submit_from(
+        &self,
+        tx: pb::SignedTx,
+        first: usize,
+    ) -> Result<pb::SubmitAnswer, LedgerError> {
         let (_, c) = self.inner.as_ref().ok_or(LedgerError::NotConfigured)?;
         let mut failures = Vec::new();
-        for url in &c.endpoints {
+        let n = c.endpoints.len();
+        for url in (0..n).map(|i| &c.endpoints[(first + i) % n]) {
             let attempt = async {
                 let mut client = LedgerClient::connect(url.clone())
                     .await
@@ -268,6 +280,207 @@ pub async fn register(
         }
         if start.elapsed() > wait {
             return Err(RegisterError::NotCommitted(wait));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What [`bind_key`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// Bound now (BindKey: the identity's first key), as verified at this height.
+    Bound(u64),
+    /// Bound now in place of another key (RotateKey), as verified at this height.
+    Rotated(u64),
+    /// This key was the active one already, as verified at this height.
+    Already(u64),
+}
+
+/// Why [`bind_key`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// No verified answer, or no server took the transaction.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The identity is not registered on the ledger.
+    #[error("the identity is not registered on the ledger; run `identity register` first")]
+    NotRegistered,
+    /// The ledger refused the transaction.
+    #[error("the ledger refused the key binding (code {code}): {log}")]
+    Refused {
+        /// The rejection code (docs/ledger.md).
+        code: u32,
+        /// The server's log.
+        log: String,
+    },
+    /// Not visible in verified state within the time limit.
+    #[error(
+        "the key binding was accepted but is not in verified state after {0:?}; is a block producer running?"
+    )]
+    NotCommitted(Duration),
+}
+
+/// The identity's record at the latest verified height, waiting out transient errors (a
+/// chain that has just started) until `deadline`.
+async fn latest_identity(
+    client: &GrpcLedger,
+    who: &IdentityKey,
+    start: Instant,
+    wait: Duration,
+) -> Result<Verified<Option<onionpost_ledger_client::Identity>>, LedgerError> {
+    loop {
+        match client.identity(who, At::Latest).await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() && start.elapsed() < wait => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Binds the OpenPGP certificate `cert` (binary transferable public key) to the identity
+/// of `key`, signed by that key: BindKey if it has no active key, RotateKey if another key is
+/// active, nothing if this one is. Waits, up to `wait`, until verified state shows it.
+pub async fn bind_key(
+    ledger: &NodeLedger,
+    key: &SigningKey,
+    cert: &[u8],
+    wait: Duration,
+) -> Result<Binding, BindError> {
+    let client = ledger.client()?;
+    let who: IdentityKey = key.verification_key().to_bytes();
+    let start = Instant::now();
+    let known = latest_identity(client, &who, start, wait).await?;
+    let Some(id) = known.value else {
+        return Err(BindError::NotRegistered);
+    };
+    let e2e_key = pb::E2eKey {
+        algorithm: "openpgp".into(),
+        public_key: cert.to_vec(),
+    };
+    let rotate = match id.active_key() {
+        Some(k) if k.public_key == cert => return Ok(Binding::Already(known.height)),
+        Some(_) => true,
+        None => false,
+    };
+    let action = if rotate {
+        Action::RotateKey(pb::RotateKey {
+            new_key: Some(e2e_key),
+        })
+    } else {
+        Action::BindKey(pb::BindKey { key: Some(e2e_key) })
+    };
+    let chain_id = &ledger.config().expect("configured").chain_id;
+    let tx = onionpost_proto::tx::sign(key, chain_id, id.record.next_nonce, action);
+    let ans = ledger.submit(tx.clone()).await?;
+    if ans.code != 0 {
+        return Err(BindError::Refused {
+            code: ans.code,
+            log: ans.log,
+        });
+    }
+    let nonce = id.record.next_nonce;
+    let mut resubmitted = Instant::now();
+    let mut next_endpoint = 1;
+    loop {
+        // Not included after a while: hand the same transaction to the next server too.
+        if resubmitted.elapsed() > Duration::from_secs(5) {
+            resubmitted = Instant::now();
+            match ledger.submit_from(tx.clone(), next_endpoint).await {
+                Ok(a) => tracing::info!(code = a.code, "binding resubmitted"),
+                Err(e) => tracing::warn!("resubmitting the binding: {e}"),
+            }
+            next_endpoint += 1;
+        }
+        match client.identity(&who, At::Latest).await {
+            Ok(v) => {
+                if let Some(id) = &v.value
+                    && id.active_key().is_some_and(|k| k.public_key == cert)
+                {
+                    return Ok(if rotate {
+                        Binding::Rotated(v.height)
+                    } else {
+                        Binding::Bound(v.height)
+                    });
+                }
+                if let Some(id) = &v.value
+                    && id.record.next_nonce > nonce
+                {
+                    // Included, but the state machine did not apply it (the nonce is spent).
+                    return Err(BindError::Refused {
+                        code: 0,
+                        log: format!(
+                            "included by height {} but not applied (the ledger's log says why; history has {} entries, active key {})",
+                            v.height,
+                            id.key_history.len(),
+                            if id.active_key().is_some() {
+                                "another one"
+                            } else {
+                                "none"
+                            }
+                        ),
+                    });
+                }
+            }
+            Err(e) if e.is_transient() => {}
+            Err(e) => return Err(LedgerError::from(e).into()),
+        }
+        if start.elapsed() > wait {
+            return Err(BindError::NotCommitted(wait));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Revokes the active OpenPGP key of the identity of `key` (RevokeKey, naming the key by
+/// its id so a stale revocation fails); waits until verified state shows no active key.
+/// Returns the height, or `None` if no key was active.
+pub async fn revoke_key(
+    ledger: &NodeLedger,
+    key: &SigningKey,
+    reason: &str,
+    wait: Duration,
+) -> Result<Option<u64>, BindError> {
+    use sha2::Digest;
+    let client = ledger.client()?;
+    let who: IdentityKey = key.verification_key().to_bytes();
+    let start = Instant::now();
+    let known = latest_identity(client, &who, start, wait).await?;
+    let Some(id) = known.value else {
+        return Err(BindError::NotRegistered);
+    };
+    let Some(active) = id.active_key() else {
+        return Ok(None);
+    };
+    let chain_id = &ledger.config().expect("configured").chain_id;
+    let tx = onionpost_proto::tx::sign(
+        key,
+        chain_id,
+        id.record.next_nonce,
+        Action::RevokeKey(pb::RevokeKey {
+            key_id: sha2::Sha256::digest(&active.public_key).to_vec(),
+            reason: reason.to_string(),
+        }),
+    );
+    let ans = ledger.submit(tx).await?;
+    if ans.code != 0 {
+        return Err(BindError::Refused {
+            code: ans.code,
+            log: ans.log,
+        });
+    }
+    loop {
+        match client.identity(&who, At::Latest).await {
+            Ok(v) if v.value.as_ref().is_some_and(|i| i.active_key().is_none()) => {
+                return Ok(Some(v.height));
+            }
+            Ok(_) => {}
+            Err(e) if e.is_transient() => {}
+            Err(e) => return Err(LedgerError::from(e).into()),
+        }
+        if start.elapsed() > wait {
+            return Err(BindError::NotCommitted(wait));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

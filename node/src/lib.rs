@@ -9,6 +9,7 @@
 //!   [`queue::schedule`] and [`delivery`];
 //! * [`context`]: the read-only configuration and hosted identities every task looks at;
 //! * [`delivery`]: inbound and outbound stages, each a pure decision plus a seam;
+//! * [`e2e`]: end-to-end OpenPGP: identities' keyrings and the ledger's key bindings;
 //! * edges: [`smtp::server`], [`imap::server`], [`onion`], [`listener`], [`queue::runner`];
 //! * [`runtime`]: wires it all, runs it, and shuts it down; only `main` imports it.
 
@@ -16,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod context;
 pub mod delivery;
+pub mod e2e;
 pub mod fsutil;
 pub mod identity;
 pub mod imap;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use onionpost_node::config::Config;
+use onionpost_node::e2e::keyring::Keyring;
 use onionpost_node::identity::IdentityStore;
 use onionpost_node::ledger::{self, NodeLedger};
 use onionpost_node::runtime::{self, control, status};
@@ -46,9 +47,10 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum IdentityCommand {
-    /// Create an identity with a fresh key; prints its address and the IMAP/submission
-    /// password, which is shown only this once. With `--config` naming a `[ledger]`, the
-    /// identity is registered on the ledger too (its key is its ledger account).
+    /// Create an identity with a fresh key and OpenPGP key; prints its address, the
+    /// IMAP/submission password (shown only this once) and the OpenPGP fingerprint. With
+    /// `--config` naming a `[ledger]`, the identity is registered on the ledger too (its key
+    /// is its ledger account) and its OpenPGP key bound there.
     New {
         /// Local part of the address: a-z, 0-9, '.', '_', '-'.
         name: String,
@@ -57,14 +59,50 @@ enum IdentityCommand {
         config: Option<PathBuf>,
     },
     /// Register an identity on the ledger of `[ledger]`, signed with the identity's own key
-    /// (so its onion address is its ledger account); waits until verified state shows it.
-    /// An identity registered already is left alone.
+    /// (so its onion address is its ledger account), and bind its OpenPGP key; waits until
+    /// verified state shows both. What is there already is left alone.
     Register {
         /// Identity name.
         name: String,
         /// The node's configuration file (its `[ledger]` table).
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Bind the identity's OpenPGP key on the ledger (BindKey, or RotateKey if another key is
+    /// bound), signed with the identity's key; waits until verified state shows it.
+    Bind {
+        /// Identity name.
+        name: String,
+        /// The node's configuration file (its `[ledger]` table).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Give the identity a new OpenPGP key: bound on the ledger first (RotateKey), then used.
+    /// Old keys stay in its keyring, so mail encrypted to them still decrypts.
+    RotateKey {
+        /// Identity name.
+        name: String,
+        /// The node's configuration file (its `[ledger]` table).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Revoke the identity's OpenPGP key on the ledger (RevokeKey): nothing it signs from
+    /// now on verifies, and mail to the identity goes signed only. `identity rotate-key`
+    /// then binds a new key.
+    RevokeKey {
+        /// Identity name.
+        name: String,
+        /// The node's configuration file (its `[ledger]` table).
+        #[arg(long)]
+        config: PathBuf,
+        /// Why (recorded on the ledger, at most 256 bytes).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Print the identity's OpenPGP certificate (public key), ASCII-armored.
+    ExportKey {
+        /// Identity name.
+        name: String,
     },
     /// List identities and their addresses.
     List,
@@ -82,6 +120,20 @@ enum IdentityCommand {
         #[arg(long)]
         yes: bool,
     },
+}
+
+/// The one runtime of a command-line run: the ledger client keeps its gRPC channels, which
+/// live on the runtime that opened them, across the steps of one command (register, then
+/// bind).
+fn cli_runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(RT.get_or_init(|| rt))
 }
 
 fn default_home() -> anyhow::Result<PathBuf> {
@@ -148,13 +200,16 @@ fn identity(home: &Path, command: IdentityCommand) -> anyhow::Result<()> {
             onionpost_node::fsutil::create_dir_mode(home, 0o700)
                 .with_context(|| format!("creating {}", home.display()))?;
             let (id, password) = store.create(&name)?;
+            let cert = Keyring::of(&id).current()?;
             println!("address:  {}", id.address());
             println!("login:    {}", id.address());
             println!("password: {password}");
+            println!("openpgp:  {}", cert.fingerprint());
             eprintln!("(the password is shown only now; it is stored as a salted hash)");
             reload(home)?;
             if ledger.client().is_ok() {
                 register_identity(&ledger, &id)?;
+                bind_identity_key(&ledger, &id)?;
             }
         }
         IdentityCommand::Register { name, config } => {
@@ -167,6 +222,58 @@ fn identity(home: &Path, command: IdentityCommand) -> anyhow::Result<()> {
                 );
             }
             register_identity(&ledger, &id)?;
+            bind_identity_key(&ledger, &id)?;
+        }
+        IdentityCommand::Bind { name, config } => {
+            let id = store.load(&name)?;
+            let ledger = configured_ledger(home, &config)?;
+            bind_identity_key(&ledger, &id)?;
+        }
+        IdentityCommand::RotateKey { name, config } => {
+            let id = store.load(&name)?;
+            let ledger = configured_ledger(home, &config)?;
+            let ring = Keyring::of(&id);
+            let old = ring.current()?;
+            let new = ring.prepare_rotation()?;
+            bind(&ledger, &id, &new)?;
+            ring.make_current(&new)?;
+            println!(
+                "rotated: {} now uses OpenPGP key {} (was {}; kept for old mail)",
+                id.address(),
+                new.fingerprint(),
+                old.fingerprint()
+            );
+        }
+        IdentityCommand::RevokeKey {
+            name,
+            config,
+            reason,
+        } => {
+            let id = store.load(&name)?;
+            let ledger = configured_ledger(home, &config)?;
+            let key = id.signing_key()?;
+            let done = cli_runtime()?
+                .block_on(ledger::revoke_key(
+                    &ledger,
+                    &key,
+                    &reason,
+                    std::time::Duration::from_secs(60),
+                ))
+                .with_context(|| format!("revoking the OpenPGP key of {}", id.address()))?;
+            match done {
+                Some(h) => println!(
+                    "revoked: the OpenPGP key of {} at height {h}; `identity rotate-key` binds a new one",
+                    id.address()
+                ),
+                None => println!(
+                    "no OpenPGP key of {} is bound; nothing to revoke",
+                    id.address()
+                ),
+            }
+        }
+        IdentityCommand::ExportKey { name } => {
+            let id = store.load(&name)?;
+            print!("{}", Keyring::of(&id).current()?.public().to_armored()?);
         }
         IdentityCommand::List => {
             for id in store.list()? {
@@ -176,6 +283,9 @@ fn identity(home: &Path, command: IdentityCommand) -> anyhow::Result<()> {
         IdentityCommand::Show { name } => {
             let id = store.load(&name)?;
             println!("{}", id.address());
+            if let Some(fpr) = Keyring::of(&id).current_fingerprint()? {
+                println!("openpgp {fpr}");
+            }
         }
         IdentityCommand::Delete { name, yes } => {
             if !yes {
@@ -192,6 +302,56 @@ fn identity(home: &Path, command: IdentityCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The ledger of `config`, which must have a `[ledger]` table.
+fn configured_ledger(home: &Path, config: &Path) -> anyhow::Result<NodeLedger> {
+    let ledger = open_ledger(home, config)?;
+    if ledger.client().is_err() {
+        bail!(
+            "{} has no [ledger] table: say which ledger to use (endpoints, chain_id, genesis)",
+            config.display()
+        );
+    }
+    Ok(ledger)
+}
+
+/// Binds the identity's current OpenPGP key on the ledger and says what happened.
+fn bind_identity_key(
+    ledger: &NodeLedger,
+    id: &onionpost_node::identity::Identity,
+) -> anyhow::Result<()> {
+    let cert = Keyring::of(id).current()?;
+    bind(ledger, id, &cert)
+}
+
+/// Binds `cert` to `id` on the ledger (signed by the identity's key).
+fn bind(
+    ledger: &NodeLedger,
+    id: &onionpost_node::identity::Identity,
+    cert: &onionpost_e2e::SecretCert,
+) -> anyhow::Result<()> {
+    let key = id.signing_key()?;
+    let bytes = cert.public().to_bytes()?;
+    let outcome = cli_runtime()?
+        .block_on(ledger::bind_key(
+            ledger,
+            &key,
+            &bytes,
+            std::time::Duration::from_secs(60),
+        ))
+        .with_context(|| format!("binding the OpenPGP key of {} on the ledger", id.address()))?;
+    let fpr = cert.fingerprint();
+    match outcome {
+        ledger::Binding::Bound(h) => println!("bound: OpenPGP key {fpr} at height {h}"),
+        ledger::Binding::Rotated(h) => {
+            println!("bound: OpenPGP key {fpr} at height {h}, replacing the earlier key")
+        }
+        ledger::Binding::Already(h) => {
+            println!("bound: OpenPGP key {fpr} already, as of height {h}")
+        }
+    }
+    Ok(())
+}
+
 fn open_ledger(home: &Path, config: &Path) -> anyhow::Result<NodeLedger> {
     let cfg = Config::load(config)?;
     Ok(NodeLedger::open(home, cfg.ledger.as_ref())?)
@@ -203,10 +363,7 @@ fn register_identity(
     id: &onionpost_node::identity::Identity,
 ) -> anyhow::Result<()> {
     let key = id.signing_key()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let outcome = rt
+    let outcome = cli_runtime()?
         .block_on(ledger::register(
             ledger,
             &key,

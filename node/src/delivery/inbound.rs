@@ -1,4 +1,12 @@
-//! Inbound delivery: session -> [`classify`] -> [`verify`] -> [`dedupe_key`] -> [`store`].
+//! Inbound delivery: session -> [`classify`] -> [`verify`] -> [`authenticate`] ->
+//! [`dedupe_key`] -> [`store`].
+//!
+//! [`authenticate`] is the end-to-end stage: it decrypts and verifies the message against
+//! the keys the ledger binds to its From identity (the whole key history, looked up by the
+//! edge with a verified proof), replaces any `Authentication-Results` the message came with
+//! by the node's own (RFC 8601), and gives the IMAP keywords to store it with (`$Verified`,
+//! `$Unverified`, `$Encrypted`). A message that cannot be decrypted is stored as received,
+//! marked `pgp=fail`: nothing is lost.
 //!
 //! Each stage is a plain function with its own tests; [`Inbound`] runs them for the SMTP edge
 //! (mail arriving on an onion service, or on the loopback listener of a test node) and for
@@ -11,7 +19,14 @@
 
 use std::sync::Arc;
 
+use onionpost_e2e::{Opened, SecretCert, SignatureError, Signer};
 use onionpost_proto::onion::OnionAddress;
+
+use crate::config::UnverifiedPolicy;
+use crate::e2e::E2e;
+use crate::e2e::directory::{BoundKeys, Ended};
+use crate::message::split_header;
+use crate::store::Flags;
 
 use crate::context::{Context, Hosted, Identities};
 use crate::lists::address::parse_member_address;
@@ -92,6 +107,294 @@ pub fn verify(class: &Class, _message: &[u8]) -> Verdict {
     }
 }
 
+/// What the ledger says about the keys of a message's From identity (the edge looks it up).
+#[derive(Debug, Clone)]
+pub enum SenderKeys {
+    /// Nothing to check signatures against, and why: no ledger configured, or the From is
+    /// not at an onion.
+    Unchecked(&'static str),
+    /// The From identity's keys as verified on the ledger.
+    Ledger(Box<BoundKeys>),
+}
+
+/// How far (seconds) a signature's creation time may lie after the block time at which its
+/// key was replaced (clocks differ; the sender signs at each delivery attempt). A revoked
+/// key gets no such allowance: nothing it signs at or after its revocation verifies.
+pub const SIGNATURE_SKEW_SECS: u64 = 3600;
+
+/// The outcome of [`authenticate`] for one recipient.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// Store it, or refuse it (the configured policy for forged From).
+    pub verdict: Verdict,
+    /// What to store: the readable message with the node's `Authentication-Results`.
+    pub message: Vec<u8>,
+    /// The keywords to store it with.
+    pub flags: Flags,
+    /// The dedupe key, of the message before the node's header (the same for every retry of
+    /// the sender, even re-encrypted ones).
+    pub dedupe: Option<DedupeKey>,
+}
+
+/// The RFC 8601 result of the `pgp` method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PgpResult {
+    /// Signed by a key bound to the From identity, valid at the signature's time.
+    Pass(Signer),
+    /// Not validly signed by a bound key (or not decryptable): why.
+    Fail(String),
+    /// Not signed.
+    None,
+    /// Signed, but there is nothing to check against: why.
+    Neutral(String),
+}
+
+impl PgpResult {
+    fn name(&self) -> &'static str {
+        match self {
+            PgpResult::Pass(_) => "pass",
+            PgpResult::Fail(_) => "fail",
+            PgpResult::None => "none",
+            PgpResult::Neutral(_) => "neutral",
+        }
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// A value usable as an RFC 8601 quoted `reason`: no quotes, backslashes or line breaks, at
+/// most 200 characters.
+fn quoted(s: &str) -> String {
+    let clean: String = s
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .take(200)
+        .collect();
+    format!("\"{clean}\"")
+}
+
+/// The message without any field called `name` (unchanged if it has none).
+pub fn strip_fields(message: &[u8], name: &str) -> Vec<u8> {
+    let (fields, body) = split_header(message);
+    if !fields.iter().any(|f| f.name.eq_ignore_ascii_case(name)) {
+        return message.to_vec();
+    }
+    let mut out = Vec::with_capacity(message.len());
+    for f in fields.iter().filter(|f| !f.name.eq_ignore_ascii_case(name)) {
+        out.extend_from_slice(f.raw);
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// Opens with each of the recipient's keys until one is the one it was encrypted to.
+fn open_with(
+    message: &[u8],
+    secrets: &[SecretCert],
+    certs: &[onionpost_e2e::PublicCert],
+) -> Result<Opened, onionpost_e2e::Error> {
+    let mut last = None;
+    for me in secrets {
+        match onionpost_e2e::open(message, Some(me), certs) {
+            Err(e @ onionpost_e2e::Error::NotForUs { .. }) => last = Some(e),
+            other => return other,
+        }
+    }
+    match last {
+        Some(e) => Err(e),
+        None => onionpost_e2e::open(message, None, certs),
+    }
+}
+
+/// Judges a signature verdict against the From identity's key history. Pure.
+fn judge(signature: &Result<Signer, SignatureError>, sender: &SenderKeys) -> PgpResult {
+    match (signature, sender) {
+        (Err(SignatureError::Unsigned { .. }), _) => PgpResult::None,
+        (Err(SignatureError::UnknownKey { .. }), SenderKeys::Unchecked(why)) => {
+            PgpResult::Neutral(format!("signed, but {why}"))
+        }
+        (Err(SignatureError::UnknownKey { issuer }), SenderKeys::Ledger(k))
+            if k.history.is_empty() =>
+        {
+            PgpResult::Neutral(format!(
+                "signed by {issuer}, but the From identity has no key bound on the ledger at height {}",
+                k.height
+            ))
+        }
+        (Err(e), SenderKeys::Ledger(k)) => PgpResult::Fail(format!(
+            "{e} (checked against the keys bound on the ledger at height {})",
+            k.height
+        )),
+        (Err(e), SenderKeys::Unchecked(_)) => PgpResult::Fail(e.to_string()),
+        (Ok(signer), SenderKeys::Unchecked(why)) => {
+            // Not reachable (no certificates were given), but never a pass.
+            PgpResult::Neutral(format!("signed by {}, but {why}", signer.cert))
+        }
+        (Ok(signer), SenderKeys::Ledger(k)) => {
+            let Some(key) = k
+                .history
+                .iter()
+                .find(|h| h.cert.fingerprint() == signer.cert)
+            else {
+                return PgpResult::Fail(format!("key {} is not bound on the ledger", signer.cert));
+            };
+            // A replaced key is given the clock skew; a revoked one none (a revocation is
+            // for a key that must not sign any more).
+            let too_late = |end: Ended, created: u32| {
+                let created = u64::from(created);
+                if end.revoked {
+                    created >= end.time
+                } else {
+                    created > end.time.saturating_add(SIGNATURE_SKEW_SECS)
+                }
+            };
+            match (key.ended, signer.created) {
+                (Some(end), Some(created)) if too_late(end, created) => PgpResult::Fail(format!(
+                    "signed at {created} by key {}, which was {} on the ledger at height {} (time {})",
+                    signer.cert,
+                    if end.revoked { "revoked" } else { "replaced" },
+                    end.height,
+                    end.time
+                )),
+                _ => PgpResult::Pass(signer.clone()),
+            }
+        }
+    }
+}
+
+/// Whether a refusal is the end-to-end policy's verdict on the content (550 5.7.1), not a
+/// recipient that went away.
+pub fn is_content_verdict(r: &Reply) -> bool {
+    (r.code, r.esc) == (550, [5, 7, 1])
+}
+
+/// The node's `Authentication-Results` field (RFC 8601), CRLF-terminated.
+fn results_field(
+    authserv: &str,
+    result: &PgpResult,
+    from: Option<&str>,
+    height: Option<u64>,
+    encrypted: bool,
+) -> String {
+    let mut f = format!(
+        "Authentication-Results: {authserv};\r\n\tpgp={}",
+        result.name()
+    );
+    match result {
+        PgpResult::Fail(why) | PgpResult::Neutral(why) => {
+            f += &format!(" reason={}", quoted(why));
+        }
+        PgpResult::Pass(_) | PgpResult::None => {}
+    }
+    if let Some(from) = from {
+        f += &format!("\r\n\theader.from={from}");
+    }
+    if let PgpResult::Pass(s) = result {
+        f += &format!("\r\n\tpolicy.key={} policy.cert={}", s.key, s.cert);
+    }
+    if let Some(h) = height {
+        f += &format!("\r\n\tpolicy.ledger-height={h}");
+    }
+    f += &format!(
+        "\r\n\tpolicy.encrypted={}\r\n",
+        if encrypted { "yes" } else { "no" }
+    );
+    f
+}
+
+/// The end-to-end stage for one recipient: decrypt with the recipient's `secrets` (current
+/// key first), verify against the From identity's bound keys, and say what to store with
+/// which keywords, or refuse (only under [`UnverifiedPolicy::Refuse`], only for a From whose
+/// identity has bound a key, and never for a message that fails to decrypt). Pure.
+pub fn authenticate(
+    message: &[u8],
+    secrets: &[SecretCert],
+    sender: &SenderKeys,
+    policy: UnverifiedPolicy,
+    authserv: &str,
+) -> Authenticated {
+    let message = strip_fields(message, "Authentication-Results");
+    let certs: Vec<_> = match sender {
+        SenderKeys::Ledger(k) => k.history.iter().map(|h| h.cert.clone()).collect(),
+        SenderKeys::Unchecked(_) => Vec::new(),
+    };
+    let height = match sender {
+        SenderKeys::Ledger(k) => Some(k.height),
+        SenderKeys::Unchecked(_) => None,
+    };
+    let opened = match open_with(&message, secrets, &certs) {
+        Ok(o) => o,
+        Err(e) => {
+            // Kept as it came, marked: a message that cannot be opened is never lost.
+            let from = crate::message::header_value(&message, "From");
+            let result = PgpResult::Fail(chain(&e));
+            let field = results_field(authserv, &result, from.as_deref(), height, false);
+            return Authenticated {
+                verdict: Verdict::Accept,
+                dedupe: dedupe_key(&message),
+                message: [field.as_bytes(), &message].concat(),
+                flags: Flags::UNVERIFIED,
+            };
+        }
+    };
+    let result = judge(&opened.signature, sender);
+    let mut flags = match result {
+        PgpResult::Pass(_) => Flags::VERIFIED,
+        _ => Flags::UNVERIFIED,
+    };
+    if opened.encrypted {
+        flags = flags.with(Flags::ENCRYPTED);
+    }
+    let bound = matches!(sender, SenderKeys::Ledger(k) if k.ever_bound);
+    let verdict = match (&result, bound, policy) {
+        (PgpResult::Pass(_), _, _) | (_, false, _) | (_, true, UnverifiedPolicy::Mark) => {
+            Verdict::Accept
+        }
+        (r, true, UnverifiedPolicy::Refuse) => {
+            let why = match r {
+                PgpResult::Fail(w) | PgpResult::Neutral(w) => w.clone(),
+                _ => "it is not signed".to_string(),
+            };
+            Verdict::Refuse(reply(
+                550,
+                [5, 7, 1],
+                format!(
+                    "Error: the From address {} has an end-to-end key bound on the ledger, but this message is not validly signed by it ({why})",
+                    opened.from.as_deref().unwrap_or("(none)")
+                ),
+            ))
+        }
+    };
+    let field = results_field(
+        authserv,
+        &result,
+        opened.from.as_deref(),
+        height,
+        opened.encrypted,
+    );
+    let readable = strip_fields(&opened.message, "Authentication-Results");
+    Authenticated {
+        verdict,
+        dedupe: dedupe_key(&readable),
+        message: [field.as_bytes(), &readable].concat(),
+        flags,
+    }
+}
+
 /// The key under which a message is deduplicated: Message-ID and content. Messages without a
 /// Message-ID are not deduplicated. Pure.
 pub fn dedupe_key(message: &[u8]) -> Option<DedupeKey> {
@@ -109,13 +412,25 @@ pub fn unknown_recipient() -> Reply {
 
 /// Stores a message in a mailbox, deduplicated by `key`. Blocks on the disk.
 pub fn store(mailbox: &dyn MailStore, message: &[u8], key: Option<DedupeKey>) -> Result<(), Reply> {
+    store_flagged(mailbox, message, key, Flags::default())
+}
+
+/// Stores a message with initial flags (the end-to-end keywords), deduplicated by `key`.
+/// Blocks on the disk.
+pub fn store_flagged(
+    mailbox: &dyn MailStore,
+    message: &[u8],
+    key: Option<DedupeKey>,
+    flags: Flags,
+) -> Result<(), Reply> {
     let opts = DeliverOptions {
         dedupe: key,
+        flags,
         ..Default::default()
     };
     match mailbox.deliver(message, opts) {
         Ok(Delivered::Stored(uid)) => {
-            tracing::info!(uid, "stored");
+            tracing::info!(uid, flags = %flags.to_imap(), "stored");
             Ok(())
         }
         Ok(Delivered::Duplicate) => {
@@ -147,6 +462,8 @@ fn deliver_one(
     scope: Scope,
     recipient: &str,
     message: &[u8],
+    sender: &SenderKeys,
+    e2e: &E2e,
 ) -> Result<(), Reply> {
     let class = classify(ids, scope, recipient);
     match verify(&class, message) {
@@ -158,7 +475,29 @@ fn deliver_one(
     };
     let span = tracing::info_span!("store", to = %recipient);
     let _e = span.enter();
-    store(&*h.mailbox, message, dedupe_key(message))
+    let secrets = e2e.secrets(&h.identity).map_err(|e| {
+        tracing::error!("reading the recipient's OpenPGP keys: {e}");
+        reply(
+            451,
+            [4, 3, 0],
+            "Error: local key store error; try again later",
+        )
+    })?;
+    let a = authenticate(
+        message,
+        &secrets,
+        sender,
+        e2e.policy(),
+        &h.identity.onion.hostname(),
+    );
+    match a.verdict {
+        Verdict::Accept => {}
+        Verdict::Refuse(r) | Verdict::Defer(r) => {
+            tracing::info!("refused by the end-to-end policy: {}", r.message);
+            return Err(r);
+        }
+    }
+    store_flagged(&*h.mailbox, &a.message, a.dedupe, a.flags)
 }
 
 /// The inbound stages, bound to the node's context.
@@ -166,20 +505,32 @@ fn deliver_one(
 pub struct Inbound {
     ctx: Arc<Context>,
     lists: Option<Arc<Lists>>,
+    e2e: Arc<E2e>,
 }
 
 impl Inbound {
-    /// Inbound delivery for the identities of `ctx`, refusing list posts (no list engine).
+    /// Inbound delivery for the identities of `ctx`, refusing list posts (no list engine),
+    /// with no ledger to check signatures against.
     pub fn new(ctx: Arc<Context>) -> Self {
-        Self { ctx, lists: None }
+        let e2e = E2e::new(crate::ledger::NodeLedger::none(), ctx.config().e2e.clone());
+        Self {
+            ctx,
+            lists: None,
+            e2e,
+        }
     }
 
     /// Inbound delivery whose list posts go to `lists`.
     pub fn with_lists(ctx: Arc<Context>, lists: Arc<Lists>) -> Self {
         Self {
-            ctx,
             lists: Some(lists),
+            ..Self::new(ctx)
         }
+    }
+
+    /// The same stages, checking end-to-end signatures through `e2e`.
+    pub fn with_e2e(self, e2e: Arc<E2e>) -> Self {
+        Self { e2e, ..self }
     }
 
     /// The SMTP session policy of a connection with this scope.
@@ -215,6 +566,8 @@ impl Inbound {
             }
         }
         match first_err {
+            // The end-to-end policy judged the content: said as it is.
+            Some(r) if is_content_verdict(&r) => Err(r),
             // Every recipient was checked at RCPT time; a permanent refusal now means the
             // identity went away meanwhile. Ask for a retry: RCPT then refuses it on its own,
             // without bouncing the recipients that were stored.
@@ -288,10 +641,18 @@ impl Inbound {
     ) -> Vec<Result<(), Reply>> {
         let ids = self.ctx.identities();
         let n = recipients.len();
+        let sender = match self.e2e.sender_keys(&message).await {
+            Ok(s) => s,
+            Err(r) => {
+                tracing::info!("deferred: {}", r.message);
+                return vec![Err(r); n];
+            }
+        };
+        let e2e = self.e2e.clone();
         tokio::task::spawn_blocking(move || {
             recipients
                 .iter()
-                .map(|r| deliver_one(&ids, scope, r, &message))
+                .map(|r| deliver_one(&ids, scope, r, &message, &sender, &e2e))
                 .collect()
         })
         .await
@@ -404,7 +765,8 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let (a, _) = IdentityStore::new(home.path()).create("alice").unwrap();
         let mut config = Config::default();
-        config.limits.mailbox_quota_bytes = 40;
+        // One small message with the node's Authentication-Results fits, two do not.
+        config.limits.mailbox_quota_bytes = 200;
         let ctx = Arc::new(Context::open(home.path(), config).unwrap());
         let inbound = Inbound::new(ctx.clone());
         let env = |body: &str| Envelope {
@@ -440,5 +802,266 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    mod e2e {
+        use super::super::*;
+        use crate::e2e::directory::{BoundKeys, Ended, HistoryKey};
+        use onionpost_e2e::{Protect, SecretCert};
+
+        fn addr(name: &str, seed: u8) -> String {
+            format!(
+                "{name}@{}",
+                OnionAddress::from_public_key([seed; 32]).hostname()
+            )
+        }
+
+        fn key(a: &str) -> SecretCert {
+            SecretCert::generate(rand::rngs::OsRng, a).unwrap()
+        }
+
+        fn history(keys: &[(&SecretCert, Option<u64>)]) -> SenderKeys {
+            SenderKeys::Ledger(Box::new(BoundKeys {
+                height: 42,
+                active: None,
+                history: keys
+                    .iter()
+                    .map(|(k, ended)| HistoryKey {
+                        cert: k.public().clone(),
+                        height: 1,
+                        time: 0,
+                        ended: ended.map(|time| Ended {
+                            revoked: false,
+                            height: 7,
+                            time,
+                        }),
+                    })
+                    .collect(),
+                ever_bound: !keys.is_empty(),
+            }))
+        }
+
+        fn mail(from: &str, to: &str, body: &str) -> Vec<u8> {
+            format!(
+                "Authentication-Results: evil.example; pgp=pass\r\nFrom: {from}\r\nTo: {to}\r\nSubject: hello\r\nMessage-ID: <m1@x>\r\n\r\n{body}\r\n"
+            )
+            .into_bytes()
+        }
+
+        fn text(a: &Authenticated) -> String {
+            String::from_utf8_lossy(&a.message).into_owned()
+        }
+
+        #[test]
+        fn signed_and_encrypted_by_the_bound_key_is_verified_and_readable() {
+            let (a, b) = (addr("alice", 1), addr("bob", 2));
+            let (ka, kb) = (key(&a), key(&b));
+            let plain = mail(&a, &b, "the secret");
+            let sealed = onionpost_e2e::sign_and_encrypt(
+                rand::rngs::OsRng,
+                &plain,
+                &ka,
+                &[kb.public()],
+                Protect::default(),
+            )
+            .unwrap();
+            let got = authenticate(
+                &sealed,
+                std::slice::from_ref(&kb),
+                &history(&[(&ka, None)]),
+                UnverifiedPolicy::Refuse,
+                "me.onion",
+            );
+            assert_eq!(got.verdict, Verdict::Accept);
+            assert_eq!(got.flags, Flags::VERIFIED.with(Flags::ENCRYPTED));
+            let t = text(&got);
+            assert!(
+                t.starts_with("Authentication-Results: me.onion;\r\n\tpgp=pass\r\n"),
+                "{t}"
+            );
+            assert!(
+                t.contains(&format!("policy.cert={}", ka.fingerprint())),
+                "{t}"
+            );
+            assert!(
+                t.contains("policy.ledger-height=42") && t.contains("policy.encrypted=yes"),
+                "{t}"
+            );
+            assert!(
+                t.contains("the secret") && t.contains("Subject: hello"),
+                "{t}"
+            );
+            assert!(
+                !t.contains("evil.example"),
+                "incoming results are removed: {t}"
+            );
+            // A retry, encrypted afresh, is the same message for dedupe.
+            let again = onionpost_e2e::sign_and_encrypt(
+                rand::rngs::OsRng,
+                &plain,
+                &ka,
+                &[kb.public()],
+                Protect::default(),
+            )
+            .unwrap();
+            let got2 = authenticate(
+                &again,
+                &[kb],
+                &history(&[(&ka, None)]),
+                UnverifiedPolicy::Mark,
+                "me.onion",
+            );
+            assert_eq!(got.dedupe, got2.dedupe);
+            assert!(got.dedupe.is_some());
+        }
+
+        #[test]
+        fn forged_from_is_never_verified_and_may_be_refused() {
+            let (a, b) = (addr("alice", 1), addr("bob", 2));
+            let (ka, kb) = (key(&a), key(&b));
+            let bound = history(&[(&ka, None)]);
+            let forged = mail(&a, &b, "send money");
+            let got = authenticate(
+                &forged,
+                std::slice::from_ref(&kb),
+                &bound,
+                UnverifiedPolicy::Mark,
+                "me.onion",
+            );
+            assert_eq!(got.verdict, Verdict::Accept);
+            assert_eq!(got.flags, Flags::UNVERIFIED);
+            assert!(text(&got).contains("pgp=none"), "{}", text(&got));
+            let refused = authenticate(
+                &forged,
+                std::slice::from_ref(&kb),
+                &bound,
+                UnverifiedPolicy::Refuse,
+                "me.onion",
+            );
+            assert!(
+                matches!(&refused.verdict, Verdict::Refuse(r) if r.code == 550 && r.esc == [5, 7, 1]),
+                "{:?}",
+                refused.verdict
+            );
+            // Signed by a key that claims alice's address but is not the bound one.
+            let mallory = key(&a);
+            let signed =
+                onionpost_e2e::sign(rand::rngs::OsRng, &forged, &mallory, Protect::default())
+                    .unwrap();
+            let got = authenticate(
+                &signed,
+                std::slice::from_ref(&kb),
+                &bound,
+                UnverifiedPolicy::Mark,
+                "me.onion",
+            );
+            assert_eq!(got.flags, Flags::UNVERIFIED);
+            assert!(text(&got).contains("pgp=fail reason="), "{}", text(&got));
+            // Unsigned mail from an identity with no binding: unverified, never refused.
+            let c = addr("carol", 3);
+            let plain = mail(&c, &b, "hi");
+            let got = authenticate(
+                &plain,
+                &[kb],
+                &history(&[]),
+                UnverifiedPolicy::Refuse,
+                "me.onion",
+            );
+            assert_eq!(
+                (got.verdict, got.flags),
+                (Verdict::Accept, Flags::UNVERIFIED)
+            );
+        }
+
+        #[test]
+        fn an_earlier_key_verifies_what_it_signed_while_it_was_bound() {
+            let (a, b) = (addr("alice", 1), addr("bob", 2));
+            let (old, new, kb) = (key(&a), key(&a), key(&b));
+            let signed = onionpost_e2e::sign(
+                rand::rngs::OsRng,
+                &mail(&a, &b, "x"),
+                &old,
+                Protect::default(),
+            )
+            .unwrap();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            // Replaced after it signed: still verifies.
+            let later = history(&[(&old, Some(now + 10)), (&new, None)]);
+            let got = authenticate(
+                &signed,
+                std::slice::from_ref(&kb),
+                &later,
+                UnverifiedPolicy::Refuse,
+                "me.onion",
+            );
+            assert_eq!(got.flags, Flags::VERIFIED, "{}", text(&got));
+            // Replaced long before the signature's time: a stolen old key cannot sign now.
+            let earlier = history(&[(&old, Some(now - 10 * SIGNATURE_SKEW_SECS)), (&new, None)]);
+            let got = authenticate(
+                &signed,
+                std::slice::from_ref(&kb),
+                &earlier,
+                UnverifiedPolicy::Mark,
+                "me.onion",
+            );
+            assert_eq!(got.flags, Flags::UNVERIFIED);
+            assert!(
+                text(&got).contains("replaced on the ledger at height 7"),
+                "{}",
+                text(&got)
+            );
+            // Revoked a little before the signature: no clock allowance for a revocation.
+            let mut revoked = history(&[(&old, Some(now - 5))]);
+            if let SenderKeys::Ledger(k) = &mut revoked {
+                k.history[0].ended.as_mut().unwrap().revoked = true;
+            }
+            let got = authenticate(&signed, &[kb], &revoked, UnverifiedPolicy::Mark, "me.onion");
+            assert_eq!(got.flags, Flags::UNVERIFIED);
+            assert!(
+                text(&got).contains("revoked on the ledger"),
+                "{}",
+                text(&got)
+            );
+        }
+
+        #[test]
+        fn mail_that_cannot_be_decrypted_is_kept_as_received() {
+            let (a, b) = (addr("alice", 1), addr("bob", 2));
+            let (ka, kb, other) = (key(&a), key(&b), key(&addr("carol", 3)));
+            let sealed = onionpost_e2e::sign_and_encrypt(
+                rand::rngs::OsRng,
+                &mail(&a, &b, "for carol"),
+                &ka,
+                &[other.public()],
+                Protect::default(),
+            )
+            .unwrap();
+            let got = authenticate(
+                &sealed,
+                &[kb],
+                &history(&[(&ka, None)]),
+                UnverifiedPolicy::Refuse,
+                "me.onion",
+            );
+            assert_eq!(
+                got.verdict,
+                Verdict::Accept,
+                "never lost, even under refuse"
+            );
+            assert_eq!(got.flags, Flags::UNVERIFIED);
+            let t = text(&got);
+            assert!(
+                t.starts_with("Authentication-Results: me.onion;\r\n\tpgp=fail reason=\""),
+                "{t}"
+            );
+            assert!(
+                t.contains("-----BEGIN PGP MESSAGE-----"),
+                "stored as received: {t}"
+            );
+            assert!(!t.contains("evil.example"));
+        }
     }
 }

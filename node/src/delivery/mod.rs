@@ -1,8 +1,10 @@
 //! Delivery as explicit stages between the protocol edges and the seams.
 //!
-//! * [`inbound`]: session -> classify -> verify -> dedupe -> store.
-//! * [`outbound`]: submission -> sanitize -> protect (sign/encrypt) -> expand (lists) ->
-//!   queue; then, for each attempt, [`route`] -> transport (the [`crate::queue`] runner).
+//! * [`inbound`]: session -> classify -> verify -> authenticate (end to end) -> dedupe ->
+//!   store.
+//! * [`outbound`]: submission -> sanitize -> expand (lists) -> queue; then, for each attempt,
+//!   [`route`] -> protect (sign/encrypt, per copy, so that a key the ledger cannot vouch for
+//!   now is a temporary failure of that attempt) -> transport (the [`crate::queue`] runner).
 //!
 //! Each stage is a pure decision function with unit tests. The stages reach the world only
 //! through narrow seams: [`crate::store::MailStore`] (mailboxes),

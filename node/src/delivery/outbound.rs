@@ -1,13 +1,18 @@
-//! Outbound delivery: submission -> [`sanitize`] -> [`protect`] -> [`expand`] -> queue; the
-//! queue's runner then routes ([`super::route`]) and sends each recipient's copy.
+//! Outbound delivery: submission -> [`sanitize`] -> [`expand`] -> queue; the queue's runner
+//! then routes ([`super::route`]), [`protect`]s and sends each copy.
 //!
-//! Stages that later work fills pass mail through unchanged today, with their place and
-//! contract fixed here: [`protect`] signs and encrypts (the end-to-end issue), [`expand`]
-//! turns a list address into its members (the list issue).
+//! [`protect`] runs at each delivery attempt, not at submission, so that "the ledger gave no
+//! verified answer about the recipient's key" is a temporary failure of that attempt: the
+//! message stays queued (in the sender's spool, as submitted) and is retried, and bounces
+//! with a DSN after the retry window, but never goes out in clear to a recipient that may
+//! have a bound key. Its decision, [`protection`], is pure; the lookups are the edge's
+//! ([`crate::e2e::E2e`]).
 
 use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
+use onionpost_e2e::{Protect, PublicCert, SecretCert};
+use rand::{CryptoRng, Rng};
 
 use crate::clock::Clock;
 use crate::context::{Context, Hosted, Identities};
@@ -39,9 +44,99 @@ pub fn sanitize(message: &[u8], sender: &Hosted, now: f64) -> Result<Vec<u8>, Re
     })
 }
 
-/// Signs (and, where every recipient's key is known, encrypts) a message. Today: unchanged.
-pub fn protect(message: Vec<u8>) -> Vec<u8> {
-    message
+/// What the ledger says about one recipient's end-to-end key (the edge looks it up).
+#[derive(Debug, Clone)]
+pub enum RecipientKey {
+    /// No key to encrypt to: no ledger configured, an address that is no onion identity, an
+    /// identity not registered, with no key bound, or whose key was revoked.
+    Unbound,
+    /// The active bound certificate, read with a verified proof, holding the address.
+    Bound(Box<PublicCert>),
+    /// A key may be bound but cannot be used: no verified answer from the ledger, or the
+    /// bound certificate does not parse or does not hold the address. Never send in clear.
+    Unusable(String),
+}
+
+/// How one copy goes out.
+#[derive(Debug, Clone)]
+pub enum Protection<'a> {
+    /// Signed only (RFC 3156 `multipart/signed`).
+    Sign,
+    /// Signed and encrypted to these certificates (and the sender's own).
+    Encrypt(Vec<&'a PublicCert>),
+    /// Not now: the reason a recipient's key is unknown or unusable.
+    Defer(String),
+}
+
+impl PartialEq for Protection<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Protection::Sign, Protection::Sign) => true,
+            (Protection::Defer(a), Protection::Defer(b)) => a == b,
+            (Protection::Encrypt(a), Protection::Encrypt(b)) => {
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(b)
+                        .all(|(x, y)| x.fingerprint() == y.fingerprint())
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Decides how a copy to `keys` (one per recipient of the copy) goes out. Pure.
+///
+/// Any unusable key defers the copy (no silent downgrade); if every recipient has a bound
+/// key the copy is encrypted; otherwise (some recipient has none) it is signed only.
+pub fn protection(keys: &[RecipientKey]) -> Protection<'_> {
+    let mut certs = Vec::new();
+    let mut all_bound = !keys.is_empty();
+    for k in keys {
+        match k {
+            RecipientKey::Unusable(why) => return Protection::Defer(why.clone()),
+            RecipientKey::Bound(c) => certs.push(&**c),
+            RecipientKey::Unbound => all_bound = false,
+        }
+    }
+    if all_bound {
+        Protection::Encrypt(certs)
+    } else {
+        Protection::Sign
+    }
+}
+
+/// The temporary failure of a copy that cannot be protected now.
+pub fn deferred(why: &str) -> Reply {
+    reply(
+        451,
+        [4, 7, 0],
+        format!("Error: not sent, to avoid sending it unencrypted: {why}; will retry"),
+    )
+}
+
+/// Signs `message` with `signer` (and encrypts it, as `how` says), with an Autocrypt
+/// header. Pure, but for the randomness.
+pub fn protect<R: Rng + CryptoRng>(
+    rng: R,
+    message: &[u8],
+    signer: &SecretCert,
+    how: &Protection<'_>,
+) -> Result<Vec<u8>, Reply> {
+    let done = match how {
+        Protection::Defer(why) => return Err(deferred(why)),
+        Protection::Sign => onionpost_e2e::sign(rng, message, signer, Protect::default()),
+        Protection::Encrypt(certs) => {
+            onionpost_e2e::sign_and_encrypt(rng, message, signer, certs, Protect::default())
+        }
+    };
+    done.map_err(|e| {
+        tracing::error!(key = %signer.fingerprint(), "end-to-end protection failed: {e}");
+        reply(
+            451,
+            [4, 7, 0],
+            format!("Error: signing the message failed: {e}; will retry"),
+        )
+    })
 }
 
 /// Recipients after expansion: personal ones, and lists (each posted to its members by the
@@ -125,7 +220,8 @@ impl Submission {
         // The user's copy goes to Sent under the client's own Message-ID, so the copy the
         // client APPENDs to Sent afterwards is recognised and not stored twice.
         let sent_key = message_id(&env.data).map(|id| DedupeKey::sent_copy(&id));
-        let message = protect(sanitize(&env.data, &sender, now)?);
+        // Signed and encrypted per copy by the queue's runner (see `protect`).
+        let message = sanitize(&env.data, &sender, now)?;
         let Expanded {
             personal: recipients,
             lists,
@@ -302,6 +398,51 @@ mod tests {
         );
         let filed = sent.read(snap.messages[1].uid).unwrap();
         assert!(String::from_utf8_lossy(&filed).contains("Subject: twice"));
-        assert_eq!(protect(b"m".to_vec()), b"m");
+    }
+
+    #[test]
+    fn protection_never_downgrades_and_encrypts_only_when_every_key_is_known() {
+        let onion = onionpost_proto::onion::OnionAddress::from_public_key([9; 32]);
+        let me =
+            SecretCert::generate(rand::rngs::OsRng, &format!("a@{}", onion.hostname())).unwrap();
+        let bob_addr = format!(
+            "bob@{}",
+            onionpost_proto::onion::OnionAddress::from_public_key([8; 32]).hostname()
+        );
+        let bob = SecretCert::generate(rand::rngs::OsRng, &bob_addr).unwrap();
+        let bound = RecipientKey::Bound(Box::new(bob.public().clone()));
+        assert_eq!(protection(&[RecipientKey::Unbound]), Protection::Sign);
+        assert_eq!(protection(&[]), Protection::Sign);
+        assert!(
+            matches!(protection(std::slice::from_ref(&bound)), Protection::Encrypt(c) if c.len() == 1)
+        );
+        assert_eq!(
+            protection(&[bound.clone(), RecipientKey::Unbound]),
+            Protection::Sign
+        );
+        let keys = [bound.clone(), RecipientKey::Unusable("ledger down".into())];
+        let down = protection(&keys);
+        assert_eq!(down, Protection::Defer("ledger down".into()));
+        let msg = format!(
+            "From: a@{}\r\nTo: {bob_addr}\r\nSubject: s\r\n\r\nsecret body\r\n",
+            onion.hostname()
+        );
+        let r = protect(rand::rngs::OsRng, msg.as_bytes(), &me, &down).unwrap_err();
+        assert_eq!((r.code, r.esc), (451, [4, 7, 0]));
+        let signed = protect(rand::rngs::OsRng, msg.as_bytes(), &me, &Protection::Sign).unwrap();
+        let text = String::from_utf8_lossy(&signed);
+        assert!(text.contains("multipart/signed") && text.contains("secret body"));
+        assert!(text.contains("Autocrypt: "), "{text}");
+        let sealed = protect(
+            rand::rngs::OsRng,
+            msg.as_bytes(),
+            &me,
+            &protection(&[bound]),
+        )
+        .unwrap();
+        let text = String::from_utf8_lossy(&sealed);
+        assert!(text.contains("multipart/encrypted") && !text.contains("secret body"));
+        let opened = onionpost_e2e::decrypt(&sealed, &bob, &[me.public().clone()]).unwrap();
+        assert!(opened.signature.is_ok() && opened.encrypted);
     }
 }

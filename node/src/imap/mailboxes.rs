@@ -10,7 +10,7 @@ use imap_codec::imap_types::flag::Flag;
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_codec::imap_types::status::StatusDataItemName;
 
-use super::session::{ALL_FLAGS, Accounts, Selected, Session, to_flags};
+use super::session::{ALL_FLAGS, Accounts, SHOWN_FLAGS, Selected, Session, to_flags};
 use super::utf7;
 use crate::message::message_id;
 use crate::store::{
@@ -227,7 +227,7 @@ impl<A: Accounts> Session<A> {
             return;
         };
         let snap = store.snapshot();
-        self.line(&format!("* FLAGS ({ALL_FLAGS})"));
+        self.line(&format!("* FLAGS ({SHOWN_FLAGS})"));
         if read_only {
             self.line("* OK [PERMANENTFLAGS ()] Read-only mailbox");
         } else {

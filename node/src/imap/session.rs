@@ -50,6 +50,10 @@ pub const CAPABILITIES_BEFORE_LOGIN: &str = "IMAP4rev1 LITERAL+ SASL-IR ID ENABL
 pub const CAPABILITIES: &str = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT \
     UIDPLUS MOVE SPECIAL-USE CHILDREN CONDSTORE";
 pub(super) const ALL_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
+/// The flags a mailbox shows (FLAGS): the system flags and the node's end-to-end keywords,
+/// which clients cannot change (so PERMANENTFLAGS has [`ALL_FLAGS`] only).
+pub(super) const SHOWN_FLAGS: &str =
+    "\\Answered \\Flagged \\Deleted \\Seen \\Draft $Verified $Unverified $Encrypted";
 /// After this many BAD/NO answers in a row the session ends.
 const MAX_ERRORS: u32 = 50;
 
@@ -517,8 +521,9 @@ impl<A: Accounts> Session<A> {
                         modified.push(if uid { meta.uid } else { seq });
                         continue;
                     }
+                    // The node's keywords stay whatever the client asks.
                     let new = match kind {
-                        StoreType::Replace => change,
+                        StoreType::Replace => change.with(meta.flags.only(Flags::KEYWORDS)),
                         StoreType::Add => meta.flags.with(change),
                         StoreType::Remove => meta.flags.without(change),
                     };
@@ -978,6 +983,51 @@ mod tests {
         let out = talk(&mut s, "a9 LOGOUT\r\n");
         assert!(out.starts_with("* BYE") && out.ends_with("a9 OK LOGOUT completed\r\n"));
         assert!(s.is_closed());
+    }
+
+    #[test]
+    fn e2e_keywords_are_shown_searchable_kept_and_not_settable() {
+        let (_d, md, mut s) = setup();
+        let opts = |flags| DeliverOptions {
+            flags,
+            ..Default::default()
+        };
+        md.deliver(MSG.as_bytes(), opts(Flags::VERIFIED.with(Flags::ENCRYPTED)))
+            .unwrap();
+        md.deliver(MSG.as_bytes(), opts(Flags::UNVERIFIED)).unwrap();
+        talk(&mut s, "");
+        assert!(talk(&mut s, "1 LOGIN bob pw\r\n").starts_with("1 OK"));
+        let out = talk(&mut s, "2 SELECT INBOX\r\n");
+        assert!(out.contains("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Verified $Unverified $Encrypted)"), "{out}");
+        assert!(
+            out.contains("[PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)]"),
+            "{out}"
+        );
+        assert_eq!(
+            talk(&mut s, "3 FETCH 1:2 FLAGS\r\n"),
+            "* 1 FETCH (FLAGS ($Verified $Encrypted))\r\n* 2 FETCH (FLAGS ($Unverified))\r\n3 OK FETCH completed\r\n"
+        );
+        assert_eq!(
+            talk(&mut s, "4 SEARCH KEYWORD $Verified\r\n"),
+            "* SEARCH 1\r\n4 OK SEARCH completed\r\n"
+        );
+        assert_eq!(
+            talk(&mut s, "5 SEARCH UNKEYWORD $verified\r\n"),
+            "* SEARCH 2\r\n5 OK SEARCH completed\r\n"
+        );
+        // A client can neither set nor clear them.
+        talk(&mut s, "6 STORE 2 +FLAGS ($Verified)\r\n");
+        talk(&mut s, "7 STORE 1 FLAGS (\\Seen)\r\n");
+        let snap = md.snapshot();
+        assert_eq!(
+            snap.messages[0].flags,
+            Flags::SEEN.with(Flags::VERIFIED).with(Flags::ENCRYPTED)
+        );
+        assert_eq!(snap.messages[1].flags, Flags::UNVERIFIED);
+        // And they do not stand in the way of deleting.
+        talk(&mut s, "8 STORE 1:* +FLAGS (\\Deleted)\r\n");
+        assert!(talk(&mut s, "9 EXPUNGE\r\n").ends_with("9 OK EXPUNGE completed\r\n"));
+        assert!(md.snapshot().messages.is_empty());
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! The queue runner: takes due messages, routes each recipient ([`route`]), delivers over a
-//! [`Transport`] with the SMTP client (or to identities of this node through the inbound
-//! stages), records the outcome with [`schedule::after_attempt`], and puts DSNs into the
-//! sender's own mailbox.
+//! The queue runner: takes due messages, routes each recipient ([`route`]), protects each
+//! copy end to end ([`E2e::protect`]: signed, encrypted when every recipient's key is bound),
+//! delivers over a [`Transport`] with the SMTP client (or to identities of this node through
+//! the inbound stages), records the outcome with [`schedule::after_attempt`], and puts DSNs
+//! into the sender's own mailbox.
 //!
 //! A failed attempt is never lost: the spool is updated (fsynced) before the message is
 //! released, and every error path leaves the message queued for its next attempt. A spool
@@ -24,6 +25,7 @@ use crate::clock::Clock;
 use crate::context::Context;
 use crate::delivery::inbound::Inbound;
 use crate::delivery::route::{Route, invalid_destination, route};
+use crate::e2e::E2e;
 use crate::message::{FailedRecipient, build_dsn};
 use crate::smtp::client::{self, RcptOutcome, Transaction};
 use crate::smtp::reply::EnhancedCode;
@@ -50,6 +52,7 @@ pub struct Runner<T: Transport> {
     inbound: Inbound,
     transport: Arc<T>,
     clock: Arc<dyn Clock>,
+    e2e: Arc<E2e>,
     policy: RetryPolicy,
     slots: Arc<Semaphore>,
     /// Open connections per route.
@@ -59,13 +62,14 @@ pub struct Runner<T: Transport> {
 
 impl<T: Transport> Runner<T> {
     /// A runner for `queue`, sending over `transport`, delivering to identities of this
-    /// node through `inbound`.
+    /// node through `inbound`, protecting every copy with `e2e`.
     pub fn new(
         queue: Arc<Queue>,
         ctx: Arc<Context>,
         inbound: Inbound,
         transport: Arc<T>,
         clock: Arc<dyn Clock>,
+        e2e: Arc<E2e>,
     ) -> Arc<Self> {
         let q = ctx.config().queue.clone();
         let concurrency = q.concurrency.max(1);
@@ -76,6 +80,7 @@ impl<T: Transport> Runner<T> {
             ctx,
             transport,
             clock,
+            e2e,
             slots: Arc::new(Semaphore::new(concurrency)),
             open: Mutex::new(HashMap::new()),
             per_destination: q.connections_per_destination.max(1),
@@ -210,6 +215,25 @@ impl<T: Transport> Runner<T> {
         }
     }
 
+    /// The copy of `data` for `rcpts` as it goes out (see [`E2e::protect`]); `Err` is the
+    /// outcome of every one of them.
+    async fn protect(
+        &self,
+        m: &QueuedMessage,
+        rcpts: &[String],
+        data: &[u8],
+    ) -> Result<Vec<u8>, RcptOutcome> {
+        let Some(sender) = self.ctx.identities().by_name(&m.identity).cloned() else {
+            return Err(RcptOutcome::Unreachable(
+                "the sending identity is gone".into(),
+            ));
+        };
+        self.e2e
+            .protect(&sender.identity, rcpts, data)
+            .await
+            .map_err(RcptOutcome::Refused)
+    }
+
     fn sender_onion(&self, m: &QueuedMessage) -> Option<OnionAddress> {
         self.ctx
             .identities()
@@ -311,13 +335,33 @@ impl<T: Transport> Runner<T> {
                 .collect();
             (idx, rcpts)
         };
-        let plan: Vec<(Vec<usize>, Vec<String>)> = loaded.iter().map(|(m, _)| pending(m)).collect();
+        let mut plan = Vec::new();
+        let mut kept = Vec::new();
+        // Each copy protected for its recipients; one that cannot be (its keys unknown now)
+        // is not sent and stays queued.
+        for (m, data) in loaded {
+            let (idx, rcpts) = pending(&m);
+            match self.protect(&m, &rcpts, &data).await {
+                Ok(wire) => {
+                    plan.push((idx, rcpts, wire));
+                    kept.push((m, data));
+                }
+                Err(o) => {
+                    let outcomes = idx.iter().map(|&i| (i, o.clone())).collect();
+                    self.record(m, &data, outcomes).await;
+                }
+            }
+        }
+        let loaded = kept;
+        if loaded.is_empty() {
+            return false;
+        }
         if conn.is_none() {
             match self.connect(onion, &sender).await {
                 Ok(c) => *conn = Some(c),
                 Err(e) => {
                     let o = e.outcome();
-                    for ((m, data), (idx, _)) in loaded.into_iter().zip(plan) {
+                    for ((m, data), (idx, _, _)) in loaded.into_iter().zip(plan) {
                         let outcomes = idx.iter().map(|&i| (i, o.clone())).collect();
                         self.record(m, &data, outcomes).await;
                     }
@@ -329,10 +373,10 @@ impl<T: Transport> Runner<T> {
         let txs: Vec<Transaction> = loaded
             .iter()
             .zip(&plan)
-            .map(|((m, data), (_, rcpts))| Transaction {
+            .map(|((m, _), (_, rcpts, wire))| Transaction {
                 from: &m.from,
                 recipients: rcpts,
-                data,
+                data: wire,
             })
             .collect();
         let (results, err) = c.send_many(&txs).await;
@@ -341,7 +385,7 @@ impl<T: Transport> Runner<T> {
             tracing::info!(%onion, "connection broke: {e}");
             *conn = None;
         }
-        for (((m, data), (idx, _)), outcomes) in loaded.into_iter().zip(plan).zip(results) {
+        for (((m, data), (idx, _, _)), outcomes) in loaded.into_iter().zip(plan).zip(results) {
             self.record(m, &data, idx.into_iter().zip(outcomes).collect())
                 .await;
         }
@@ -372,17 +416,31 @@ impl<T: Transport> Runner<T> {
                 .collect();
             let outcomes = match route {
                 Route::Invalid => vec![RcptOutcome::Refused(invalid_destination()); rcpts.len()],
-                Route::Local => self.inbound.deliver_local(&rcpts, &data).await,
-                Route::Onion(onion) => match self.connect(&onion, &sender).await {
-                    Err(e) => vec![e.outcome(); rcpts.len()],
-                    Ok(mut c) => {
-                        let o = c
-                            .send(&m.from, &rcpts, &data)
-                            .await
-                            .unwrap_or_else(|e| vec![e.outcome(); rcpts.len()]);
-                        c.quit().await;
-                        o
+                // Each local recipient's copy protected for it alone.
+                Route::Local => {
+                    let mut out = Vec::new();
+                    for r in &rcpts {
+                        let one = std::slice::from_ref(r);
+                        match self.protect(&m, one, &data).await {
+                            Ok(wire) => out.extend(self.inbound.deliver_local(one, &wire).await),
+                            Err(o) => out.push(o),
+                        }
                     }
+                    out
+                }
+                Route::Onion(onion) => match self.protect(&m, &rcpts, &data).await {
+                    Err(o) => vec![o; rcpts.len()],
+                    Ok(wire) => match self.connect(&onion, &sender).await {
+                        Err(e) => vec![e.outcome(); rcpts.len()],
+                        Ok(mut c) => {
+                            let o = c
+                                .send(&m.from, &rcpts, &wire)
+                                .await
+                                .unwrap_or_else(|e| vec![e.outcome(); rcpts.len()]);
+                            c.quit().await;
+                            o
+                        }
+                    },
                 },
             };
             results.extend(idx.into_iter().zip(outcomes));

@@ -28,6 +28,7 @@ use crate::config::{Config, TransportKind};
 use crate::context::{Context, ContextError, Hosted};
 use crate::delivery::inbound::{Inbound, Scope};
 use crate::delivery::outbound::Submission;
+use crate::e2e::E2e;
 use crate::ledger::NodeLedger;
 use crate::listener::{self, ConnectionLimit, ListenerSpec};
 use crate::lists::engine::Lists;
@@ -249,15 +250,16 @@ pub async fn run(home: &Path, config: Config) -> Result<(), RuntimeError> {
     let ledger = NodeLedger::open(home, cfg.ledger.as_ref())?;
     match ledger.config() {
         Some(l) => {
-            tracing::info!(chain = %l.chain_id, endpoints = ?l.endpoints, "ledger configured: list mail on")
+            tracing::info!(chain = %l.chain_id, endpoints = ?l.endpoints, "ledger configured: list mail on, end-to-end keys checked against it")
         }
         None => tracing::info!(
-            "no [ledger] configuration: one-to-one mail only; list mail is refused until one is configured"
+            "no [ledger] configuration: one-to-one mail only, signed but not encrypted; list mail is refused until one is configured"
         ),
     }
+    let e2e = E2e::new(ledger.clone(), cfg.e2e.clone());
     let lists = Lists::new(ledger, ctx.clone(), queue.clone(), clock.clone());
     tokio::spawn(lists.clone().run(shutdown.clone()));
-    let inbound = Inbound::with_lists(ctx.clone(), lists.clone());
+    let inbound = Inbound::with_lists(ctx.clone(), lists.clone()).with_e2e(e2e.clone());
     let submission = Arc::new(Submission::with_lists(
         ctx.clone(),
         queue.clone(),
@@ -332,6 +334,7 @@ pub async fn run(home: &Path, config: Config) -> Result<(), RuntimeError> {
                 inbound.clone(),
                 Arc::new(DirectTransport::new(map)),
                 clock.clone(),
+                e2e.clone(),
             );
             tokio::spawn(runner.run(shutdown.clone(), tasks.clone()));
             None
@@ -380,6 +383,7 @@ pub async fn run(home: &Path, config: Config) -> Result<(), RuntimeError> {
                 inbound.clone(),
                 t.clone(),
                 clock.clone(),
+                e2e.clone(),
             );
             tokio::spawn(runner.run(shutdown.clone(), tasks.clone()));
             Some(t)

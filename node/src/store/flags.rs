@@ -1,8 +1,14 @@
-//! IMAP system flags and their Maildir letters.
+//! IMAP system flags, the node's own keywords, and their Maildir letters.
+//!
+//! The keywords are the end-to-end verdicts the inbound stage sets ([`Flags::VERIFIED`],
+//! [`Flags::UNVERIFIED`], [`Flags::ENCRYPTED`]). They are stored as lower-case Maildir
+//! letters (`a`, `b`, `c`), as Dovecot stores keywords, so they survive restarts, moves and
+//! copies with the message. Clients see them in FETCH FLAGS and SEARCH KEYWORD but cannot set
+//! or clear them ([`Flags::KEYWORDS`] are kept across STORE).
 
-/// IMAP system flags kept by the store, as a bit set.
+/// IMAP system flags and the node's keywords kept by the store, as a bit set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
-pub struct Flags(pub u8);
+pub struct Flags(pub u16);
 
 impl Flags {
     /// `\Seen` (Maildir `S`).
@@ -15,13 +21,24 @@ impl Flags {
     pub const DELETED: Flags = Flags(8);
     /// `\Draft` (Maildir `D`).
     pub const DRAFT: Flags = Flags(16);
+    /// `$Verified`: signed by the key bound on the ledger to the From identity (Maildir `a`).
+    pub const VERIFIED: Flags = Flags(32);
+    /// `$Unverified`: not validly signed by a bound key (Maildir `b`).
+    pub const UNVERIFIED: Flags = Flags(64);
+    /// `$Encrypted`: arrived end-to-end encrypted and was decrypted (Maildir `c`).
+    pub const ENCRYPTED: Flags = Flags(128);
+    /// The keywords only the node sets.
+    pub const KEYWORDS: Flags = Flags(32 | 64 | 128);
 
-    const TABLE: [(Flags, char, &'static str); 5] = [
+    const TABLE: [(Flags, char, &'static str); 8] = [
         (Flags::DRAFT, 'D', "\\Draft"),
         (Flags::FLAGGED, 'F', "\\Flagged"),
         (Flags::ANSWERED, 'R', "\\Answered"),
         (Flags::SEEN, 'S', "\\Seen"),
         (Flags::DELETED, 'T', "\\Deleted"),
+        (Flags::VERIFIED, 'a', "$Verified"),
+        (Flags::UNVERIFIED, 'b', "$Unverified"),
+        (Flags::ENCRYPTED, 'c', "$Encrypted"),
     ];
 
     /// Whether all bits of `other` are set.
@@ -37,6 +54,11 @@ impl Flags {
     /// Difference.
     pub fn without(self, other: Flags) -> Flags {
         Flags(self.0 & !other.0)
+    }
+
+    /// Intersection.
+    pub fn only(self, other: Flags) -> Flags {
+        Flags(self.0 & other.0)
     }
 
     /// Maildir info letters, in ASCII order.
@@ -56,7 +78,7 @@ impl Flags {
             .fold(Flags::default(), |acc, (f, _, _)| acc.with(*f))
     }
 
-    /// IMAP flag list contents, e.g. `\Seen \Flagged`.
+    /// IMAP flag list contents, e.g. `\Seen \Flagged $Verified`.
     pub fn to_imap(self) -> String {
         Self::TABLE
             .iter()
@@ -64,5 +86,33 @@ impl Flags {
             .map(|(_, _, n)| *n)
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    /// The keyword of this name (case-insensitive, as IMAP compares flags), if the node
+    /// keeps it.
+    pub fn keyword(name: &str) -> Option<Flags> {
+        Self::TABLE
+            .iter()
+            .find(|(f, _, n)| Self::KEYWORDS.contains(*f) && n.eq_ignore_ascii_case(name))
+            .map(|(f, _, _)| *f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keywords_round_trip_through_maildir_letters() {
+        let f = Flags::SEEN.with(Flags::VERIFIED).with(Flags::ENCRYPTED);
+        assert_eq!(f.to_maildir(), "Sac");
+        assert_eq!(Flags::from_maildir("Sac"), f);
+        assert_eq!(f.to_imap(), "\\Seen $Verified $Encrypted");
+        assert_eq!(Flags::keyword("$verified"), Some(Flags::VERIFIED));
+        assert_eq!(Flags::keyword("\\Seen"), None);
+        assert_eq!(
+            f.only(Flags::KEYWORDS),
+            Flags::VERIFIED.with(Flags::ENCRYPTED)
+        );
     }
 }

@@ -100,7 +100,7 @@ impl Node {
         let mut c = Command::new(BIN);
         c.args(["--home", self.home.to_str().unwrap(), "run", "--config"])
             .arg(&cfg_path)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", "debug,pgp=info")
             .stdout(Stdio::null())
             .stderr(log);
         c

@@ -1,0 +1,209 @@
+//! The keys the ledger binds to an identity, read with a verified proof: the active key
+//! (what outgoing mail is encrypted to) and the whole key history (what incoming mail is
+//! verified against, so mail signed by an earlier key still verifies).
+//!
+//! [`bound_keys`] is the edge (a [`Ledger`] read); [`keys_from`] is the pure part, which
+//! turns the verified record into certificates and validity intervals.
+
+use onionpost_e2e::PublicCert;
+use onionpost_ledger_client::{At, Error as ClientError, Identity, IdentityKey, Ledger};
+use onionpost_proto::onion::OnionAddress;
+use onionpost_proto::v1::key_history_entry::Kind;
+
+/// How one key of the history ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    /// Replaced by a rotation, or revoked.
+    pub revoked: bool,
+    /// The height of the entry that ended it.
+    pub height: u64,
+    /// Its block time (Unix seconds).
+    pub time: u64,
+}
+
+/// One key of an identity's history that parses as a certificate.
+#[derive(Debug, Clone)]
+pub struct HistoryKey {
+    /// The certificate.
+    pub cert: PublicCert,
+    /// The height it was bound at.
+    pub height: u64,
+    /// The block time it was bound at (Unix seconds).
+    pub time: u64,
+    /// When it stopped being the active key (None: it is the active key).
+    pub ended: Option<Ended>,
+}
+
+/// What the ledger binds to one identity, as verified at `height`.
+#[derive(Debug, Clone)]
+pub struct BoundKeys {
+    /// The verified height of the answer.
+    pub height: u64,
+    /// The active key: none (never bound, revoked, or not registered), its certificate, or
+    /// why the bound bytes are unusable.
+    pub active: Option<Result<PublicCert, String>>,
+    /// Every key ever bound that parses, oldest first.
+    pub history: Vec<HistoryKey>,
+    /// Whether the identity ever bound a key (even one that does not parse, or was revoked).
+    pub ever_bound: bool,
+}
+
+/// The ledger identity (its ed25519 key) of an address at an onion, if it is one.
+pub fn identity_of(address: &str) -> Option<IdentityKey> {
+    let (_, domain) = address.rsplit_once('@')?;
+    domain.parse::<OnionAddress>().ok().map(|o| o.public_key())
+}
+
+/// Turns a verified identity record into certificates for `address`. Pure.
+pub fn keys_from(identity: Option<&Identity>, address: &str, height: u64) -> BoundKeys {
+    let Some(id) = identity else {
+        return BoundKeys {
+            height,
+            active: None,
+            history: Vec::new(),
+            ever_bound: false,
+        };
+    };
+    let active = id
+        .active_key()
+        .map(|k| match PublicCert::from_bytes(&k.public_key) {
+            Ok(c) if c.holds(address) => Ok(c),
+            Ok(c) => Err(format!(
+                "the key bound to {address} on the ledger ({}) has no User ID with that address",
+                c.fingerprint()
+            )),
+            Err(e) => Err(format!(
+                "the key bound to {address} on the ledger does not parse: {e}"
+            )),
+        });
+    let mut history: Vec<HistoryKey> = Vec::new();
+    // Index into `history` of the active key while walking (None: none, or unparsable).
+    let mut current: Option<usize> = None;
+    for entry in &id.key_history {
+        let kind = Kind::try_from(entry.kind).unwrap_or(Kind::Bind);
+        if let Some(i) = current.take() {
+            history[i].ended = Some(Ended {
+                revoked: kind == Kind::Revoke,
+                height: entry.height,
+                time: entry.time,
+            });
+        }
+        if kind == Kind::Revoke {
+            continue;
+        }
+        let Some(key) = &entry.key else { continue };
+        match PublicCert::from_bytes(&key.public_key) {
+            Ok(cert) => {
+                current = Some(history.len());
+                history.push(HistoryKey {
+                    cert,
+                    height: entry.height,
+                    time: entry.time,
+                    ended: None,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(%address, seq = entry.seq, "a key in the ledger's history does not parse: {e}");
+            }
+        }
+    }
+    BoundKeys {
+        height,
+        active,
+        history,
+        ever_bound: !id.key_history.is_empty(),
+    }
+}
+
+/// Reads the keys bound to the identity of `address` at the latest verified height; `None`
+/// if the address is not at an onion (no ledger identity).
+pub async fn bound_keys<L: Ledger>(
+    ledger: &L,
+    address: &str,
+) -> Result<Option<BoundKeys>, ClientError> {
+    let Some(who) = identity_of(address) else {
+        return Ok(None);
+    };
+    let v = ledger.identity(&who, At::Latest).await?;
+    Ok(Some(keys_from(v.value.as_ref(), address, v.height)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onionpost_e2e::SecretCert;
+    use onionpost_proto::v1 as pb;
+
+    fn entry(seq: u64, kind: Kind, key: &[u8], height: u64) -> pb::KeyHistoryEntry {
+        pb::KeyHistoryEntry {
+            seq,
+            kind: kind as i32,
+            key_id: vec![],
+            key: Some(pb::E2eKey {
+                algorithm: "openpgp".into(),
+                public_key: key.to_vec(),
+            }),
+            height,
+            time: height * 10,
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn history_gives_intervals_and_the_active_key_is_checked() {
+        let onion = OnionAddress::from_public_key([3; 32]);
+        let addr = format!("alice@{}", onion.hostname());
+        assert_eq!(identity_of(&addr), Some([3; 32]));
+        assert_eq!(identity_of("bob@example.org"), None);
+        let k1 = SecretCert::generate(rand::rngs::OsRng, &addr).unwrap();
+        let k2 = SecretCert::generate(rand::rngs::OsRng, &addr).unwrap();
+        let b1 = k1.public().to_bytes().unwrap();
+        let b2 = k2.public().to_bytes().unwrap();
+        let id = Identity {
+            record: pb::IdentityRecord {
+                active_key: Some(pb::E2eKey {
+                    algorithm: "openpgp".into(),
+                    public_key: b2.clone(),
+                }),
+                ..Default::default()
+            },
+            key_history: vec![entry(0, Kind::Bind, &b1, 5), entry(1, Kind::Rotate, &b2, 9)],
+            mailbox_hosts: vec![],
+        };
+        let keys = keys_from(Some(&id), &addr, 12);
+        assert_eq!(keys.height, 12);
+        assert!(keys.ever_bound);
+        let active = keys.active.clone().unwrap().unwrap();
+        assert_eq!(active.fingerprint(), k2.fingerprint());
+        assert_eq!(keys.history.len(), 2);
+        assert_eq!(
+            keys.history[0].ended,
+            Some(Ended {
+                revoked: false,
+                height: 9,
+                time: 90
+            })
+        );
+        assert_eq!(keys.history[1].ended, None);
+
+        // Another address's key bound here is unusable (outgoing mail must not use it).
+        let other = keys_from(Some(&id), &format!("carol@{}", onion.hostname()), 12);
+        assert!(other.active.unwrap().is_err());
+
+        // Revoked: no active key, and the history says when it ended.
+        let mut revoked = id.clone();
+        revoked.record.active_key = None;
+        revoked.key_history.push(entry(2, Kind::Revoke, &b2, 11));
+        let keys = keys_from(Some(&revoked), &addr, 12);
+        assert!(keys.active.is_none());
+        assert!(keys.history[1].ended.unwrap().revoked);
+
+        // Garbage bound: unusable, never "no key".
+        let mut bad = id.clone();
+        bad.record.active_key.as_mut().unwrap().public_key = b"junk".to_vec();
+        assert!(keys_from(Some(&bad), &addr, 12).active.unwrap().is_err());
+
+        let none = keys_from(None, &addr, 12);
+        assert!(none.active.is_none() && !none.ever_bound);
+    }
+}

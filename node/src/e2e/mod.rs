@@ -1,0 +1,203 @@
+//! End-to-end OpenPGP done by the node, with keys bound on the ledger (issue 14, phase 2).
+//!
+//! * [`keyring`]: each identity's OpenPGP keys on disk (current and older ones);
+//! * [`directory`]: the keys the ledger binds to an identity, read with verified proofs;
+//! * [`E2e`] (this file): the async edge the delivery stages call: recipient key lookups
+//!   for [`crate::delivery::outbound::protect`], the From identity's keys for
+//!   [`crate::delivery::inbound::authenticate`], and the identities' secret keys, cached.
+//!
+//! The decisions are the stages' pure functions; this module only gathers their inputs.
+
+pub mod directory;
+pub mod keyring;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use onionpost_e2e::SecretCert;
+
+use crate::config::{E2eConfig, UnverifiedPolicy};
+use crate::delivery::inbound::SenderKeys;
+use crate::delivery::outbound::{RecipientKey, deferred, protect, protection};
+use crate::identity::Identity;
+use crate::ledger::{LedgerError, NodeLedger};
+use crate::lists::address::parse_member_address;
+use crate::smtp::reply::{Reply, reply};
+use directory::bound_keys;
+use keyring::{Keyring, KeyringError};
+
+/// An identity's secret keys as cached: the current fingerprint, and every key (the current
+/// one first).
+type CachedKeys = (String, Arc<Vec<SecretCert>>);
+
+/// The end-to-end edge: the ledger, the keyrings, the policy.
+pub struct E2e {
+    ledger: NodeLedger,
+    config: E2eConfig,
+    /// Keyring directory -> (current fingerprint, every key with the current first).
+    secrets: Mutex<HashMap<PathBuf, CachedKeys>>,
+}
+
+/// The single From address of a message, lower-cased (None: none, or several).
+pub fn from_address(message: &[u8]) -> Option<String> {
+    let parsed = mail_parser::MessageParser::new().parse_headers(message)?;
+    let from = parsed.from()?;
+    let mut addrs = from.iter().filter_map(|a| a.address());
+    let one = addrs.next()?;
+    if addrs.next().is_some() {
+        return None;
+    }
+    Some(one.to_ascii_lowercase())
+}
+
+impl std::fmt::Debug for E2e {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("E2e")
+            .field("ledger", &self.ledger)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ledger_unavailable(what: &str, e: &LedgerError) -> Reply {
+    if e.is_transient() {
+        reply(
+            451,
+            [4, 4, 3],
+            format!(
+                "Error: the ledger gave no verified answer about {what}; try again later ({e})"
+            ),
+        )
+    } else {
+        reply(
+            451,
+            [4, 3, 5],
+            format!("Error: the ledger client needs its operator ({what}); try again later ({e})"),
+        )
+    }
+}
+
+impl E2e {
+    /// The edge over `ledger` (none: mail is signed only, and incoming signatures are
+    /// reported as unchecked).
+    pub fn new(ledger: NodeLedger, config: E2eConfig) -> Arc<Self> {
+        Arc::new(E2e {
+            ledger,
+            config,
+            secrets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The policy for unverified mail claiming a bound identity.
+    pub fn policy(&self) -> UnverifiedPolicy {
+        self.config.unverified_from_bound
+    }
+
+    /// What the ledger binds to `address`, for outgoing mail to it.
+    pub async fn recipient_key(&self, address: &str) -> RecipientKey {
+        let Ok(client) = self.ledger.client() else {
+            return RecipientKey::Unbound;
+        };
+        match bound_keys(client, address).await {
+            Ok(None) => RecipientKey::Unbound,
+            Ok(Some(k)) => match k.active {
+                None => RecipientKey::Unbound,
+                Some(Ok(cert)) => RecipientKey::Bound(Box::new(cert)),
+                Some(Err(why)) => RecipientKey::Unusable(why),
+            },
+            Err(e) => RecipientKey::Unusable(format!(
+                "no verified answer from the ledger about the key of {address}: {e}"
+            )),
+        }
+    }
+
+    /// The copy of `data` from `sender` to `recipients` (one destination) as it goes on
+    /// the wire: signed, and encrypted when every recipient has a bound key. List copies
+    /// (signed by the list protocol) and, with `[e2e] enabled = false`, everything go as
+    /// they are. `Err` is the outcome for every recipient of the copy (a 4xx: retried).
+    pub async fn protect(
+        self: &Arc<Self>,
+        sender: &Identity,
+        recipients: &[String],
+        data: &[u8],
+    ) -> Result<Vec<u8>, Reply> {
+        if !self.config.enabled || recipients.iter().any(|r| parse_member_address(r).is_some()) {
+            return Ok(data.to_vec());
+        }
+        let mut keys = Vec::with_capacity(recipients.len());
+        for r in recipients {
+            keys.push(self.recipient_key(r).await);
+        }
+        if let crate::delivery::outbound::Protection::Defer(why) = protection(&keys) {
+            tracing::warn!(rcpts = ?recipients, "not sending: {why}");
+            return Err(deferred(&why));
+        }
+        let (e2e, sender, data) = (self.clone(), sender.clone(), data.to_vec());
+        tokio::task::spawn_blocking(move || {
+            let secrets = e2e.secrets(&sender).map_err(|e| keyring_failure(&e))?;
+            let how = protection(&keys);
+            protect(rand::rngs::OsRng, &data, &secrets[0], &how)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!("protect task: {e}");
+            Err(reply(451, [4, 3, 0], "Error: local error; try again later"))
+        })
+    }
+
+    /// The keys the ledger binds to the From identity of `message`, for the checks of
+    /// incoming mail. `Err`: no verified answer (the sender retries).
+    pub async fn sender_keys(&self, message: &[u8]) -> Result<SenderKeys, Reply> {
+        let Ok(client) = self.ledger.client() else {
+            return Ok(SenderKeys::Unchecked(
+                "this node has no ledger to check it against",
+            ));
+        };
+        let Some(from) = from_address(message) else {
+            return Ok(SenderKeys::Unchecked(
+                "the message has no single From address",
+            ));
+        };
+        match bound_keys(client, &from).await {
+            Ok(Some(k)) => Ok(SenderKeys::Ledger(Box::new(k))),
+            Ok(None) => Ok(SenderKeys::Unchecked(
+                "the From address is not at an onion identity",
+            )),
+            Err(e) => Err(ledger_unavailable(
+                &format!("the keys of {from}"),
+                &LedgerError::from(e),
+            )),
+        }
+    }
+
+    /// An identity's secret keys, the current one first (created if it has none). Cached
+    /// until the keyring's current key changes. Blocks on the disk.
+    pub fn secrets(&self, identity: &Identity) -> Result<Arc<Vec<SecretCert>>, KeyringError> {
+        let ring = Keyring::of(identity);
+        let now = ring.current_fingerprint()?;
+        if let Some(fpr) = &now
+            && let Some((cached, keys)) = self.secrets.lock().expect("secrets").get(ring.dir())
+            && cached == fpr
+        {
+            return Ok(keys.clone());
+        }
+        let keys = Arc::new(ring.all()?);
+        let fpr = keys[0].fingerprint().to_hex();
+        self.secrets
+            .lock()
+            .expect("secrets")
+            .insert(ring.dir().to_path_buf(), (fpr, keys.clone()));
+        Ok(keys)
+    }
+}
+
+/// The outcome of a copy whose sender's key cannot be read (the operator must look).
+fn keyring_failure(e: &KeyringError) -> Reply {
+    tracing::error!("reading the sender's OpenPGP key: {e}");
+    reply(
+        451,
+        [4, 3, 0],
+        "Error: the sender's OpenPGP key cannot be read; try again later",
+    )
+}

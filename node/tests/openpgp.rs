@@ -1,0 +1,585 @@
+//! End-to-end OpenPGP between nodes, with real processes: a 4-validator devnet
+//! (`onionpost-ledger validator`), nodes (`onionpost-node run`, direct transport on loopback)
+//! whose identities are registered and whose OpenPGP keys are bound on the ledger by
+//! `onionpost-node identity register`, mail submitted with Python's smtplib and read with
+//! imaplib, a tap between the nodes that records what goes on the wire, forged mail sent
+//! straight to a node's SMTP port, and GnuPG given the key as read (verified) from the ledger.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[path = "support/mod.rs"]
+mod support;
+use support::direct::{Node, submit};
+use support::ledger::{Devnet, rt};
+use support::{python, wait_for};
+
+use onionpost_e2e::{Protect, SecretCert};
+use onionpost_ledger_client::{At, Config, Genesis, GrpcLedger, Ledger, RootPolicy};
+
+/// Records every byte a client sends to `to` (a node's SMTP port) on the way through.
+struct Tap {
+    port: u16,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Tap {
+    fn new(to: u16) -> Tap {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let rec = seen.clone();
+        std::thread::spawn(move || {
+            for client in l.incoming() {
+                let Ok(mut client) = client else { return };
+                let Ok(mut server) = TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let rec = rec.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        match client.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                rec.lock().unwrap().extend_from_slice(&buf[..n]);
+                                if server.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = server.shutdown(Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s2, &mut c2);
+                    let _ = c2.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        Tap { port, seen }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
+    }
+}
+
+/// Raw SMTP to a node's loopback port: "OK" or "CODE text".
+const RAW_SMTP: &str = r#"
+import smtplib, sys
+port, sender, rcpt, path = sys.argv[1:]
+data = open(path, 'rb').read()
+try:
+    with smtplib.SMTP('127.0.0.1', int(port)) as s:
+        s.sendmail(sender, [rcpt], data)
+    print('OK')
+except smtplib.SMTPRecipientsRefused as e:
+    code, msg = list(e.recipients.values())[0]
+    print(code, msg.decode())
+except smtplib.SMTPDataError as e:
+    print(e.smtp_code, e.smtp_error.decode())
+"#;
+
+fn send_raw(to: &Node, sender: &str, rcpt: &str, data: &[u8]) -> String {
+    let path = to.home.join("raw.eml");
+    std::fs::write(&path, data).unwrap();
+    python(
+        RAW_SMTP,
+        &[&to.smtp.to_string(), sender, rcpt, path.to_str().unwrap()],
+    )
+    .trim()
+    .to_string()
+}
+
+/// imaplib: per INBOX message one line `SUBJECT|FLAGS|AUTHENTICATION-RESULTS|BODY`, then
+/// the `SEARCH KEYWORD $Verified` answer.
+const IMAP_FLAGS: &str = r#"
+import imaplib, sys, email, email.policy
+port, user, pw = sys.argv[1:]
+M = imaplib.IMAP4('127.0.0.1', int(port))
+M.login(user, pw)
+typ, data = M.select('INBOX')
+assert typ == 'OK', data
+typ, data = M.search(None, 'ALL')
+for num in data[0].split():
+    typ, f = M.fetch(num, '(FLAGS)')
+    flags = ' '.join(x.decode() for x in imaplib.ParseFlags(f[0]))
+    typ, msg = M.fetch(num, '(BODY.PEEK[])')
+    m = email.message_from_bytes(msg[0][1], policy=email.policy.default)
+    body = m.get_body(('plain',))
+    body = (body.get_content().strip() if body else '').replace('\r', '').replace('\n', ' ')
+    ar = ' '.join(str(m['Authentication-Results'] or '').split())
+    print('MSG ' + str(m['Subject']) + '|' + flags + '|' + ar + '|' + body)
+typ, data = M.search(None, 'KEYWORD', '$Verified')
+print('VERIFIED=' + data[0].decode())
+M.logout()
+"#;
+
+/// One INBOX message as IMAP shows it.
+#[derive(Debug)]
+struct Seen {
+    subject: String,
+    flags: String,
+    results: String,
+    body: String,
+}
+
+fn inbox(node: &Node) -> (Vec<Seen>, String) {
+    let out = python(
+        IMAP_FLAGS,
+        &[&node.imap.to_string(), &node.address, &node.password],
+    );
+    let mut msgs = Vec::new();
+    let mut verified = String::new();
+    for line in out.lines() {
+        if let Some(m) = line.strip_prefix("MSG ") {
+            let p: Vec<&str> = m.splitn(4, '|').collect();
+            msgs.push(Seen {
+                subject: p[0].into(),
+                flags: p[1].into(),
+                results: p[2].into(),
+                body: p[3].into(),
+            });
+        } else if let Some(v) = line.strip_prefix("VERIFIED=") {
+            verified = v.to_string();
+        }
+    }
+    (msgs, verified)
+}
+
+fn one<'a>(msgs: &'a [Seen], subject: &str) -> &'a Seen {
+    let found: Vec<&Seen> = msgs.iter().filter(|m| m.subject == subject).collect();
+    assert_eq!(found.len(), 1, "one {subject:?} in {msgs:#?}");
+    found[0]
+}
+
+fn name(node: &Node) -> String {
+    node.address.split('@').next().unwrap().to_string()
+}
+
+/// The identity's current OpenPGP secret key, from its keyring on disk.
+fn secret_key(node: &Node) -> SecretCert {
+    let dir = node
+        .home
+        .join("identities")
+        .join(name(node))
+        .join("openpgp");
+    let fpr = std::fs::read_to_string(dir.join("current")).unwrap();
+    SecretCert::from_bytes(&std::fs::read(dir.join(format!("{}.key", fpr.trim()))).unwrap())
+        .unwrap()
+}
+
+/// Writes the node's configuration and registers its identity (and binds its key) there.
+fn register(node: &Node) -> String {
+    let cfg = node.home.join("node.toml");
+    std::fs::write(&cfg, node.config()).unwrap();
+    let out = node.cli(&[
+        "identity",
+        "register",
+        &name(node),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("registered:") && text.contains("bound: OpenPGP key"),
+        "register {}: {text}\n{}",
+        node.address,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The OpenPGP key bound to `node`'s identity, read from the ledger with a verified proof
+/// (certified by the validators of genesis).
+fn key_from_ledger(net: &Devnet, node: &Node) -> Vec<u8> {
+    let genesis = Genesis::load(&net.genesis()).unwrap();
+    let cfg = Config::new(
+        (0..net.m.validators.len()).map(|i| net.url(i)).collect(),
+        RootPolicy::Certified(genesis),
+    );
+    let ledger = GrpcLedger::new(cfg).unwrap();
+    let who = node
+        .onion()
+        .parse::<onionpost_proto::onion::OnionAddress>()
+        .unwrap()
+        .public_key();
+    let v = rt().block_on(ledger.identity(&who, At::Latest)).unwrap();
+    v.value
+        .expect("registered")
+        .active_key()
+        .expect("a key is bound")
+        .public_key
+        .clone()
+}
+
+/// GnuPG in a temporary home.
+struct Gpg(tempfile::TempDir);
+
+impl Gpg {
+    fn new() -> Gpg {
+        let d = tempfile::tempdir().unwrap();
+        let mut perms = std::fs::metadata(d.path()).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o700);
+        std::fs::set_permissions(d.path(), perms).unwrap();
+        Gpg(d)
+    }
+
+    fn run(&self, args: &[&str], file: &Path) -> (bool, String, String) {
+        let out = Command::new("gpg")
+            .env("GNUPGHOME", self.0.path())
+            .args([
+                "--batch",
+                "--yes",
+                "--no-tty",
+                "--trust-model",
+                "always",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+                "--status-fd",
+                "2",
+            ])
+            .args(args)
+            .arg(file)
+            .stdin(Stdio::null())
+            .output()
+            .expect("gpg must be installed (scripts/test.sh: gnupg)");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn import(&self, bytes: &[u8]) {
+        let p = self.0.path().join(format!("k{}", rand::random::<u32>()));
+        std::fs::write(&p, bytes).unwrap();
+        let (ok, _, err) = self.run(&["--import"], &p);
+        assert!(ok, "gpg --import: {err}");
+    }
+}
+
+impl Drop for Gpg {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", self.0.path())
+            .args(["--kill", "all"])
+            .output();
+    }
+}
+
+/// The last armored OpenPGP message in `text`.
+fn last_pgp_message(text: &str) -> String {
+    let start = text
+        .rfind("-----BEGIN PGP MESSAGE-----")
+        .expect("an OpenPGP message");
+    let end = text[start..].find("-----END PGP MESSAGE-----").unwrap() + start;
+    text[start..end + "-----END PGP MESSAGE-----".len()].to_string() + "\r\n"
+}
+
+/// Two nodes with bound keys; A's mail to B goes through a tap.
+fn pair(net: &Devnet) -> (Node, Node, Tap) {
+    let mut a = Node::new("alice");
+    let mut b = Node::new("bob");
+    for n in [&mut a, &mut b] {
+        n.extra = net.ledger_toml();
+    }
+    register(&a);
+    register(&b);
+    // Registration takes a while: fresh ports now, then the routes.
+    for n in [&mut a, &mut b] {
+        n.smtp = support::free_port();
+        n.submission = support::free_port();
+        n.imap = support::free_port();
+    }
+    let tap = Tap::new(b.smtp);
+    a.routes = vec![(b.onion().to_string(), tap.port)];
+    b.routes = vec![(a.onion().to_string(), a.smtp)];
+    (a, b, tap)
+}
+
+#[test]
+fn mail_between_bound_keys_is_encrypted_on_the_wire_verified_and_readable() {
+    let net = Devnet::start(4, "e2e-mail");
+    let (mut a, mut b, tap) = pair(&net);
+    a.start();
+    b.start();
+
+    submit(&a, &b.address, "Encrypted hello", "Attack at dawn");
+    wait_for(Duration::from_secs(60), "the message at B", || {
+        b.count_in_maildir("Attack at dawn") == 1
+    });
+    let wire = tap.text();
+    assert!(wire.contains("multipart/encrypted"), "{wire}");
+    assert!(wire.contains("-----BEGIN PGP MESSAGE-----"), "{wire}");
+    assert!(wire.contains("Autocrypt: addr="), "{wire}");
+    assert!(
+        !wire.contains("Attack at dawn"),
+        "the body went in clear: {wire}"
+    );
+    assert!(
+        !wire.contains("Encrypted hello"),
+        "the Subject went in clear: {wire}"
+    );
+
+    let a_key = secret_key(&a);
+    let (msgs, verified) = inbox(&b);
+    let m = one(&msgs, "Encrypted hello");
+    assert_eq!(m.body, "Attack at dawn");
+    assert!(
+        m.flags.contains("$Verified") && m.flags.contains("$Encrypted"),
+        "{m:?}"
+    );
+    assert!(!m.flags.contains("$Unverified"), "{m:?}");
+    for want in [
+        format!("{}; pgp=pass", b.onion()),
+        format!("header.from={}", a.address),
+        format!("policy.cert={}", a_key.fingerprint()),
+        "policy.ledger-height=".into(),
+        "policy.encrypted=yes".into(),
+    ] {
+        assert!(m.results.contains(&want), "{want} not in {}", m.results);
+    }
+    assert_eq!(verified, "1");
+
+    // GnuPG, given A's key as bound on the ledger and B's secret key, decrypts and verifies
+    // what A's node put on the wire.
+    let bound = key_from_ledger(&net, &a);
+    assert_eq!(
+        onionpost_e2e::PublicCert::from_bytes(&bound)
+            .unwrap()
+            .fingerprint(),
+        a_key.fingerprint(),
+        "the ledger binds A's key"
+    );
+    let gpg = Gpg::new();
+    gpg.import(&bound);
+    gpg.import(&secret_key(&b).to_bytes().unwrap());
+    let msg = b.home.join("wire.asc");
+    std::fs::write(&msg, last_pgp_message(&wire)).unwrap();
+    let (ok, plain, status) = gpg.run(&["--decrypt"], &msg);
+    assert!(ok, "{status}");
+    assert!(status.contains("[GNUPG:] DECRYPTION_OKAY"), "{status}");
+    assert!(
+        status.contains(&format!("[GNUPG:] VALIDSIG {}", a_key.fingerprint())),
+        "{status}"
+    );
+    assert!(plain.contains("Attack at dawn") && plain.contains("Subject: Encrypted hello"));
+
+    // A forged From: unsigned mail claiming A's bound address, straight to B's SMTP port.
+    let forged = format!(
+        "From: {}\r\nTo: {}\r\nSubject: Forged\r\nMessage-ID: <forged@x>\r\n\
+         Authentication-Results: {}; pgp=pass\r\n\r\nSend money\r\n",
+        a.address,
+        b.address,
+        b.onion()
+    );
+    assert_eq!(
+        send_raw(&b, &a.address, &b.address, forged.as_bytes()),
+        "OK"
+    );
+    // Signed by a key that is not A's bound key, claiming A's address.
+    let mallory = SecretCert::generate(rand::rngs::OsRng, &a.address).unwrap();
+    let fake = onionpost_e2e::sign(
+        rand::rngs::OsRng,
+        format!(
+            "From: {}\r\nTo: {}\r\nSubject: Forged signed\r\nMessage-ID: <forged2@x>\r\n\r\nSend more\r\n",
+            a.address, b.address
+        )
+        .as_bytes(),
+        &mallory,
+        Protect::default(),
+    )
+    .unwrap();
+    assert_eq!(send_raw(&b, &a.address, &b.address, &fake), "OK");
+    let (msgs, verified) = inbox(&b);
+    for (subject, result) in [("Forged", "pgp=none"), ("Forged signed", "pgp=fail")] {
+        let m = one(&msgs, subject);
+        assert!(m.flags.contains("$Unverified"), "{m:?}");
+        assert!(!m.flags.contains("$Verified"), "{m:?}");
+        assert!(m.results.contains(result), "{m:?}");
+        assert!(
+            !m.results.contains("pgp=pass"),
+            "only the node's own results: {m:?}"
+        );
+    }
+    assert_eq!(verified, "1", "still only the real one");
+
+    // Key history: A rotates; mail signed by A's earlier key while it was bound still
+    // verifies, and A's node now signs with the new key.
+    let old = a_key;
+    let by_old = onionpost_e2e::sign(
+        rand::rngs::OsRng,
+        format!(
+            "From: {}\r\nTo: {}\r\nSubject: Signed before the rotation\r\nMessage-ID: <old@x>\r\n\r\nold key\r\n",
+            a.address, b.address
+        )
+        .as_bytes(),
+        &old,
+        Protect::default(),
+    )
+    .unwrap();
+    let cfg = a.home.join("node.toml");
+    let out = a.cli(&[
+        "identity",
+        "rotate-key",
+        "alice",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("rotated:"),
+        "{text}{out:?}"
+    );
+    let new = secret_key(&a);
+    assert_ne!(new.fingerprint(), old.fingerprint());
+    assert_eq!(
+        onionpost_e2e::PublicCert::from_bytes(&key_from_ledger(&net, &a))
+            .unwrap()
+            .fingerprint(),
+        new.fingerprint()
+    );
+    assert_eq!(send_raw(&b, &a.address, &b.address, &by_old), "OK");
+    submit(&a, &b.address, "After the rotation", "new key");
+    wait_for(
+        Duration::from_secs(60),
+        "the mail after the rotation",
+        || b.count_in_maildir("new key") == 1,
+    );
+    let (msgs, _) = inbox(&b);
+    let m = one(&msgs, "Signed before the rotation");
+    assert!(m.flags.contains("$Verified"), "{m:?}");
+    assert!(
+        m.results
+            .contains(&format!("policy.cert={}", old.fingerprint())),
+        "{m:?}"
+    );
+    let m = one(&msgs, "After the rotation");
+    assert!(
+        m.flags.contains("$Verified") && m.flags.contains("$Encrypted"),
+        "{m:?}"
+    );
+    assert!(
+        m.results
+            .contains(&format!("policy.cert={}", new.fingerprint())),
+        "{m:?}"
+    );
+
+    // Revocation: what A's node signs with the revoked key no longer verifies (mail to B
+    // is still encrypted: B's key is bound); a new key bound after it verifies again.
+    let out = a.cli(&[
+        "identity",
+        "revoke-key",
+        "alice",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--reason",
+        "laptop lost",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("revoked:"),
+        "{text}{out:?}"
+    );
+    submit(&a, &b.address, "After the revocation", "revoked key");
+    wait_for(
+        Duration::from_secs(60),
+        "the mail after the revocation",
+        || b.count_in_maildir("revoked key") == 1,
+    );
+    let out = a.cli(&[
+        "identity",
+        "rotate-key",
+        "alice",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("rotated:"),
+        "{text}{out:?}"
+    );
+    submit(&a, &b.address, "With a fresh key", "fresh key");
+    wait_for(Duration::from_secs(60), "the mail with a fresh key", || {
+        b.count_in_maildir("fresh key") == 1
+    });
+    let (msgs, _) = inbox(&b);
+    let m = one(&msgs, "After the revocation");
+    assert!(
+        m.flags.contains("$Unverified") && m.flags.contains("$Encrypted"),
+        "{m:?}"
+    );
+    assert!(
+        m.results.contains("pgp=fail") && m.results.contains("revoked"),
+        "{m:?}"
+    );
+    let m = one(&msgs, "With a fresh key");
+    assert!(m.flags.contains("$Verified"), "{m:?}");
+    assert!(
+        m.results
+            .contains(&format!("policy.cert={}", secret_key(&a).fingerprint())),
+        "{m:?}"
+    );
+
+    // The policy that refuses forged From: a 550, nothing stored.
+    b.terminate();
+    b.extra = net.ledger_toml() + "[e2e]\nunverified_from_bound = \"refuse\"\n";
+    b.start();
+    let again = forged.replace("forged@x", "forged3@x");
+    let r = send_raw(&b, &a.address, &b.address, again.as_bytes());
+    assert!(r.starts_with("550"), "{r}");
+    assert!(r.contains("bound on the ledger"), "{r}");
+    assert_eq!(b.count_in_maildir("forged3@x"), 0);
+}
+
+#[test]
+fn a_bound_recipient_never_gets_mail_in_clear_while_the_ledger_is_unreachable() {
+    let net = Devnet::start(4, "e2e-downgrade");
+    let (mut a, mut b, tap) = pair(&net);
+    // A's ledger: the same chain, servers that do not answer.
+    let dead = support::free_port();
+    a.extra = format!(
+        "[ledger]\nendpoints = [\"http://127.0.0.1:{dead}\"]\nchain_id = \"{}\"\ngenesis = \"{}\"\n",
+        net.m.chain_id,
+        net.genesis().display()
+    );
+    a.start();
+    b.start();
+    submit(&a, &b.address, "Downgrade", "Not for the wire");
+    wait_for(Duration::from_secs(60), "several refused attempts", || {
+        a.log().matches("not sending").count() >= 3
+    });
+    assert!(
+        !tap.text().contains("Not for the wire"),
+        "sent in clear: {}",
+        tap.text()
+    );
+    assert_eq!(b.count_in_maildir("Not for the wire"), 0);
+    assert!(a.status().contains("queue: 1 message"), "{}", a.status());
+
+    // The ledger answers again: the message goes, encrypted.
+    a.terminate();
+    a.extra = net.ledger_toml();
+    a.start();
+    wait_for(Duration::from_secs(60), "the message at B", || {
+        b.count_in_maildir("Not for the wire") == 1
+    });
+    let wire = tap.text();
+    assert!(wire.contains("multipart/encrypted"), "{wire}");
+    assert!(!wire.contains("Not for the wire"), "{wire}");
+    let (msgs, _) = inbox(&b);
+    let m = one(&msgs, "Downgrade");
+    assert!(
+        m.flags.contains("$Verified") && m.flags.contains("$Encrypted"),
+        "{m:?}"
+    );
+}

@@ -6,5 +6,9 @@
 mod onion_e2e;
 
 fn main() {
-    onion_e2e::onion_figures();
+    // ONIONPOST_BENCH=lists: only the list figures (a post to 8 members over onion services).
+    match std::env::var("ONIONPOST_BENCH").as_deref() {
+        Ok("lists") => onion_e2e::onion_list_figures(),
+        _ => onion_e2e::onion_figures(),
+    }
 }

@@ -326,18 +326,21 @@ fn mail_travels_between_onion_services() {
     });
 }
 
-/// A list of four members whose nodes reach each other only through onion services: alice
-/// posts from her mail client, her node sends the signed post to bob's, carol's and dave's
-/// onions, and each delivers it once, after checking it on a 4-validator ledger.
-#[test]
-fn list_posts_travel_between_onion_services() {
+/// `n` member nodes on the private Tor network, their identities registered on a fresh
+/// 4-validator ledger, all members of list `onion` (administered by the first), started.
+fn onion_list(n: usize) -> (support::ledger::Devnet, Vec<Node>) {
     use support::ledger::{Devnet, tx_as};
     let ledger = Devnet::start(4, "lists-onion");
     let net = TorNetwork::shared();
     let fast = "retry_base_secs = 1.0\nretry_max_secs = 4.0\nretry_window_secs = 600.0";
-    let mut nodes: Vec<Node> = ["alice", "bob", "carol", "dave"]
-        .iter()
-        .map(|name| Node::new(name, fast))
+    let names = [
+        "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+    ];
+    let mut nodes: Vec<Node> = (0..n)
+        .map(|i| match names.get(i) {
+            Some(name) => Node::new(name, fast),
+            None => Node::new(&format!("member{i}"), fast),
+        })
         .collect();
     for node in &mut nodes {
         node.extra = ledger.ledger_toml();
@@ -374,26 +377,47 @@ fn list_posts_travel_between_onion_services() {
     for node in &mut nodes {
         node.start(net);
     }
+    (ledger, nodes)
+}
 
-    submit(
-        &nodes[0],
-        "onion@list.invalid",
-        "List over Tor",
-        "to three onions",
-    );
-    for m in &nodes[1..] {
+/// Posts `subject` from the first member; the time from the submission's 250 until every
+/// other member has stored it.
+fn post_to_onion_list(nodes: &[Node], subject: &str) -> Duration {
+    let t = Instant::now();
+    submit(&nodes[0], "onion@list.invalid", subject, "to every onion");
+    let mut pending: Vec<&Node> = nodes[1..].iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let needle = format!("Subject: {subject}");
+    while !pending.is_empty() {
         // The first delivery to each onion may wait out its descriptor's publication.
-        wait_for(Duration::from_secs(180), "the post at every member", || {
-            m.count_in_maildir("Subject: List over Tor") == 1
-        });
+        pending.retain(|m| m.count_in_maildir(&needle) == 0);
+        assert!(
+            Instant::now() < deadline,
+            "{} members never got {subject:?}",
+            pending.len()
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
+    t.elapsed()
+}
+
+fn copies_queued(nodes: &[Node]) -> usize {
+    nodes
+        .iter()
+        .map(|n| n.log().matches("post copy queued").count())
+        .sum()
+}
+
+/// A list of four members whose nodes reach each other only through onion services: alice
+/// posts from her mail client, her node sends the signed post to bob's, carol's and dave's
+/// onions, and each delivers it once, after checking it on a 4-validator ledger.
+#[test]
+fn list_posts_travel_between_onion_services() {
+    let (_ledger, nodes) = onion_list(4);
+    post_to_onion_list(&nodes, "List over Tor");
     // Relay copies cross the onions too (relay timeout 3 s): none is stored twice.
     wait_for(Duration::from_secs(60), "every relay copy queued", || {
-        nodes
-            .iter()
-            .map(|n| n.log().matches("post copy queued").count())
-            .sum::<usize>()
-            >= 2 * nodes.len() - 2
+        copies_queued(&nodes) >= 2 * nodes.len() - 2
     });
     std::thread::sleep(Duration::from_secs(4));
     for m in &nodes[1..] {
@@ -414,6 +438,40 @@ fn list_posts_travel_between_onion_services() {
         );
     }
     assert_eq!(nodes[0].count_in_maildir("List over Tor"), 0, "the author");
+}
+
+/// List figures over onion services for BENCHMARKS.md (`ONIONPOST_BENCH=lists cargo bench
+/// -p onionpost-node --bench onion`): a post to 8 members, first (every onion service's
+/// first publication and circuit included) and warm, with the transmissions each took.
+#[allow(dead_code)]
+pub fn onion_list_figures() {
+    let n = 8;
+    let (_ledger, nodes) = onion_list(n);
+    let first = post_to_onion_list(&nodes, "first post");
+    wait_for(Duration::from_secs(60), "the first post's relays", || {
+        copies_queued(&nodes) >= 2 * n - 2
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let after_first = copies_queued(&nodes);
+    let warm = post_to_onion_list(&nodes, "warm post");
+    wait_for(Duration::from_secs(60), "the warm post's relays", || {
+        copies_queued(&nodes) >= after_first + 2 * n - 2
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let warm_sent = copies_queued(&nodes) - after_first;
+    for m in &nodes[1..] {
+        assert_eq!(m.count_in_maildir("Subject: warm post"), 1, "{}", m.name);
+    }
+    println!("| measurement | figure |");
+    println!("| --- | ---: |");
+    println!(
+        "| post to {n} members over onion services, first (publication included): 250 -> all stored | {:.0} ms ({after_first} transmissions) |",
+        first.as_secs_f64() * 1e3
+    );
+    println!(
+        "| post to {n} members over onion services, warm: 250 -> all stored | {:.0} ms ({warm_sent} transmissions) |",
+        warm.as_secs_f64() * 1e3
+    );
 }
 
 /// What a Tor client outside the nodes saw at two onion services of one node.

@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,9 +31,12 @@ use tokio::sync::watch;
 
 use super::{
     DedupeKey, DeliverOptions, Delivered, Flags, MailStore, MessageMeta, Quota, Snapshot,
-    StoreError,
+    StoreError, header_len,
 };
 use crate::fsutil;
+
+/// How much of a message file one read of [`MailStore::read_header`] takes.
+const HEADER_BLOCK: usize = 8 * 1024;
 
 /// The log of dedupe keys of expunged messages.
 const DEDUPE_LOG: &str = "dedupe-keys";
@@ -456,6 +459,37 @@ impl MailStore for Maildir {
         Ok(fs::read(path)?)
     }
 
+    /// Reads the file in blocks until the empty line that ends the header.
+    fn read_header(&self, uid: u32) -> Result<Vec<u8>, StoreError> {
+        let path = {
+            let st = self.lock();
+            let e = st
+                .messages
+                .get(&uid)
+                .ok_or(StoreError::NoSuchMessage(uid))?;
+            self.path_of(e)
+        };
+        let mut f = fs::File::open(path)?;
+        let mut buf = Vec::new();
+        loop {
+            // One read(2) per block; a message below the block size takes one in all.
+            let len = buf.len();
+            buf.resize(len + HEADER_BLOCK, 0);
+            let n = loop {
+                match f.read(&mut buf[len..]) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    r => break r?,
+                }
+            };
+            buf.truncate(len + n);
+            let end = header_len(&buf);
+            if end < buf.len() || n == 0 {
+                buf.truncate(end);
+                return Ok(buf);
+            }
+        }
+    }
+
     fn set_flags(&self, uid: u32, flags: Flags) -> Result<(), StoreError> {
         self.set_flags_many(&[(uid, flags)])
     }
@@ -641,6 +675,35 @@ mod tests {
         assert!(matches!(
             md.deliver(b"new", DeliverOptions::default()).unwrap(),
             Delivered::Stored(u) if u >= before
+        ));
+    }
+
+    #[test]
+    fn read_header_stops_at_the_empty_line_even_past_a_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::open(dir.path(), None).unwrap();
+        let long = format!("X-Long: {}\r\n", "a".repeat(HEADER_BLOCK - 11));
+        for head in ["Subject: s\r\n".to_string(), long] {
+            let msg = format!("{head}To: b\r\n\r\nbody\r\n\r\nmore\r\n");
+            let Delivered::Stored(uid) = md
+                .deliver(msg.as_bytes(), DeliverOptions::default())
+                .unwrap()
+            else {
+                panic!("stored")
+            };
+            assert_eq!(
+                md.read_header(uid).unwrap(),
+                format!("{head}To: b\r\n\r\n").as_bytes()
+            );
+        }
+        let Delivered::Stored(uid) = md.deliver(b"no: body", DeliverOptions::default()).unwrap()
+        else {
+            panic!("stored")
+        };
+        assert_eq!(md.read_header(uid).unwrap(), b"no: body");
+        assert!(matches!(
+            md.read_header(99),
+            Err(StoreError::NoSuchMessage(99))
         ));
     }
 

@@ -191,9 +191,24 @@ async fn mbsync(s: &Server, work: &Path, runs: usize, n: usize) -> anyhow::Resul
     let ch = last.expect("at least the warm-up");
     let before = ch.files()?;
     let (again, sent) = ch.sync(true).await?;
+    if sent.is_empty() {
+        bail!("{}: no trace of mbsync's commands", s.name);
+    }
     let fetched: Vec<&String> = sent
         .iter()
-        .filter(|c| c.contains("BODY.PEEK[]") || c.contains("BODY[]") || c.contains("APPEND"))
+        .filter(|c| {
+            let u = c.to_ascii_uppercase();
+            [
+                "BODY.PEEK[]",
+                "BODY[]",
+                "APPEND",
+                " STORE ",
+                "EXPUNGE",
+                " CREATE ",
+            ]
+            .iter()
+            .any(|w| u.contains(w))
+        })
         .collect();
     if !fetched.is_empty() {
         bail!(

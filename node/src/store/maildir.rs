@@ -38,6 +38,11 @@ use crate::fsutil;
 /// How much of a message file one read of [`MailStore::read_header`] takes.
 const HEADER_BLOCK: usize = 8 * 1024;
 
+/// The most header bytes one mailbox keeps in memory for [`MailStore::read_header`]
+/// (ENVELOPE, header fetches and searches then touch no files): 32 MiB, the headers of some
+/// 30,000 to 100,000 messages. Past it, headers are read from the files each time.
+const HEADER_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// The log of dedupe keys of expunged messages.
 const DEDUPE_LOG: &str = "dedupe-keys";
 
@@ -89,6 +94,8 @@ struct Entry {
     /// File name without the mod-sequence and the `:2,<flags>` info part.
     stem: String,
     dedupe: Option<DedupeKey>,
+    /// The header, once read (messages never change, so it stays true).
+    header: Option<Box<[u8]>>,
 }
 
 #[derive(Debug)]
@@ -103,6 +110,8 @@ struct State {
     modseq_reserved: u64,
     messages: BTreeMap<u32, Entry>,
     seen: HashSet<DedupeKey>,
+    /// Bytes of headers kept in the entries (at most [`HEADER_CACHE_BYTES`]).
+    header_bytes: usize,
 }
 
 /// One mailbox (INBOX or a folder) in a Maildir.
@@ -243,6 +252,7 @@ impl Maildir {
                                 modseq: n.modseq,
                             },
                             stem: n.stem,
+                            header: None,
                             dedupe: n.dedupe,
                         },
                     );
@@ -278,6 +288,7 @@ impl Maildir {
                     },
                     stem,
                     dedupe: None,
+                    header: None,
                 },
             );
         }
@@ -295,6 +306,7 @@ impl Maildir {
                 modseq_reserved: modseq,
                 messages,
                 seen,
+                header_bytes: 0,
             }),
             changes: watch::channel(0).0,
         })
@@ -427,6 +439,7 @@ impl MailStore for Maildir {
                 },
                 stem,
                 dedupe: opts.dedupe,
+                header: None,
             },
         );
         drop(st);
@@ -459,7 +472,8 @@ impl MailStore for Maildir {
         Ok(fs::read(path)?)
     }
 
-    /// Reads the file in blocks until the empty line that ends the header.
+    /// From memory if read before; else reads the file in blocks until the empty line that
+    /// ends the header, and keeps it (within [`HEADER_CACHE_BYTES`]).
     fn read_header(&self, uid: u32) -> Result<Vec<u8>, StoreError> {
         let path = {
             let st = self.lock();
@@ -467,27 +481,22 @@ impl MailStore for Maildir {
                 .messages
                 .get(&uid)
                 .ok_or(StoreError::NoSuchMessage(uid))?;
+            if let Some(h) = &e.header {
+                return Ok(h.to_vec());
+            }
             self.path_of(e)
         };
-        let mut f = fs::File::open(path)?;
-        let mut buf = Vec::new();
-        loop {
-            // One read(2) per block; a message below the block size takes one in all.
-            let len = buf.len();
-            buf.resize(len + HEADER_BLOCK, 0);
-            let n = loop {
-                match f.read(&mut buf[len..]) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    r => break r?,
-                }
-            };
-            buf.truncate(len + n);
-            let end = header_len(&buf);
-            if end < buf.len() || n == 0 {
-                buf.truncate(end);
-                return Ok(buf);
-            }
+        let header = read_header_file(&path)?;
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if st.header_bytes + header.len() <= HEADER_CACHE_BYTES
+            && let Some(e) = st.messages.get_mut(&uid)
+            && e.header.is_none()
+        {
+            e.header = Some(header.as_slice().into());
+            st.header_bytes += header.len();
         }
+        Ok(header)
     }
 
     fn set_flags(&self, uid: u32, flags: Flags) -> Result<(), StoreError> {
@@ -556,6 +565,7 @@ impl MailStore for Maildir {
         }
         for uid in uids {
             if let Some(e) = st.messages.remove(uid) {
+                st.header_bytes -= e.header.as_ref().map_or(0, |h| h.len());
                 fs::remove_file(self.path_of(&e))?;
                 self.usage.release(e.meta.size);
                 removed.push(*uid);
@@ -577,6 +587,29 @@ impl MailStore for Maildir {
             .values()
             .find(|e| e.dedupe == Some(key))
             .map(|e| e.meta.uid)
+    }
+}
+
+/// The prefix of the file at `path` that holds its whole header (see [`header_len`]).
+fn read_header_file(path: &Path) -> io::Result<Vec<u8>> {
+    let mut f = fs::File::open(path)?;
+    let mut buf = Vec::new();
+    loop {
+        // One read(2) per block; a message below the block size takes one in all.
+        let len = buf.len();
+        buf.resize(len + HEADER_BLOCK, 0);
+        let n = loop {
+            match f.read(&mut buf[len..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r?,
+            }
+        };
+        buf.truncate(len + n);
+        let end = header_len(&buf);
+        if end < buf.len() || n == 0 {
+            buf.truncate(end);
+            return Ok(buf);
+        }
     }
 }
 
@@ -701,6 +734,11 @@ mod tests {
             panic!("stored")
         };
         assert_eq!(md.read_header(uid).unwrap(), b"no: body");
+        // Read once, the header comes from memory: even with the file gone.
+        let path = md.path_of(md.lock().messages.get(&uid).unwrap());
+        fs::remove_file(path).unwrap();
+        assert_eq!(md.read_header(uid).unwrap(), b"no: body");
+        assert!(md.read(uid).is_err());
         assert!(matches!(
             md.read_header(99),
             Err(StoreError::NoSuchMessage(99))

@@ -112,12 +112,13 @@ impl Deliverer {
             Deliverer::Maildir { dir, uid } => {
                 let (dir, uid) = (dir.clone(), *uid);
                 let name = format!("{}.P{}Q{n}.bench", std::process::id(), rand_u32());
-                tokio::task::spawn_blocking(move || {
+                let stamps = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
                     let start = Instant::now();
                     maildir_deliver(&dir, uid, &name, &msg)?;
                     Ok((start, Instant::now()))
                 })
-                .await?
+                .await??;
+                Ok(stamps)
             }
         }
     }

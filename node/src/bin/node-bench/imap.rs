@@ -60,7 +60,10 @@ impl Reply {
             };
             seen = true;
             for w in String::from_utf8_lossy(rest).split_ascii_whitespace() {
-                hits.push(w.parse().with_context(|| format!("SEARCH result {w:?}"))?);
+                hits.push(
+                    w.parse::<u32>()
+                        .with_context(|| format!("SEARCH result {w:?}"))?,
+                );
             }
         }
         if !seen {

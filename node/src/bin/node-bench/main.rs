@@ -33,7 +33,7 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     suite: Option<Suite>,
-    /// Without a subcommand: the `smtp` suite with these flags.
+    // Without a subcommand: the `smtp` suite with these flags.
     #[command(flatten)]
     smtp: smtp_suite::Args,
 }

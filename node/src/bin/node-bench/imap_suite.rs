@@ -168,8 +168,10 @@ async fn fill(port: u16, to: &str, n: usize, conns: usize) -> anyhow::Result<f64
 }
 
 /// mbsync: a warm-up and `runs` timed full pulls, each into an empty Maildir (checked
-/// complete), then a re-run of the last one that must transfer nothing. Returns the best
-/// full pull and the re-run, in seconds.
+/// complete), then `runs` timed re-runs on the last one, which must transfer nothing (the
+/// local files stay as they are), and one more under `-Dn` whose trace must show no
+/// transfer (untimed: the trace costs mbsync a second). Returns the best full pull and the
+/// best re-run, in seconds.
 async fn mbsync(s: &Server, work: &Path, runs: usize, n: usize) -> anyhow::Result<(f64, f64)> {
     let mut best = f64::MAX;
     let mut last = None;
@@ -190,11 +192,19 @@ async fn mbsync(s: &Server, work: &Path, runs: usize, n: usize) -> anyhow::Resul
     }
     let ch = last.expect("at least the warm-up");
     let before = ch.files()?;
-    let (again, sent) = ch.sync(true).await?;
+    let mut again = f64::MAX;
+    for _ in 0..runs.max(1) {
+        let (secs, _) = ch.sync(false).await?;
+        if ch.files()? != before {
+            bail!("{}: an mbsync re-run changed the local Maildir", s.name);
+        }
+        again = again.min(secs);
+    }
+    let (_, sent) = ch.sync(true).await?;
     if sent.is_empty() {
         bail!("{}: no trace of mbsync's commands", s.name);
     }
-    let fetched: Vec<&String> = sent
+    let moving: Vec<&String> = sent
         .iter()
         .filter(|c| {
             let u = c.to_ascii_uppercase();
@@ -210,15 +220,15 @@ async fn mbsync(s: &Server, work: &Path, runs: usize, n: usize) -> anyhow::Resul
             .any(|w| u.contains(w))
         })
         .collect();
-    if !fetched.is_empty() {
+    if !moving.is_empty() {
         bail!(
-            "{}: the second mbsync transferred messages: {:?}",
+            "{}: an mbsync re-run transferred messages: {:?}",
             s.name,
-            &fetched[..fetched.len().min(3)]
+            &moving[..moving.len().min(3)]
         );
     }
     if ch.files()? != before {
-        bail!("{}: the second mbsync changed the local Maildir", s.name);
+        bail!("{}: an mbsync re-run changed the local Maildir", s.name);
     }
     Ok((best, again))
 }
@@ -286,6 +296,14 @@ pub async fn run(args: &Args, work: &Path) -> anyhow::Result<String> {
     let bin = node::binary(args.node_bin.as_deref())?;
     let home = work.join("op");
     let bob = node::new_identity(&bin, &home, "bob")?;
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        eprintln!(
+            "onionpost home {}: {} password {}",
+            home.display(),
+            bob.address,
+            bob.password
+        );
+    }
     let (smtp, imap) = (free_port(), free_port());
     let _node = node::run(
         &bin,

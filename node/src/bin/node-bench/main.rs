@@ -29,7 +29,7 @@ use clap::{Parser, Subcommand};
 
 /// Benchmark onionpost against Postfix and Dovecot on loopback.
 #[derive(Parser, Debug)]
-#[command(about, args_conflicts_with_subcommands = true)]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     suite: Option<Suite>,

@@ -56,14 +56,6 @@ pub fn internal_date(unix: i64) -> String {
         .to_string()
 }
 
-fn raw_header(raw: &[u8], name: &str) -> Option<String> {
-    split_header(raw)
-        .0
-        .iter()
-        .find(|f| f.name.eq_ignore_ascii_case(name))
-        .map(|f| f.value())
-}
-
 fn addresses(out: &mut Vec<u8>, addr: Option<&Address<'_>>) {
     let list: Vec<_> = addr.map(|a| a.iter().collect()).unwrap_or_default();
     if list.is_empty() {
@@ -87,10 +79,17 @@ fn addresses(out: &mut Vec<u8>, addr: Option<&Address<'_>>) {
 
 /// Appends the ENVELOPE structure of a parsed message whose raw bytes are `raw`.
 pub fn envelope(out: &mut Vec<u8>, msg: &Message<'_>, raw: &[u8]) {
+    let (fields, _) = split_header(raw);
+    let raw_header = |name: &str| {
+        fields
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
+            .map(|f| f.value())
+    };
     out.push(b'(');
-    nstring(out, raw_header(raw, "Date").as_deref());
+    nstring(out, raw_header("Date").as_deref());
     out.push(b' ');
-    nstring(out, raw_header(raw, "Subject").as_deref());
+    nstring(out, raw_header("Subject").as_deref());
     out.push(b' ');
     addresses(out, msg.from());
     out.push(b' ');
@@ -104,9 +103,9 @@ pub fn envelope(out: &mut Vec<u8>, msg: &Message<'_>, raw: &[u8]) {
     out.push(b' ');
     addresses(out, msg.bcc());
     out.push(b' ');
-    nstring(out, raw_header(raw, "In-Reply-To").as_deref());
+    nstring(out, raw_header("In-Reply-To").as_deref());
     out.push(b' ');
-    nstring(out, raw_header(raw, "Message-ID").as_deref());
+    nstring(out, raw_header("Message-ID").as_deref());
     out.push(b')');
 }
 

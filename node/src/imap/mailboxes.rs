@@ -226,6 +226,8 @@ impl<A: Accounts> Session<A> {
         let Some(store) = self.target(tag, mbs, mailbox, "NONEXISTENT") else {
             return;
         };
+        // Subscribed before the snapshot, so no change after it goes unnoticed.
+        let changes = store.subscribe();
         let snap = store.snapshot();
         self.line(&format!("* FLAGS ({SHOWN_FLAGS})"));
         if read_only {
@@ -260,6 +262,8 @@ impl<A: Accounts> Session<A> {
             read_only,
             store,
             messages: snap.messages,
+            changes,
+            unreported: false,
         });
         let mode = if read_only { "READ-ONLY" } else { "READ-WRITE" };
         let cmd = if read_only { "EXAMINE" } else { "SELECT" };

@@ -8,7 +8,7 @@ use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use mail_parser::MessageParser;
 
 use crate::message::split_header;
-use crate::store::{Flags, MessageMeta};
+use crate::store::{Flags, MessageMeta, header_len};
 
 /// Whether `value` is in `set`, where `*` means `largest`. Never expands ranges.
 pub fn set_contains(set: &SequenceSet, value: u32, largest: u32) -> bool {
@@ -25,7 +25,60 @@ pub fn set_contains(set: &SequenceSet, value: u32, largest: u32) -> bool {
     })
 }
 
-/// One message as SEARCH sees it; the text is loaded only if a key needs it.
+/// The indices, ascending and each once, of the messages of `msgs` (in UID order, message
+/// sequence number = index + 1) that `set` addresses, by UID or by sequence number; `*`
+/// is the largest. Each range costs a binary search, not a pass over the mailbox, so a
+/// client fetching a large mailbox one message per command (as mbsync does) stays linear.
+pub fn set_indices(set: &SequenceSet, msgs: &[MessageMeta], uid: bool) -> Vec<usize> {
+    let largest = if uid {
+        msgs.last().map(|m| m.uid).unwrap_or(0)
+    } else {
+        msgs.len() as u32
+    };
+    let v = |s: &SeqOrUid| match s {
+        SeqOrUid::Value(n) => n.get(),
+        SeqOrUid::Asterisk => largest,
+    };
+    let mut ranges: Vec<(usize, usize)> = set
+        .0
+        .as_ref()
+        .iter()
+        .map(|seq| {
+            let (a, b) = match seq {
+                Sequence::Single(s) => (v(s), v(s)),
+                Sequence::Range(a, b) => (v(a), v(b)),
+            };
+            let (lo, hi) = (a.min(b), a.max(b));
+            if uid {
+                (
+                    msgs.partition_point(|m| m.uid < lo),
+                    msgs.partition_point(|m| m.uid <= hi),
+                )
+            } else {
+                let len = msgs.len();
+                (
+                    (lo as usize).saturating_sub(1).min(len),
+                    (hi as usize).min(len),
+                )
+            }
+        })
+        .filter(|(start, end)| start < end)
+        .collect();
+    ranges.sort_unstable();
+    let mut out = Vec::new();
+    let mut next = 0;
+    for (start, end) in ranges {
+        let start = start.max(next);
+        if start < end {
+            out.extend(start..end);
+            next = end;
+        }
+    }
+    out
+}
+
+/// One message as SEARCH sees it; the header or the whole text is loaded only if a key
+/// needs it.
 pub struct Candidate<'a> {
     /// Message sequence number.
     pub seq: u32,
@@ -37,8 +90,13 @@ pub struct Candidate<'a> {
     pub max_uid: u32,
     /// Loads the message bytes.
     pub load: &'a dyn Fn() -> Vec<u8>,
+    /// Loads a prefix of the message holding its whole header
+    /// ([`MailStore::read_header`](crate::store::MailStore::read_header)).
+    pub load_header: &'a dyn Fn() -> Vec<u8>,
     /// Cached bytes.
     pub raw: OnceCell<Vec<u8>>,
+    /// Cached header.
+    pub header: OnceCell<Vec<u8>>,
 }
 
 impl Candidate<'_> {
@@ -46,49 +104,78 @@ impl Candidate<'_> {
         self.raw.get_or_init(|| (self.load)())
     }
 
+    fn header(&self) -> &[u8] {
+        match self.raw.get() {
+            Some(raw) => &raw[..header_len(raw)],
+            None => self.header.get_or_init(|| (self.load_header)()),
+        }
+    }
+
     fn header_contains(&self, name: &str, needle: &str) -> bool {
         let needle = needle.to_lowercase();
-        let raw = self.raw();
-        let parsed = MessageParser::default().parse_headers(raw);
-        let decoded = parsed
-            .as_ref()
-            .and_then(|m| match name.to_ascii_lowercase().as_str() {
-                "subject" => m.subject().map(str::to_string),
-                "from" | "to" | "cc" | "bcc" => {
-                    let a = match name.to_ascii_lowercase().as_str() {
-                        "from" => m.from(),
-                        "to" => m.to(),
-                        "cc" => m.cc(),
-                        _ => m.bcc(),
-                    };
-                    a.map(|a| {
-                        a.iter()
-                            .map(|x| {
-                                format!(
-                                    "{} <{}>",
-                                    x.name.as_deref().unwrap_or(""),
-                                    x.address.as_deref().unwrap_or("")
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-                }
-                _ => None,
-            });
-        split_header(raw)
-            .0
-            .iter()
-            .filter(|f| f.name.eq_ignore_ascii_case(name))
-            .any(|f| needle.is_empty() || f.value().to_lowercase().contains(&needle))
-            || decoded.is_some_and(|d| d.to_lowercase().contains(&needle))
+        let head = self.header();
+        let mut encoded = false;
+        for f in split_header(head).0 {
+            if !f.name.eq_ignore_ascii_case(name) {
+                continue;
+            }
+            let value = f.value();
+            if needle.is_empty() || value.to_lowercase().contains(&needle) {
+                return true;
+            }
+            encoded |= value.contains("=?");
+        }
+        let lname = name.to_ascii_lowercase();
+        let address = matches!(lname.as_str(), "from" | "to" | "cc" | "bcc");
+        // The raw text did not match: the decoded text may (RFC 2047 encoded words, and the
+        // display form of addresses). Parsing only then keeps a search of plain headers cheap.
+        if !encoded && !address {
+            return false;
+        }
+        let parsed = MessageParser::default().parse_headers(head);
+        let decoded = parsed.as_ref().and_then(|m| match lname.as_str() {
+            "subject" => m.subject().map(str::to_string),
+            "from" | "to" | "cc" | "bcc" => {
+                let a = match lname.as_str() {
+                    "from" => m.from(),
+                    "to" => m.to(),
+                    "cc" => m.cc(),
+                    _ => m.bcc(),
+                };
+                a.map(|a| {
+                    a.iter()
+                        .map(|x| {
+                            format!(
+                                "{} <{}>",
+                                x.name.as_deref().unwrap_or(""),
+                                x.address.as_deref().unwrap_or("")
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+            }
+            _ => None,
+        });
+        decoded.is_some_and(|d| d.to_lowercase().contains(&needle))
     }
 
     fn body_contains(&self, needle: &str) -> bool {
         let needle = needle.to_lowercase();
         let raw = self.raw();
         let (_, body) = split_header(raw);
-        if String::from_utf8_lossy(body)
+        if needle.is_ascii() {
+            let lower = raw.to_ascii_lowercase();
+            if String::from_utf8_lossy(&lower[raw.len() - body.len()..]).contains(&needle) {
+                return true;
+            }
+            // ASCII text reads the same in every charset mail uses; only a transfer
+            // encoding hides it from the raw search, so only then decode.
+            let all = String::from_utf8_lossy(&lower);
+            if !all.contains("base64") && !all.contains("quoted-printable") {
+                return false;
+            }
+        } else if String::from_utf8_lossy(body)
             .to_lowercase()
             .contains(&needle)
         {
@@ -102,7 +189,7 @@ impl Candidate<'_> {
     }
 
     fn sent_date(&self) -> Option<NaiveDate> {
-        let m = MessageParser::default().parse_headers(self.raw())?;
+        let m = MessageParser::default().parse_headers(self.header())?;
         let d = m.date()?;
         NaiveDate::from_ymd_opt(d.year as i32, d.month as u32, d.day as u32)
     }
@@ -161,7 +248,7 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
         SearchKey::Body(s) => c.body_contains(&astr(s)),
         SearchKey::Text(s) => {
             let needle = astr(s).to_lowercase();
-            let (fields, _) = split_header(c.raw());
+            let (fields, _) = split_header(c.header());
             fields.iter().any(|h| {
                 String::from_utf8_lossy(h.raw)
                     .to_lowercase()
@@ -171,5 +258,57 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
         SearchKey::ModSequence { modseq, .. } => c.meta.modseq >= *modseq,
         #[allow(unreachable_patterns)]
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `set_indices` finds exactly what `set_contains` accepts, for UIDs with gaps and for
+    /// sequence numbers, with overlapping, reversed and `*` ranges.
+    #[test]
+    fn set_indices_agrees_with_set_contains() {
+        let msgs: Vec<MessageMeta> = [1u32, 2, 5, 6, 7, 10, 40]
+            .iter()
+            .enumerate()
+            .map(|(i, &uid)| MessageMeta {
+                uid,
+                flags: Flags::default(),
+                size: 1,
+                internal_date: 0,
+                modseq: i as u64 + 1,
+            })
+            .collect();
+        for text in [
+            "1",
+            "3",
+            "5:7",
+            "7:5",
+            "2:*",
+            "*",
+            "*:6",
+            "1:3,2:6",
+            "6,1,6",
+            "8:9",
+            "41:*",
+            "1:*",
+            "4,3:5,10:40",
+        ] {
+            let set = SequenceSet::try_from(text).unwrap();
+            for uid in [true, false] {
+                let largest = if uid { 40 } else { msgs.len() as u32 };
+                let want: Vec<usize> = (0..msgs.len())
+                    .filter(|&i| {
+                        let value = if uid { msgs[i].uid } else { i as u32 + 1 };
+                        set_contains(&set, value, largest)
+                    })
+                    .collect();
+                assert_eq!(set_indices(&set, &msgs, uid), want, "{text} uid={uid}");
+            }
+        }
+        let set = SequenceSet::try_from("1:*").unwrap();
+        assert!(set_indices(&set, &[], true).is_empty());
+        assert!(set_indices(&set, &[], false).is_empty());
     }
 }

@@ -63,6 +63,11 @@ pub(super) struct Selected {
     pub(super) store: Arc<dyn MailStore>,
     /// Message sequence number - 1 -> metadata, as this client knows it.
     pub(super) messages: Vec<MessageMeta>,
+    /// Flags a change of the mailbox since the last [`Session::sync`] that reported all.
+    pub(super) changes: tokio::sync::watch::Receiver<u64>,
+    /// A sync that could not report expunges (during FETCH, STORE, SEARCH) left some for
+    /// the next one.
+    pub(super) unreported: bool,
 }
 
 /// One IMAP conversation.
@@ -611,19 +616,9 @@ impl<A: Accounts> Session<A> {
     /// Messages addressed by a sequence set: (sequence number, metadata).
     pub(super) fn resolve(&self, set: &SequenceSet, uid: bool) -> Vec<(u32, MessageMeta)> {
         let msgs = self.selected_messages();
-        let max_seq = msgs.len() as u32;
-        let max_uid = self.max_uid();
-        msgs.iter()
-            .enumerate()
-            .map(|(i, m)| (i as u32 + 1, m))
-            .filter(|(seq, m)| {
-                if uid {
-                    search::set_contains(set, m.uid, max_uid)
-                } else {
-                    search::set_contains(set, *seq, max_seq)
-                }
-            })
-            .map(|(s, m)| (s, m.clone()))
+        search::set_indices(set, msgs, uid)
+            .into_iter()
+            .map(|i| (i as u32 + 1, msgs[i].clone()))
             .collect()
     }
 
@@ -632,6 +627,14 @@ impl<A: Accounts> Session<A> {
         let Some(sel) = self.selected.as_mut() else {
             return;
         };
+        // Nothing changed since everything was reported: no snapshot (a copy of the metadata
+        // of every message) is needed. A client sending one command per message of a large
+        // mailbox, as mbsync does, would otherwise pay for the whole mailbox each time.
+        if !sel.unreported && !sel.changes.has_changed().unwrap_or(true) {
+            return;
+        }
+        // Before the snapshot: a change after this point flags the receiver again.
+        sel.changes.mark_unchanged();
         let snap = sel.store.snapshot();
         let mut lines = Vec::new();
         if allow_expunge {
@@ -645,8 +648,11 @@ impl<A: Accounts> Session<A> {
                 }
             }
         }
+        let mut missing = false;
         for (i, m) in sel.messages.iter_mut().enumerate() {
-            if let Ok(j) = snap.messages.binary_search_by_key(&m.uid, |x| x.uid)
+            let found = snap.messages.binary_search_by_key(&m.uid, |x| x.uid);
+            missing |= found.is_err();
+            if let Ok(j) = found
                 && (snap.messages[j].flags != m.flags
                     || (self.condstore && snap.messages[j].modseq != m.modseq))
             {
@@ -664,6 +670,7 @@ impl<A: Accounts> Session<A> {
                 ));
             }
         }
+        sel.unreported = missing;
         let max = sel.messages.last().map(|m| m.uid).unwrap_or(0);
         let before = sel.messages.len();
         sel.messages
@@ -689,13 +696,16 @@ impl<A: Accounts> Session<A> {
         let mut hits = Vec::new();
         for (i, m) in msgs.iter().enumerate() {
             let load = || mb.read(m.uid).unwrap_or_default();
+            let load_header = || mb.read_header(m.uid).unwrap_or_default();
             let c = Candidate {
                 seq: i as u32 + 1,
                 meta: m,
                 max_seq,
                 max_uid,
                 load: &load,
+                load_header: &load_header,
                 raw: Default::default(),
+                header: Default::default(),
             };
             if search::matches(key, &c) {
                 hits.push((if uid { m.uid } else { i as u32 + 1 }, m.modseq));
@@ -713,6 +723,9 @@ impl<A: Accounts> Session<A> {
         changed_since: Option<u64>,
     ) {
         let read_only = self.selected.as_ref().is_some_and(|s| s.read_only);
+        // What the items need: metadata only, the header (read without the body), or the
+        // whole message; MIME parsing only for items that need the structure (BODY[] and
+        // header sections do not), and of the header alone for ENVELOPE.
         let needs_text = items.iter().any(|i| {
             !matches!(
                 i,
@@ -723,11 +736,27 @@ impl<A: Accounts> Session<A> {
                     | MessageDataItemName::ModSeq
             )
         });
-        // MIME parsing only for items that need the structure; BODY[] and headers do not.
+        let header_only = |i: &MessageDataItemName<'_>| match i {
+            MessageDataItemName::Flags
+            | MessageDataItemName::Uid
+            | MessageDataItemName::InternalDate
+            | MessageDataItemName::Rfc822Size
+            | MessageDataItemName::ModSeq
+            | MessageDataItemName::Envelope
+            | MessageDataItemName::Rfc822Header => true,
+            MessageDataItemName::BodyExt { section, .. } => matches!(
+                section,
+                Some(
+                    Section::Header(None)
+                        | Section::HeaderFields(None, _)
+                        | Section::HeaderFieldsNot(None, _)
+                )
+            ),
+            _ => false,
+        };
+        let needs_body = !items.iter().all(header_only);
         let needs_mime = items.iter().any(|i| match i {
-            MessageDataItemName::Envelope
-            | MessageDataItemName::BodyStructure
-            | MessageDataItemName::Body => true,
+            MessageDataItemName::BodyStructure | MessageDataItemName::Body => true,
             MessageDataItemName::BodyExt { section, .. } => matches!(
                 section,
                 Some(
@@ -741,6 +770,9 @@ impl<A: Accounts> Session<A> {
             ),
             _ => false,
         });
+        let needs_envelope = items
+            .iter()
+            .any(|i| matches!(i, MessageDataItemName::Envelope));
         let mut targets: Vec<(u32, MessageMeta)> = self
             .resolve(set, uid)
             .into_iter()
@@ -781,16 +813,20 @@ impl<A: Accounts> Session<A> {
             }
         }
         for (seq, meta) in targets {
-            let raw = if needs_text {
-                match mb.read(meta.uid) {
-                    Ok(r) => r,
-                    Err(_) => continue, // expunged meanwhile
-                }
+            let raw = if needs_body {
+                mb.read(meta.uid)
+            } else if needs_text {
+                mb.read_header(meta.uid)
             } else {
-                Vec::new()
+                Ok(Vec::new())
+            };
+            let Ok(raw) = raw else {
+                continue; // expunged meanwhile
             };
             let parsed = if needs_mime {
                 MessageParser::default().parse(&raw)
+            } else if needs_envelope {
+                MessageParser::default().parse_headers(&raw)
             } else {
                 None
             };

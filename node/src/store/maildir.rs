@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,9 +31,17 @@ use tokio::sync::watch;
 
 use super::{
     DedupeKey, DeliverOptions, Delivered, Flags, MailStore, MessageMeta, Quota, Snapshot,
-    StoreError,
+    StoreError, header_len,
 };
 use crate::fsutil;
+
+/// How much of a message file one read of [`MailStore::read_header`] takes.
+const HEADER_BLOCK: usize = 8 * 1024;
+
+/// The most header bytes one mailbox keeps in memory for [`MailStore::read_header`]
+/// (ENVELOPE, header fetches and searches then touch no files): 32 MiB, the headers of some
+/// 30,000 to 100,000 messages. Past it, headers are read from the files each time.
+const HEADER_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// The log of dedupe keys of expunged messages.
 const DEDUPE_LOG: &str = "dedupe-keys";
@@ -86,6 +94,8 @@ struct Entry {
     /// File name without the mod-sequence and the `:2,<flags>` info part.
     stem: String,
     dedupe: Option<DedupeKey>,
+    /// The header, once read (messages never change, so it stays true).
+    header: Option<Box<[u8]>>,
 }
 
 #[derive(Debug)]
@@ -100,6 +110,8 @@ struct State {
     modseq_reserved: u64,
     messages: BTreeMap<u32, Entry>,
     seen: HashSet<DedupeKey>,
+    /// Bytes of headers kept in the entries (at most [`HEADER_CACHE_BYTES`]).
+    header_bytes: usize,
 }
 
 /// One mailbox (INBOX or a folder) in a Maildir.
@@ -240,6 +252,7 @@ impl Maildir {
                                 modseq: n.modseq,
                             },
                             stem: n.stem,
+                            header: None,
                             dedupe: n.dedupe,
                         },
                     );
@@ -275,6 +288,7 @@ impl Maildir {
                     },
                     stem,
                     dedupe: None,
+                    header: None,
                 },
             );
         }
@@ -292,6 +306,7 @@ impl Maildir {
                 modseq_reserved: modseq,
                 messages,
                 seen,
+                header_bytes: 0,
             }),
             changes: watch::channel(0).0,
         })
@@ -424,6 +439,7 @@ impl MailStore for Maildir {
                 },
                 stem,
                 dedupe: opts.dedupe,
+                header: None,
             },
         );
         drop(st);
@@ -454,6 +470,33 @@ impl MailStore for Maildir {
             self.path_of(e)
         };
         Ok(fs::read(path)?)
+    }
+
+    /// From memory if read before; else reads the file in blocks until the empty line that
+    /// ends the header, and keeps it (within [`HEADER_CACHE_BYTES`]).
+    fn read_header(&self, uid: u32) -> Result<Vec<u8>, StoreError> {
+        let path = {
+            let st = self.lock();
+            let e = st
+                .messages
+                .get(&uid)
+                .ok_or(StoreError::NoSuchMessage(uid))?;
+            if let Some(h) = &e.header {
+                return Ok(h.to_vec());
+            }
+            self.path_of(e)
+        };
+        let header = read_header_file(&path)?;
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if st.header_bytes + header.len() <= HEADER_CACHE_BYTES
+            && let Some(e) = st.messages.get_mut(&uid)
+            && e.header.is_none()
+        {
+            e.header = Some(header.as_slice().into());
+            st.header_bytes += header.len();
+        }
+        Ok(header)
     }
 
     fn set_flags(&self, uid: u32, flags: Flags) -> Result<(), StoreError> {
@@ -522,6 +565,7 @@ impl MailStore for Maildir {
         }
         for uid in uids {
             if let Some(e) = st.messages.remove(uid) {
+                st.header_bytes -= e.header.as_ref().map_or(0, |h| h.len());
                 fs::remove_file(self.path_of(&e))?;
                 self.usage.release(e.meta.size);
                 removed.push(*uid);
@@ -543,6 +587,29 @@ impl MailStore for Maildir {
             .values()
             .find(|e| e.dedupe == Some(key))
             .map(|e| e.meta.uid)
+    }
+}
+
+/// The prefix of the file at `path` that holds its whole header (see [`header_len`]).
+fn read_header_file(path: &Path) -> io::Result<Vec<u8>> {
+    let mut f = fs::File::open(path)?;
+    let mut buf = Vec::new();
+    loop {
+        // One read(2) per block; a message below the block size takes one in all.
+        let len = buf.len();
+        buf.resize(len + HEADER_BLOCK, 0);
+        let n = loop {
+            match f.read(&mut buf[len..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r?,
+            }
+        };
+        buf.truncate(len + n);
+        let end = header_len(&buf);
+        if end < buf.len() || n == 0 {
+            buf.truncate(end);
+            return Ok(buf);
+        }
     }
 }
 
@@ -641,6 +708,40 @@ mod tests {
         assert!(matches!(
             md.deliver(b"new", DeliverOptions::default()).unwrap(),
             Delivered::Stored(u) if u >= before
+        ));
+    }
+
+    #[test]
+    fn read_header_stops_at_the_empty_line_even_past_a_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::open(dir.path(), None).unwrap();
+        let long = format!("X-Long: {}\r\n", "a".repeat(HEADER_BLOCK - 11));
+        for head in ["Subject: s\r\n".to_string(), long] {
+            let msg = format!("{head}To: b\r\n\r\nbody\r\n\r\nmore\r\n");
+            let Delivered::Stored(uid) = md
+                .deliver(msg.as_bytes(), DeliverOptions::default())
+                .unwrap()
+            else {
+                panic!("stored")
+            };
+            assert_eq!(
+                md.read_header(uid).unwrap(),
+                format!("{head}To: b\r\n\r\n").as_bytes()
+            );
+        }
+        let Delivered::Stored(uid) = md.deliver(b"no: body", DeliverOptions::default()).unwrap()
+        else {
+            panic!("stored")
+        };
+        assert_eq!(md.read_header(uid).unwrap(), b"no: body");
+        // Read once, the header comes from memory: even with the file gone.
+        let path = md.path_of(md.lock().messages.get(&uid).unwrap());
+        fs::remove_file(path).unwrap();
+        assert_eq!(md.read_header(uid).unwrap(), b"no: body");
+        assert!(md.read(uid).is_err());
+        assert!(matches!(
+            md.read_header(99),
+            Err(StoreError::NoSuchMessage(99))
         ));
     }
 

@@ -51,6 +51,21 @@ pub struct Snapshot {
     pub messages: Vec<MessageMeta>,
 }
 
+/// The length of the prefix of `bytes` that ends with the first empty line (`\r\n\r\n`
+/// or `\n\n`), or all of `bytes` if there is none.
+pub fn header_len(bytes: &[u8]) -> usize {
+    let mut at_line_start = true;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\n' if at_line_start => return i + 1,
+            b'\n' => at_line_start = true,
+            b'\r' if at_line_start && bytes.get(i + 1) == Some(&b'\n') => return i + 2,
+            _ => at_line_start = false,
+        }
+    }
+    bytes.len()
+}
+
 /// Identifies "the same message" for deduplication: its Message-ID *and* its content, so a
 /// retried delivery is recognised while a different message reusing a known Message-ID is not
 /// dropped.
@@ -173,6 +188,14 @@ pub trait MailStore: Send + Sync + fmt::Debug + 'static {
     fn snapshot(&self) -> Snapshot;
     /// A message's bytes.
     fn read(&self, uid: u32) -> Result<Vec<u8>, StoreError>;
+    /// A prefix of a message's bytes that holds its whole header: up to and including the
+    /// first empty line, or the whole message if it has none. For ENVELOPE, header fetches
+    /// and header searches, which need not read bodies. The default reads the message.
+    fn read_header(&self, uid: u32) -> Result<Vec<u8>, StoreError> {
+        let mut bytes = self.read(uid)?;
+        bytes.truncate(header_len(&bytes));
+        Ok(bytes)
+    }
     /// Replaces a message's flags. Unknown UIDs are ignored.
     fn set_flags(&self, uid: u32, flags: Flags) -> Result<(), StoreError>;
     /// Replaces the flags of several messages, durable together (one fsync where the store
@@ -197,6 +220,15 @@ pub trait MailStore: Send + Sync + fmt::Debug + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_len_ends_at_the_first_empty_line() {
+        assert_eq!(header_len(b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\n"), 14);
+        assert_eq!(header_len(b"A: 1\nB: 2\n\nbody\n"), 11);
+        assert_eq!(header_len(b"\r\nbody"), 2);
+        assert_eq!(header_len(b"A: 1\r\nno blank line"), 19);
+        assert_eq!(header_len(b""), 0);
+    }
 
     #[test]
     fn dedupe_key_covers_id_and_content() {

@@ -131,7 +131,7 @@ pub fn message(i: usize, to: &str) -> Vec<u8> {
     if subject_hit(i) {
         subject = format!("{subject} ({SUBJECT_WORD} report)");
     }
-    if i % 11 == 0 {
+    if i.is_multiple_of(11) {
         // An encoded word (RFC 2047), as non-ASCII subjects arrive.
         subject = format!("=?UTF-8?Q?Gr=C3=BC=C3=9Fe?= {subject}");
     }
@@ -143,7 +143,7 @@ pub fn message(i: usize, to: &str) -> Vec<u8> {
          To: Bob <{to}>\r\n\
          Subject: {subject}\r\n"
     );
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         h.push_str(
             "Cc: Grace Kim <grace.kim@example.onion>, Jon Berg <jon.berg@example.onion>\r\n",
         );

@@ -76,8 +76,8 @@ impl Reply {
     pub fn exists(&self) -> Option<u32> {
         self.untagged
             .iter()
-            .filter_map(|r| numbered(r, "EXISTS").map(|(n, _)| n))
-            .last()
+            .rev()
+            .find_map(|r| numbered(r, "EXISTS").map(|(n, _)| n))
     }
 }
 

@@ -1,12 +1,14 @@
 //! Ledger benchmarks (a bench binary; method and figures in BENCHMARKS.md).
 //!
-//! `cargo bench -p onionpost-ledger --bench ledger -- [--identities N] [--lists N] [--members N]`
+//! `cargo bench -p onionpost-ledger --bench ledger -- [--identities N] [--lists N] [--members N]
+//! [--lookups N] [--throughput-only] [--only sign_trust|lists]` (the last two for profiling).
 //!
 //! 1. Throughput of FinalizeBlock + Commit for blocks of 100 and 1000 signed transactions:
 //!    decoding, batch signature verification, execution, the Jellyfish Merkle update and the
 //!    synced RocksDB commit, on one thread; and, in the same run on the same transactions,
 //!    the rate of the batch signature verification alone (the floor), with each action's
-//!    applied rate as a fraction of it.
+//!    applied rate as a fraction of it. Actions: register_identity, sign_trust, create_list
+//!    and add_member.
 //! 2. A state of N identities and L lists (with M members each), built through blocks.
 //! 3. gRPC CheckMembership over loopback against that state: latency p50/p99 of sequential
 //!    calls (the client verifies every proof) and throughput with concurrent clients.
@@ -17,7 +19,7 @@ use ed25519_consensus::SigningKey;
 use onionpost_ledger::LedgerApp;
 use onionpost_ledger::execute::verify_batch;
 use onionpost_ledger::grpc::LedgerService;
-use onionpost_ledger::testkit::{Signer, apply_block, init_chain_request};
+use onionpost_ledger::testkit::{Signer, finalize_request, init_chain_request};
 use onionpost_proto::keys;
 use onionpost_proto::proof::verify;
 use onionpost_proto::tx::DecodedTx;
@@ -38,6 +40,10 @@ struct Args {
     lists: u64,
     members: u64,
     lookups: usize,
+    /// Stop after the throughput part (for profiling).
+    throughput_only: bool,
+    /// Run only this throughput action after registrations (`sign_trust` or `lists`).
+    only: Option<String>,
 }
 
 fn args() -> Args {
@@ -46,19 +52,20 @@ fn args() -> Args {
         lists: 1_000,
         members: 20,
         lookups: 20_000,
+        throughput_only: false,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut val = || {
-            it.next()
-                .and_then(|v| v.parse().ok())
-                .expect("flag needs a number")
-        };
+        let mut val = || it.next().expect("flag needs a value");
+        let mut num = || val().parse().expect("flag needs a number");
         match flag.as_str() {
-            "--identities" => a.identities = val(),
-            "--lists" => a.lists = val(),
-            "--members" => a.members = val(),
-            "--lookups" => a.lookups = val() as usize,
+            "--identities" => a.identities = num(),
+            "--lists" => a.lists = num(),
+            "--members" => a.members = num(),
+            "--lookups" => a.lookups = num() as usize,
+            "--throughput-only" => a.throughput_only = true,
+            "--only" => a.only = Some(val()),
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -72,32 +79,136 @@ struct Chain {
 }
 
 impl Chain {
-    fn block(&mut self, txs: &[Vec<u8>]) -> Duration {
+    /// Applies one block; returns how long FinalizeBlock and Commit took.
+    fn block(&mut self, txs: &[Vec<u8>]) -> (Timed, Timed) {
         self.height += 1;
-        let t = Instant::now();
-        let res = apply_block(&self.app, self.height, txs);
-        let took = t.elapsed();
+        let t = Timer::start();
+        let res = self.app.finalize_block(finalize_request(self.height, txs));
+        let finalized = t.stop();
+        let t = Timer::start();
+        self.app.commit();
+        let committed = t.stop();
         if let Some(bad) = res.tx_results.iter().find(|r| r.code != 0) {
             panic!(
                 "benchmark transaction rejected at height {}: {}",
                 self.height, bad.log
             );
         }
-        took
+        (finalized, committed)
+    }
+}
+
+/// Wall-clock time and this thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), so that a run on a
+/// loaded machine still says how much work a block took: time spent waiting for a core is not
+/// counted (and neither is time waiting for fsync).
+#[derive(Clone, Copy, Default)]
+struct Timed {
+    wall: Duration,
+    cpu: Duration,
+}
+
+impl std::ops::Add for Timed {
+    type Output = Timed;
+    fn add(self, o: Timed) -> Timed {
+        Timed {
+            wall: self.wall + o.wall,
+            cpu: self.cpu + o.cpu,
+        }
+    }
+}
+
+struct Timer {
+    wall: Instant,
+    cpu: Duration,
+}
+
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the call only writes it.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+impl Timer {
+    fn start() -> Self {
+        let cpu = thread_cpu();
+        Timer {
+            wall: Instant::now(),
+            cpu,
+        }
+    }
+
+    fn stop(self) -> Timed {
+        let wall = self.wall.elapsed();
+        Timed {
+            wall,
+            cpu: thread_cpu().saturating_sub(self.cpu),
+        }
+    }
+}
+
+/// The blocks of one action and block size: FinalizeBlock, Commit and bare verification
+/// times, one entry per block.
+#[derive(Default)]
+struct Measured {
+    finalize: Vec<Timed>,
+    commit: Vec<Timed>,
+    verify: Vec<Timed>,
+}
+
+impl Measured {
+    /// Applies `txs` as the next block, then times the batch verification of its signatures.
+    fn block(&mut self, chain: &mut Chain, txs: &[Vec<u8>]) {
+        let (f, c) = chain.block(txs);
+        self.finalize.push(f);
+        self.commit.push(c);
+        self.verify.push(verify_only(txs));
+    }
+
+    fn print(&self, what: &str, block_size: usize) {
+        let applied: Vec<Timed> = self
+            .finalize
+            .iter()
+            .zip(&self.commit)
+            .map(|(f, c)| *f + *c)
+            .collect();
+        let wall = |v: &[Timed]| median_secs(&v.iter().map(|t| t.wall).collect::<Vec<_>>());
+        let cpu = |v: &[Timed]| median_secs(&v.iter().map(|t| t.cpu).collect::<Vec<_>>());
+        let total: f64 = applied.iter().map(|t| t.wall.as_secs_f64()).sum();
+        let rate = |secs: f64| block_size as f64 / secs;
+        println!(
+            "block={block_size:>5} action={what:<18} blocks={:>3} wall median_ms: finalize={:>7.2} commit={:>6.2} verify={:>7.2} | tx_per_s: applied={:>6.0} (overall {:>6.0}) bare_verify={:>6.0} fraction={:>4.2} | cpu median_ms: finalize={:>7.2} commit={:>6.2} verify={:>7.2} fraction={:>4.2}",
+            applied.len(),
+            wall(&self.finalize) * 1e3,
+            wall(&self.commit) * 1e3,
+            wall(&self.verify) * 1e3,
+            rate(wall(&applied)),
+            (block_size * applied.len()) as f64 / total,
+            rate(wall(&self.verify)),
+            wall(&self.verify) / wall(&applied),
+            cpu(&self.finalize) * 1e3,
+            cpu(&self.commit) * 1e3,
+            cpu(&self.verify) * 1e3,
+            cpu(&self.verify) / cpu(&applied),
+        );
     }
 }
 
 /// How long ed25519-consensus takes to batch-verify the signatures of `txs` alone (decoding
 /// excluded): the floor under FinalizeBlock's cost, measured on the same transactions.
-fn verify_only(txs: &[Vec<u8>]) -> Duration {
+fn verify_only(txs: &[Vec<u8>]) -> Timed {
     let decoded: Vec<DecodedTx> = txs
         .iter()
         .map(|t| DecodedTx::decode(t).expect("bench transactions decode"))
         .collect();
     let refs: Vec<&DecodedTx> = decoded.iter().collect();
-    let t = Instant::now();
+    let t = Timer::start();
     let ok = verify_batch(&refs);
-    let took = t.elapsed();
+    let took = t.stop();
     assert!(ok.iter().all(|v| *v), "bench signatures verify");
     took
 }
@@ -122,6 +233,9 @@ fn main() {
 
     // --- 1. transactions per second ------------------------------------------------------
     println!("# FinalizeBlock + Commit throughput (one thread, synced RocksDB commit per block)");
+    println!(
+        "# bare_verify: ed25519-consensus batch verification alone of the same blocks' signatures (decoding excluded)"
+    );
     let mut signers: Vec<Signer> = Vec::new();
     let mut next_id = 0u64;
     let mut new_signers = |n: u64| -> Vec<Signer> {
@@ -133,9 +247,9 @@ fn main() {
     };
     for &block_size in &[100usize, 1000] {
         let rounds = if block_size == 100 { 30 } else { 10 };
-        // Registrations: fresh identities each block.
-        let mut reg_times = Vec::new();
-        let mut reg_verify = Vec::new();
+        let mut results: Vec<(&str, Measured)> = Vec::new();
+        // Registrations: fresh identities each block (reads 1 key, writes 1).
+        let mut m = Measured::default();
         for _ in 0..rounds {
             let mut batch = new_signers(block_size as u64);
             let txs: Vec<Vec<u8>> = batch
@@ -146,50 +260,74 @@ fn main() {
                     }))
                 })
                 .collect();
-            reg_times.push(chain.block(&txs));
-            reg_verify.push(verify_only(&txs));
+            m.block(&mut chain, &txs);
             signers.extend(batch);
         }
-        // Trust statements between registered identities (reads and writes 3 keys each).
-        let mut trust_times = Vec::new();
-        let mut trust_verify = Vec::new();
-        for r in 0..rounds {
-            let n = signers.len();
+        results.push(("register_identity", m));
+        if args.only.as_deref().is_none_or(|o| o == "sign_trust") {
+            // Trust statements between registered identities (reads 4 keys, writes 4: the
+            // signer, the target, the statement and the two trust indexes).
+            let mut m = Measured::default();
+            for r in 0..rounds {
+                let n = signers.len();
+                let txs: Vec<Vec<u8>> = (0..block_size)
+                    .map(|i| {
+                        let target = signers[(i * 7 + r * 13 + 1) % n].public_key().to_vec();
+                        let s = &mut signers[i];
+                        if s.public_key().to_vec() == target {
+                            return s.sign(Action::SetMailboxHosts(pb::SetMailboxHosts {
+                                hosts: vec![],
+                            }));
+                        }
+                        s.sign(Action::SignTrust(pb::SignTrust {
+                            target,
+                            level: 1,
+                            expires_at: 0,
+                        }))
+                    })
+                    .collect();
+                m.block(&mut chain, &txs);
+            }
+            results.push(("sign_trust", m));
+        }
+        if args.only.as_deref().is_none_or(|o| o == "lists") {
+            // Lists: each of the first `block_size` identities creates one (writes the list,
+            // its member set, the creator's membership and record), then adds one member to
+            // it per block (reads and writes the same four keys, plus the member's record).
+            let mut m = Measured::default();
+            let name = |i: usize| format!("bench-{block_size}-{i}");
             let txs: Vec<Vec<u8>> = (0..block_size)
                 .map(|i| {
-                    let target = signers[(i * 7 + r * 13 + 1) % n].public_key().to_vec();
-                    let s = &mut signers[i];
-                    if s.public_key().to_vec() == target {
-                        return s.sign(Action::SetMailboxHosts(pb::SetMailboxHosts {
-                            hosts: vec![],
-                        }));
-                    }
-                    s.sign(Action::SignTrust(pb::SignTrust {
-                        target,
-                        level: 1,
-                        expires_at: 0,
+                    signers[i].sign(Action::CreateList(pb::CreateList {
+                        name: name(i),
+                        policy: None,
                     }))
                 })
                 .collect();
-            trust_times.push(chain.block(&txs));
-            trust_verify.push(verify_only(&txs));
+            m.block(&mut chain, &txs);
+            results.push(("create_list", m));
+            let mut m = Measured::default();
+            for r in 0..rounds {
+                let n = signers.len();
+                let txs: Vec<Vec<u8>> = (0..block_size)
+                    .map(|i| {
+                        let member = signers[(i + 1 + r) % n].public_key().to_vec();
+                        signers[i].sign(Action::AddMember(pb::AddMember {
+                            list: name(i),
+                            member,
+                        }))
+                    })
+                    .collect();
+                m.block(&mut chain, &txs);
+            }
+            results.push(("add_member", m));
         }
-        for (what, times, verify) in [
-            ("register_identity", reg_times, reg_verify),
-            ("sign_trust", trust_times, trust_verify),
-        ] {
-            let median = median_secs(&times);
-            let total: f64 = times.iter().map(Duration::as_secs_f64).sum();
-            let verify_median = median_secs(&verify);
-            let applied = block_size as f64 / median;
-            let verified = block_size as f64 / verify_median;
-            println!(
-                "block={block_size:>5} action={what:<18} blocks={rounds:>3} median_block_ms={:>8.2} tx_per_s_median={applied:>8.0} tx_per_s_overall={:>8.0} batch_verify_tx_per_s={verified:>8.0} applied_over_verify={:>5.2}",
-                median * 1e3,
-                (block_size * rounds) as f64 / total,
-                applied / verified,
-            );
+        for (what, m) in results {
+            m.print(what, block_size);
         }
+    }
+    if args.throughput_only {
+        return;
     }
 
     // --- 2. a large state ----------------------------------------------------------------------

@@ -536,10 +536,13 @@ fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>
 
 /// Mail over the private Tor network between containers; then bob's node is cut off the
 /// network while alice's node holds mail for him: once it is back the mail arrives, exactly
-/// once.
+/// once. The validators run too: the nodes' `[ledger]` names them, and a node that cannot ask
+/// the ledger whether the recipient has a bound key holds the mail rather than risk sending
+/// it in clear.
 #[test]
 fn mail_queued_for_a_cut_off_node_arrives_exactly_once_after_healing() {
-    let mut services: Vec<&str> = TORS.to_vec();
+    let mut services: Vec<&str> = VALIDATORS.to_vec();
+    services.extend(TORS);
     services.extend(["node-0", "node-1"]);
     let net = Devnet::up("mail", &services);
     net.wait_healthy(&services, Duration::from_secs(300));

@@ -490,10 +490,15 @@ fn failed_connections(status: &str) -> u64 {
         .unwrap_or_else(|| panic!("no tor line in:\n{status}"))
 }
 
-/// alice submits with swaks inside node-0's container.
+/// alice submits with swaks inside node-0's container, to the first identity of node `to`.
 fn send(net: &Devnet, to: usize, subject: &str) {
+    let bob = net.c.manifest.nodes[to].identities[0].address.clone();
+    submit_as_alice(net, &bob, subject, "from the compose devnet");
+}
+
+/// alice submits a message to `to` with swaks inside node-0's container.
+fn submit_as_alice(net: &Devnet, to: &str, subject: &str, body: &str) {
     let alice = &net.c.manifest.nodes[0].identities[0];
-    let bob = &net.c.manifest.nodes[to].identities[0];
     let server = format!("127.0.0.1:{}", compose::SUBMISSION_PORT);
     net.c
         .exec(
@@ -513,11 +518,11 @@ fn send(net: &Devnet, to: usize, subject: &str) {
                 "--from",
                 &alice.address,
                 "--to",
-                &bob.address,
+                to,
                 "--header",
                 &format!("Subject: {subject}"),
                 "--body",
-                "from the compose devnet",
+                body,
             ],
         )
         .unwrap();
@@ -652,34 +657,12 @@ fn a_list_post_reaches_every_member_across_containers() {
         admin(&["add-member", "friends", &n.identities[0].address]);
     }
 
-    let alice = &nodes[0].identities[0];
-    let server = format!("127.0.0.1:{}", compose::SUBMISSION_PORT);
-    net.c
-        .exec(
-            "node-0",
-            &[
-                "swaks",
-                "--silent",
-                "1",
-                "--server",
-                &server,
-                "--auth",
-                "PLAIN",
-                "--auth-user",
-                &alice.address,
-                "--auth-password",
-                &alice.password,
-                "--from",
-                &alice.address,
-                "--to",
-                "friends@list.invalid",
-                "--header",
-                "Subject: list-post-across-containers",
-                "--body",
-                "to every member",
-            ],
-        )
-        .unwrap();
+    submit_as_alice(
+        &net,
+        "friends@list.invalid",
+        "list-post-across-containers",
+        "to every member",
+    );
     for member in 1..nodes.len() {
         let seq = wait_until(
             "the post in the member's folder of the list",

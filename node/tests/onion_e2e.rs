@@ -114,22 +114,7 @@ impl Node {
     /// Messages in any of the identity's mailboxes (INBOX and the folders, where list posts
     /// are filed) whose text contains `needle`.
     fn count_in_maildir(&self, needle: &str) -> usize {
-        let id = self.home.join("identities").join(&self.name);
-        let folders = fs::read_dir(id.join("folders"))
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .map(|e| e.path().join("cur"));
-        std::iter::once(id.join("Maildir/cur"))
-            .chain(folders)
-            .flat_map(|cur| fs::read_dir(cur).into_iter().flatten())
-            .filter_map(Result::ok)
-            .filter(|e| {
-                fs::read(e.path())
-                    .map(|b| String::from_utf8_lossy(&b).contains(needle))
-                    .unwrap_or(false)
-            })
-            .count()
+        support::count_in_mailboxes(&self.home.join("identities").join(&self.name), needle)
     }
 
     fn log(&self) -> String {

@@ -156,22 +156,7 @@ impl Node {
     /// Number of messages of identity `name` whose text contains `needle`, in any of its
     /// mailboxes (INBOX and the folders: list posts are filed in `Lists/<list>`).
     pub fn count_in(&self, name: &str, needle: &str) -> usize {
-        let id = self.home.join("identities").join(name);
-        let folders = fs::read_dir(id.join("folders"))
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .map(|e| e.path().join("cur"));
-        std::iter::once(id.join("Maildir/cur"))
-            .chain(folders)
-            .flat_map(|cur| fs::read_dir(cur).into_iter().flatten())
-            .filter_map(Result::ok)
-            .filter(|e| {
-                fs::read(e.path())
-                    .map(|b| String::from_utf8_lossy(&b).contains(needle))
-                    .unwrap_or(false)
-            })
-            .count()
+        super::count_in_mailboxes(&self.home.join("identities").join(name), needle)
     }
 
     pub fn log(&self) -> String {

@@ -113,3 +113,24 @@ M.logout()
 pub fn imap_read(port: u16, user: &str, password: &str) -> String {
     python(IMAP_READ, &[&port.to_string(), user, password])
 }
+
+/// Messages of the identity whose directory is `id_dir` (`<home>/identities/<name>`) that
+/// contain `needle`, in any of its mailboxes: INBOX (`Maildir/`) and the folders (list posts
+/// are filed in `Lists/<list>`).
+pub fn count_in_mailboxes(id_dir: &std::path::Path, needle: &str) -> usize {
+    let folders = std::fs::read_dir(id_dir.join("folders"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("cur"));
+    std::iter::once(id_dir.join("Maildir/cur"))
+        .chain(folders)
+        .flat_map(|cur| std::fs::read_dir(cur).into_iter().flatten())
+        .filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read(e.path())
+                .map(|b| String::from_utf8_lossy(&b).contains(needle))
+                .unwrap_or(false)
+        })
+        .count()
+}

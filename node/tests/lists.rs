@@ -103,6 +103,27 @@ fn member_rcpt(list: &str, node: &Node) -> String {
     format!("{list}+list@{}", node.onion())
 }
 
+/// Registers `node`'s identity (and binds its OpenPGP key) on the ledger of its
+/// configuration file.
+fn register(node: &Node) {
+    let cfg = node.home.join("node.toml");
+    let name = node.address.split('@').next().unwrap().to_string();
+    let out = node.cli(&[
+        "identity",
+        "register",
+        &name,
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("registered:"),
+        "register {name}: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&hex::encode(onion_key(node))), "{text}");
+}
+
 /// Starts `n` member nodes, registers them on the ledger, creates list `dev` (admin: the
 /// first) with all of them, and a registered non-member, `mallory`.
 fn setup(net: &Devnet, n: usize) -> (Vec<Node>, Node) {
@@ -125,23 +146,17 @@ fn setup(net: &Devnet, n: usize) -> (Vec<Node>, Node) {
     for node in nodes.iter_mut().chain(std::iter::once(&mut mallory)) {
         node.routes = routes.clone();
         node.extra = net.ledger_toml();
-        let cfg = node.home.join("node.toml");
-        std::fs::write(&cfg, node.config()).unwrap();
-        let name = node.address.split('@').next().unwrap().to_string();
-        let out = node.cli(&[
-            "identity",
-            "register",
-            &name,
-            "--config",
-            cfg.to_str().unwrap(),
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && text.contains("registered:"),
-            "register {name}: {text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(text.contains(&hex::encode(onion_key(node))), "{text}");
+        std::fs::write(node.home.join("node.toml"), node.config()).unwrap();
+    }
+    // Registrations are signed by different identities, so they can go in at once: eight at
+    // a time share blocks instead of waiting for one each.
+    let all: Vec<&Node> = nodes.iter().chain(std::iter::once(&mallory)).collect();
+    for batch in all.chunks(8) {
+        std::thread::scope(|s| {
+            for node in batch {
+                s.spawn(|| register(node));
+            }
+        });
     }
     let url = net.url(1);
     tx_as(&nodes[0].home, "alice", &url, &["create-list", "dev"]);
@@ -544,10 +559,8 @@ pub fn list_figures() {
     for node in nodes.iter_mut().chain(std::iter::once(&mut mallory)) {
         node.spawn();
     }
-    for node in nodes.iter().chain(std::iter::once(&mallory)) {
-        wait_for(Duration::from_secs(300), "node listening", || {
-            std::net::TcpStream::connect(("127.0.0.1", node.imap)).is_ok()
-        });
+    for node in nodes.iter_mut().chain(std::iter::once(&mut mallory)) {
+        node.wait_listening(Duration::from_secs(300));
     }
     eprintln!(
         "{} nodes listening after {:.1} s",

@@ -45,6 +45,45 @@ struct Copy {
     to: Member,
 }
 
+/// The copies in the queue, and delivery reports that came before their copy was recorded.
+///
+/// The queue may deliver a copy (and report it) before the task that queued it has written
+/// it down here; both sides take this one lock, so a report finds its copy or is kept in
+/// `early` for the queuing side to find.
+#[derive(Debug, Default)]
+struct Copies {
+    queued: HashMap<String, Copy>,
+    early: std::collections::VecDeque<String>,
+}
+
+impl Copies {
+    /// Reports about messages that are not list copies pass through here too: keep the last
+    /// ones only.
+    const EARLY_KEPT: usize = 1024;
+
+    /// Records the copy `id`; `true` if its delivery was already reported.
+    fn record(&mut self, id: String, copy: Copy) -> bool {
+        if let Some(i) = self.early.iter().position(|e| *e == id) {
+            self.early.remove(i);
+            return true;
+        }
+        self.queued.insert(id, copy);
+        false
+    }
+
+    /// The copy `id` taken by its recipient, if it was recorded.
+    fn taken(&mut self, id: &str) -> Option<Copy> {
+        let copy = self.queued.remove(id);
+        if copy.is_none() {
+            if self.early.len() == Self::EARLY_KEPT {
+                self.early.pop_front();
+            }
+            self.early.push_back(id.to_string());
+        }
+        copy
+    }
+}
+
 /// What the engine keeps of a post while its relay may still send copies.
 #[derive(Debug, Clone)]
 struct Held {
@@ -59,7 +98,7 @@ pub struct Lists {
     queue: Arc<Queue>,
     clock: Arc<dyn Clock>,
     core: Mutex<Broadcast>,
-    copies: Mutex<HashMap<String, Copy>>,
+    copies: Mutex<Copies>,
     held: Mutex<HashMap<PostId, Held>>,
     changed: tokio::sync::Notify,
 }
@@ -134,7 +173,7 @@ impl Lists {
             queue,
             clock,
             core: Mutex::new(Broadcast::new(timeout)),
-            copies: Mutex::new(HashMap::new()),
+            copies: Mutex::new(Copies::default()),
             held: Mutex::new(HashMap::new()),
             changed: tokio::sync::Notify::new(),
         })
@@ -341,12 +380,21 @@ impl Lists {
 
     /// Queues the copies of `Send` outputs (durably, before returning).
     async fn execute(&self, out: Vec<Output>) -> Result<(), Reply> {
-        for o in out {
-            let Output::Send { id, from, to } = o else {
-                continue;
-            };
-            let Some(held) = self.held.lock().expect("held").get(&id).cloned() else {
-                tracing::error!("no bytes held for a post to send");
+        // The bytes of every copy are taken now, before the first wait: meanwhile the timer
+        // may find no copy outstanding and drop what is held.
+        let sends: Vec<(PostId, Member, Member, Option<Held>)> = {
+            let held = self.held.lock().expect("held");
+            out.into_iter()
+                .filter_map(|o| match o {
+                    Output::Send { id, from, to } => Some((id, from, to, held.get(&id).cloned())),
+                    Output::Deliver { .. } => None,
+                })
+                .collect()
+        };
+        let mut already_taken = Vec::new();
+        for (id, from, to, held) in sends {
+            let Some(held) = held else {
+                tracing::error!(post = %hex::encode(&id[..8]), "no bytes held for a post to send");
                 continue;
             };
             let ids = self.ctx.identities();
@@ -369,16 +417,34 @@ impl Lists {
             match queued {
                 Ok(Ok(m)) => {
                     tracing::debug!(id = %m.id, "post copy queued");
-                    self.copies
-                        .lock()
-                        .expect("copies")
-                        .insert(m.id, Copy { post: id, from, to });
+                    let copy = Copy { post: id, from, to };
+                    if self.copies.lock().expect("copies").record(m.id, copy) {
+                        already_taken.push(copy);
+                    }
                 }
                 Ok(Err(e)) => return Err(local_error(&format!("spooling a post copy: {e}"))),
                 Err(e) => return Err(local_error(&format!("spool task: {e}"))),
             }
         }
+        for c in already_taken {
+            self.acked(c).await;
+        }
         Ok(())
+    }
+
+    /// Tells the core that copy `c` was taken, and queues what follows from it.
+    async fn acked(&self, c: Copy) {
+        let out = self.core().handle(
+            Input::Acked {
+                id: c.post,
+                me: c.from,
+                to: c.to,
+            },
+            self.clock.now(),
+        );
+        if let Err(r) = Box::pin(self.execute(out)).await {
+            tracing::warn!("copies after an acknowledgement not queued: {}", r.message);
+        }
     }
 
     /// Feeds the core the queue's acknowledgements and its timers until `shutdown`.
@@ -392,13 +458,9 @@ impl Lists {
             tokio::select! {
                 t = taken.recv() => {
                     let Some(t) = t else { return };
-                    let copy = self.copies.lock().expect("copies").remove(&t.id);
+                    let copy = self.copies.lock().expect("copies").taken(&t.id);
                     if let Some(c) = copy {
-                        let out = self.core().handle(
-                            Input::Acked { id: c.post, me: c.from, to: c.to },
-                            self.clock.now(),
-                        );
-                        let _ = self.execute(out).await;
+                        self.acked(c).await;
                     }
                 }
                 () = tokio::time::sleep(Duration::from_secs_f64(wait)) => {
@@ -425,7 +487,7 @@ impl Lists {
         }
         drop(core);
         let copies = self.copies.lock().expect("copies");
-        if copies.is_empty() {
+        if copies.queued.is_empty() {
             self.held.lock().expect("held").clear();
         }
     }
@@ -434,6 +496,29 @@ impl Lists {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delivery_report_finds_its_copy_whichever_comes_first() {
+        let c = Copy {
+            post: [1; 32],
+            from: [2; 32],
+            to: [3; 32],
+        };
+        let mut copies = Copies::default();
+        // Recorded, then reported.
+        assert!(!copies.record("a".into(), c));
+        assert_eq!(copies.taken("a").map(|x| x.to), Some([3; 32]));
+        assert!(copies.queued.is_empty());
+        // Reported before it was recorded: the recording side learns it was taken.
+        assert!(copies.taken("b").is_none());
+        assert!(copies.record("b".into(), c));
+        assert!(copies.queued.is_empty() && copies.early.is_empty());
+        // Reports of other mail are kept only up to the bound.
+        for i in 0..Copies::EARLY_KEPT + 10 {
+            assert!(copies.taken(&format!("other{i}")).is_none());
+        }
+        assert_eq!(copies.early.len(), Copies::EARLY_KEPT);
+    }
 
     #[test]
     fn list_headers_go_at_the_end_of_the_header() {

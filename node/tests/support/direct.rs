@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, wait_for};
+use super::free_port;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_onionpost-node");
@@ -68,10 +68,41 @@ impl Node {
     /// Writes the configuration and starts the process; waits until it listens.
     pub fn start(&mut self) {
         self.spawn();
-        wait_for(Duration::from_secs(20), "node listening", || {
-            std::net::TcpStream::connect(("127.0.0.1", self.imap)).is_ok()
+        self.wait_listening(Duration::from_secs(20));
+    }
+
+    /// Waits until the process started by [`Node::spawn`] accepts IMAP and submission
+    /// connections; fails the test with the end of its log if it exits first or `limit`
+    /// passes.
+    pub fn wait_listening(&mut self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.imap)).is_ok()
                 && std::net::TcpStream::connect(("127.0.0.1", self.submission)).is_ok()
-        });
+            {
+                return;
+            }
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().unwrap());
+            if exited.is_some() || std::time::Instant::now() > deadline {
+                let what = match exited {
+                    Some(status) => format!("exited ({status}) before listening"),
+                    None => format!("not listening after {limit:?}"),
+                };
+                panic!(
+                    "node {}: {what}; its log ends:\n{}",
+                    self.address,
+                    self.log_tail(30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The last `n` lines of this node's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = fs::read_to_string(self.home.join("node.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     /// The configuration file this node runs with.

@@ -10,13 +10,28 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1.
+/// A TCP port on 127.0.0.1 that nothing listens on now, never the same twice in one test
+/// process, and below the kernel's ephemeral range (32768-60999).
+///
+/// A port from binding port 0 is drawn from that range, so another call (the birthday
+/// problem: among the 150 ports of a 50-node run, a repeat is likely), another process's
+/// bind to port 0, or the local end of any outgoing connection could take it between now
+/// and the node's own bind; the node then fails to start.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use rand::Rng;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap();
+    let given = given.get_or_insert_with(HashSet::new);
+    let mut rng = rand::thread_rng();
+    loop {
+        let port = rng.gen_range(10_000..32_000);
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `f` every 50 ms until it holds; fails the test after `limit`. Returns the wait.

@@ -9,12 +9,24 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-/// A loopback port free right now.
+/// A loopback port free right now, never the same twice in this process, and below the
+/// kernel's ephemeral range (32768-60999) so that no bind to port 0 and no outgoing
+/// connection's local end takes it before the server under test binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use rand::Rng;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().expect("port set lock");
+    let given = given.get_or_insert_with(HashSet::new);
+    let mut rng = rand::thread_rng();
+    loop {
+        let port = rng.gen_range(10_000..32_000);
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
 }
 
 /// A child process that is killed (and reaped) when dropped.

@@ -529,6 +529,41 @@ fn a_member_that_cannot_reach_the_ledger_defers_and_delivers_once_it_can() {
     }
 }
 
+/// Posts `subject` from the first member and waits until every other member has it;
+/// returns the time to the submission's 250, the time from there until all stored it, and
+/// the copies this post queued (`before`: the copies queued by earlier posts).
+fn bench_post(nodes: &[Node], subject: &str, before: usize) -> (Duration, Duration, usize) {
+    use std::time::Instant;
+    let n = nodes.len();
+    let needle = format!("Subject: {subject}");
+    let t = Instant::now();
+    submit(&nodes[0], "dev@list.invalid", subject, "To every member.");
+    let accepted = t.elapsed();
+    let mut pending: Vec<usize> = (1..n).collect();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !pending.is_empty() {
+        pending.retain(|&i| nodes[i].count_in_maildir(&needle) == 0);
+        assert!(
+            Instant::now() < deadline,
+            "{} members never got {subject:?}",
+            pending.len()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let all = t.elapsed();
+    wait_for(Duration::from_secs(60), "every relay copy taken", || {
+        copies_queued(nodes) >= before + 2 * n - 2
+    });
+    // Escalations (a relay not acknowledged in time) come later, if at all: give them a
+    // relay timeout (3 s here) to show up in the count.
+    std::thread::sleep(Duration::from_secs(4));
+    let sent = copies_queued(nodes) - before;
+    for m in &nodes[1..] {
+        assert_eq!(m.count_in_maildir(&needle), 1, "{}", m.address);
+    }
+    (accepted, all, sent)
+}
+
 /// List figures for BENCHMARKS.md (`cargo bench -p onionpost-node --bench lists`): a post to
 /// `ONIONPOST_LIST_MEMBERS` (default 50) member nodes on one machine (direct transport), the
 /// time from the submission's 250 until every other member has stored it and the SMTP
@@ -568,39 +603,10 @@ pub fn list_figures() {
         t.elapsed().as_secs_f64()
     );
 
-    let t = Instant::now();
-    submit(
-        &nodes[0],
-        "dev@list.invalid",
-        "Bench post",
-        "To every member.",
-    );
-    let accepted = t.elapsed();
-    let mut pending: Vec<usize> = (1..n).collect();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !pending.is_empty() {
-        pending.retain(|&i| nodes[i].count_in_maildir("Subject: Bench post") == 0);
-        assert!(
-            Instant::now() < deadline,
-            "{} members never got the post",
-            pending.len()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let all = t.elapsed();
-    wait_for(Duration::from_secs(60), "every relay copy taken", || {
-        copies_queued(&nodes) >= 2 * n - 2
-    });
-    std::thread::sleep(Duration::from_secs(4));
-    let sent = copies_queued(&nodes);
-    for m in &nodes[1..] {
-        assert_eq!(
-            m.count_in_maildir("Subject: Bench post"),
-            1,
-            "{}",
-            m.address
-        );
-    }
+    // The first post: every member's ledger client makes its first verified walk of the
+    // chain on it. The second: warm clients.
+    let (accepted, all, sent) = bench_post(&nodes, "Bench post", 0);
+    let (accepted2, all2, sent2) = bench_post(&nodes, "Second bench post", sent);
 
     let genesis = Genesis::load(&net.genesis()).unwrap();
     let endpoints: Vec<String> = (0..4).map(|i| net.url(i)).collect();
@@ -625,26 +631,31 @@ pub fn list_figures() {
         })
     };
     let (cached_p50, cached_p99) = checks(1024);
-    let (uncached_p50, uncached_p99) = checks(1);
+    let (uncached_p50, uncached_p99) = checks(0);
     println!("| measurement | figure |");
     println!("| --- | ---: |");
-    println!(
-        "| post to {n} members: submission 250 | {:.0} ms |",
-        accepted.as_secs_f64() * 1e3
-    );
-    println!(
-        "| post to {n} members: 250 -> stored at all {} others | {:.0} ms |",
-        n - 1,
-        all.as_secs_f64() * 1e3
-    );
-    println!(
-        "| SMTP transmissions for the post (bound 3N = {}) | {sent} |",
-        3 * n
-    );
+    for (which, accepted, all, sent) in [
+        ("first", accepted, all, sent),
+        ("second", accepted2, all2, sent2),
+    ] {
+        println!(
+            "| {which} post to {n} members: submission 250 | {:.0} ms |",
+            accepted.as_secs_f64() * 1e3
+        );
+        println!(
+            "| {which} post to {n} members: 250 -> stored at all {} others | {:.0} ms |",
+            n - 1,
+            all.as_secs_f64() * 1e3
+        );
+        println!(
+            "| SMTP transmissions for the {which} post (bound 3N = {}) | {sent} |",
+            3 * n
+        );
+    }
     println!(
         "| receiver's ledger checks per post, cached: p50 / p99 | {cached_p50:.0} / {cached_p99:.0} us |"
     );
     println!(
-        "| receiver's ledger checks per post, cache of 1: p50 / p99 | {uncached_p50:.0} / {uncached_p99:.0} us |"
+        "| receiver's ledger checks per post, no cache (every read fetched and its proofs checked): p50 / p99 | {uncached_p50:.0} / {uncached_p99:.0} us |"
     );
 }

@@ -750,6 +750,9 @@ fn trust_paths_key_changes_and_foreign_bindings_are_reported() {
     assert!(out.status.success(), "{out:?}");
     let new = secret_key(&s);
     caught_up(&net, &r);
+    // Sam's node made that binding itself: no alert there.
+    caught_up(&net, &s);
+    assert!(s.status().contains("alerts: none"), "{}", s.status());
     submit(&s, &r.address, "After the rotation", "new key");
     wait_for(
         Duration::from_secs(60),
@@ -837,7 +840,7 @@ fn trust_paths_key_changes_and_foreign_bindings_are_reported() {
 }
 
 #[test]
-fn the_node_verifies_and_decrypts_what_gpg_signs_and_encrypts_to_it() {
+fn the_node_verifies_and_decrypts_what_gpg_rnp_and_sq_sign_and_encrypt_to_it() {
     let net = Devnet::start(4, "e2e-gpg-in");
     // Gina's OpenPGP key is GnuPG's, bound to her identity with the onionpost command line;
     // Bob's is his node's, given to gpg as `identity export-key` prints it.
@@ -903,13 +906,17 @@ fn the_node_verifies_and_decrypts_what_gpg_signs_and_encrypts_to_it() {
         "-",
         entity,
     ]);
-    let mut sealed = (head("From GnuPG, sealed", "sealed")
-        + "Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"enc\"\r\n\r\n\
-           --enc\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n\
-           --enc\r\nContent-Type: application/octet-stream\r\n\r\n")
-        .into_bytes();
-    sealed.extend_from_slice(&armored);
-    sealed.extend_from_slice(b"\r\n--enc--\r\n");
+    let wrap = |subject: &str, id: &str, armored: &[u8]| {
+        let mut m = (head(subject, id)
+            + "Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"enc\"\r\n\r\n\
+               --enc\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n\
+               --enc\r\nContent-Type: application/octet-stream\r\n\r\n")
+            .into_bytes();
+        m.extend_from_slice(armored);
+        m.extend_from_slice(b"\r\n--enc--\r\n");
+        m
+    };
+    let sealed = wrap("From GnuPG, sealed", "sealed", &armored);
     // Signed only (a detached signature, RFC 3156 5), as mutt makes it.
     let sig = gpg.output(&[
         "--armor",
@@ -957,5 +964,104 @@ fn the_node_verifies_and_decrypts_what_gpg_signs_and_encrypts_to_it() {
         m.results
             .contains(&format!("policy.cert={}", gina.fingerprint())),
         "{m:?}"
+    );
+
+    // RNP, with the same key (gpg exports it with its secret), signs and encrypts.
+    let mut ring = gpg.output(&["--armor", "--export-secret-keys", &g.address]);
+    ring.extend_from_slice(&exported.stdout);
+    let ring_path = dir.path().join("ring.asc");
+    std::fs::write(&ring_path, &ring).unwrap();
+    let rnp_home = tempfile::tempdir().unwrap();
+    let rnp_out = dir.path().join("rnp.asc");
+    let out = Command::new("rnp")
+        .arg("--homedir")
+        .arg(rnp_home.path())
+        .arg("--keyfile")
+        .arg(&ring_path)
+        .args(["--notty", "--overwrite", "--password", ""])
+        .args([
+            "--sign",
+            "--encrypt",
+            "--armor",
+            "-u",
+            &g.address,
+            "-r",
+            &b.address,
+        ])
+        .arg(entity)
+        .arg("--output")
+        .arg(&rnp_out)
+        .output()
+        .expect("rnp must be installed (scripts/test.sh: rnp)");
+    assert!(out.status.success(), "rnp: {out:?}");
+    let by_rnp = wrap("From RNP", "rnp", &std::fs::read(&rnp_out).unwrap());
+    assert_eq!(send_raw(&b, &g.address, &b.address, &by_rnp), "OK");
+
+    // Gina's key becomes Sequoia's (RotateKey): sq signs (with a subkey) and encrypts; the
+    // node marks the change on this first message after it.
+    let sq_key = dir.path().join("sq.key");
+    let out = Command::new("sq")
+        .args([
+            "key",
+            "generate",
+            "--userid",
+            &format!("<{}>", g.address),
+            "--export",
+        ])
+        .arg(&sq_key)
+        .output()
+        .expect("sq must be installed (scripts/test.sh: sq)");
+    assert!(out.status.success(), "sq key generate: {out:?}");
+    let out = Command::new("sq")
+        .args(["key", "extract-cert"])
+        .arg(&sq_key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sq key extract-cert: {out:?}");
+    let sq_cert = onionpost_e2e::PublicCert::from_bytes(&out.stdout).expect("sq's certificate");
+    std::fs::write(&file, sq_cert.to_bytes().unwrap()).unwrap();
+    tx_as(
+        &g.home,
+        "gina",
+        &net.url(0),
+        &["rotate-key", file.to_str().unwrap()],
+    );
+    let bob_cert = dir.path().join("bob.asc");
+    std::fs::write(&bob_cert, &exported.stdout).unwrap();
+    let out = Command::new("sq")
+        .arg("encrypt")
+        .arg("--recipient-cert")
+        .arg(&bob_cert)
+        .arg("--signer-key")
+        .arg(&sq_key)
+        .arg(entity)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sq encrypt: {out:?}");
+    caught_up(&net, &b);
+    let by_sq = wrap("From Sequoia", "sq", &out.stdout);
+    assert_eq!(send_raw(&b, &g.address, &b.address, &by_sq), "OK");
+
+    let (msgs, _) = inbox(&b);
+    for (subject, cert, changed) in [
+        ("From RNP", gina.fingerprint(), false),
+        ("From Sequoia", sq_cert.fingerprint(), true),
+    ] {
+        let m = one(&msgs, subject);
+        assert_eq!(m.body, "Meet me at the old mill at noon.", "{m:?}");
+        assert!(
+            m.flags.contains("$Verified") && m.flags.contains("$Encrypted"),
+            "{m:?}"
+        );
+        assert!(m.results.contains(&format!("policy.cert={cert}")), "{m:?}");
+        assert_eq!(m.flags.contains("$KeyChanged"), changed, "{m:?}");
+    }
+    assert!(
+        one(&msgs, "From Sequoia").key_change.contains(&format!(
+            "key {} replaced key {}",
+            sq_cert.fingerprint(),
+            gina.fingerprint()
+        )),
+        "{msgs:?}"
     );
 }

@@ -790,6 +790,65 @@ fn trust_paths_key_changes_and_foreign_bindings_are_reported() {
         assert!(!one(&msgs, earlier).flags.contains("$KeyChanged"));
     }
 
+    // A direct statement that lapses: while it holds it is the chain (full, one statement);
+    // once the clock passes its expiry, the marginal chain through Mark again.
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let expires = now() + 12;
+    tx_as(
+        &r.home,
+        "rita",
+        &ledger,
+        &[
+            "trust",
+            s.onion(),
+            "--level",
+            "2",
+            "--expires-at",
+            &expires.to_string(),
+        ],
+    );
+    caught_up(&net, &r);
+    submit(&s, &r.address, "Direct trust", "direct");
+    wait_for(
+        Duration::from_secs(60),
+        "the message under direct trust",
+        || r.count_in_maildir("direct") == 1,
+    );
+    assert!(
+        now() < expires,
+        "too slow to see the statement before it lapses"
+    );
+    wait_for(Duration::from_secs(30), "the statement to lapse", || {
+        now() >= expires
+    });
+    submit(&s, &r.address, "After the expiry", "lapsed");
+    wait_for(
+        Duration::from_secs(60),
+        "the message after the expiry",
+        || r.count_in_maildir("lapsed") == 1,
+    );
+    let (msgs, _) = inbox(&r);
+    let direct = one(&msgs, "Direct trust");
+    assert!(
+        direct.results.contains(&format!(
+            "policy.trust=full policy.trust-depth=1 policy.trust-path=\"{}:full\"",
+            s.onion()
+        )),
+        "{direct:?}"
+    );
+    let lapsed = one(&msgs, "After the expiry");
+    assert!(
+        lapsed
+            .results
+            .contains("policy.trust=marginal policy.trust-depth=2"),
+        "{lapsed:?}"
+    );
+
     // Someone with Rita's identity key binds a key her node did not make: an alert in the
     // log, in status and in her INBOX, raised once, still shown after a restart.
     assert!(r.status().contains("alerts: none"), "{}", r.status());

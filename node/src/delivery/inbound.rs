@@ -585,8 +585,11 @@ fn deliver_one(
         trust,
         key_change: None,
     };
-    let SenderKeys::Ledger(keys) = sender else {
-        return judge_and_store(&h, message, &secrets, sender, &notes, e2e);
+    // Only identities that have bound a key are remembered: anyone can put an unbound
+    // onion address in From, and the state must not grow with them.
+    let keys = match sender {
+        SenderKeys::Ledger(keys) if !keys.events.is_empty() => keys,
+        _ => return judge_and_store(&h, message, &secrets, sender, &notes, e2e),
     };
     // The sender's key history against what its previous message here was checked
     // against: marked once, remembered only once the message is stored.
@@ -1355,6 +1358,79 @@ mod tests {
             );
             assert_eq!(got.flags, Flags::UNVERIFIED.with(Flags::KEY_CHANGED));
             assert!(!text(&got).contains("policy.trust"), "{}", text(&got));
+        }
+
+        #[test]
+        fn a_correspondents_key_change_is_marked_once_and_remembered_across_restarts() {
+            use crate::e2e::directory::{KeyEvent, KeyEventKind};
+            let (home, ctx, alice, _bob) = super::two_identities();
+            let e2e = || E2e::new(crate::ledger::NodeLedger::none(), Default::default());
+            let sender = addr("sam", 9);
+            let ks = key(&sender);
+            let event = |seq: u64, kind| KeyEvent {
+                seq,
+                kind,
+                fingerprint: Some(format!("F{seq}")),
+                key_id: String::new(),
+                height: 10 * (seq + 1),
+                reason: String::new(),
+            };
+            let keys = |events: Vec<KeyEvent>| {
+                let mut k = match history(&[(&ks, None)]) {
+                    SenderKeys::Ledger(k) => k,
+                    SenderKeys::Unchecked(_) => unreachable!(),
+                };
+                k.identity = [9; 32];
+                k.address = sender.clone();
+                k.events = events;
+                SenderKeys::Ledger(k)
+            };
+            let ids = ctx.identities();
+            let deliver = |e2e: &E2e, n: u32, sender: &SenderKeys| {
+                let msg = onionpost_e2e::sign(
+                    rand::rngs::OsRng,
+                    format!(
+                        "From: {}\r\nTo: {alice}\r\nMessage-ID: <k{n}@x>\r\n\r\n{n}\r\n",
+                        addr("sam", 9)
+                    )
+                    .as_bytes(),
+                    &ks,
+                    Protect::default(),
+                )
+                .unwrap();
+                deliver_one(&ids, Scope::AllHosted, &alice, &msg, sender, None, e2e).unwrap();
+            };
+            let flags = || -> Vec<bool> {
+                let mb = ctx.identities().by_address(&alice).unwrap().mailbox.clone();
+                mb.snapshot()
+                    .messages
+                    .iter()
+                    .map(|m| m.flags.contains(Flags::KEY_CHANGED))
+                    .collect()
+            };
+            let one = vec![event(0, KeyEventKind::Bind)];
+            let two = vec![event(0, KeyEventKind::Bind), event(1, KeyEventKind::Rotate)];
+            let first = e2e();
+            deliver(&first, 1, &keys(one.clone()));
+            deliver(&first, 2, &keys(one));
+            // A restart: a new edge, the state from the disk.
+            let again = e2e();
+            deliver(&again, 3, &keys(two.clone()));
+            deliver(&again, 4, &keys(two));
+            assert_eq!(flags(), [false, false, true, false]);
+            let mb = ctx.identities().by_address(&alice).unwrap().mailbox.clone();
+            let third = String::from_utf8(mb.read(mb.snapshot().messages[2].uid).unwrap()).unwrap();
+            assert!(
+                third.contains(&format!("{KEY_CHANGE_FIELD}: {sender}: since its previous message here (checked at height 42): key F1 replaced key F0 (RotateKey) at height 20\r\n")),
+                "{third}"
+            );
+            // An identity that never bound a key is not remembered.
+            let state =
+                crate::e2e::watch::path_of(&ctx.identities().by_address(&alice).unwrap().identity);
+            let before = std::fs::read(&state).unwrap();
+            deliver(&again, 5, &keys(vec![]));
+            assert_eq!(std::fs::read(&state).unwrap(), before);
+            drop(home);
         }
     }
 }

@@ -52,6 +52,8 @@
 //! enabled = true                  # false: send mail as submitted (to measure the cost)
 //! unverified_from_bound = "mark"  # or "refuse": 550 for mail whose From has a bound key
 //!                                 # but that is not validly signed by it
+//! trust_depth = 4                 # longest chain of trust statements reported (1 to 6)
+//! monitor_interval_secs = 30      # how often the node's own key bindings are checked
 //! ```
 //!
 //! The onion transport (arti, the default): every identity publishes its own onion service
@@ -91,6 +93,9 @@ pub enum ConfigError {
     /// A `[ledger]` table that cannot work.
     #[error("[ledger]: {0}")]
     Ledger(String),
+    /// An `[e2e]` table that cannot work.
+    #[error("[e2e]: {0}")]
+    E2e(String),
 }
 
 /// The whole configuration.
@@ -134,6 +139,12 @@ pub struct E2eConfig {
     /// What to do with incoming mail whose From identity has a key bound on the ledger but
     /// that is unsigned or not validly signed by it.
     pub unverified_from_bound: UnverifiedPolicy,
+    /// The most trust statements on a chain from the receiving identity to the sender that
+    /// the `Authentication-Results` header reports (1 to 6; default 4).
+    pub trust_depth: u32,
+    /// Seconds between the monitor's checks of the node's own identities on the ledger
+    /// (default 30).
+    pub monitor_interval_secs: u64,
 }
 
 impl Default for E2eConfig {
@@ -141,6 +152,8 @@ impl Default for E2eConfig {
         Self {
             enabled: true,
             unverified_from_bound: UnverifiedPolicy::Mark,
+            trust_depth: 4,
+            monitor_interval_secs: 30,
         }
     }
 }
@@ -395,6 +408,17 @@ impl Config {
                 ));
             }
         }
+        if !(1..=6).contains(&cfg.e2e.trust_depth) {
+            return Err(ConfigError::E2e(format!(
+                "trust_depth must be 1 to 6 statements, not {}",
+                cfg.e2e.trust_depth
+            )));
+        }
+        if cfg.e2e.monitor_interval_secs == 0 {
+            return Err(ConfigError::E2e(
+                "monitor_interval_secs must be at least 1".into(),
+            ));
+        }
         Ok(cfg)
     }
 }
@@ -436,6 +460,22 @@ mod tests {
         let e = Config::parse("[e2e]\nunverified_from_bound = \"refuse\"\n").unwrap();
         assert_eq!(e.e2e.unverified_from_bound, UnverifiedPolicy::Refuse);
         assert!(Config::parse("[e2e]\nunverified_from_bound = \"maybe\"\n").is_err());
+        assert_eq!(d.e2e.trust_depth, 4);
+        let t = Config::parse("[e2e]\ntrust_depth = 2\nmonitor_interval_secs = 1\n").unwrap();
+        assert_eq!((t.e2e.trust_depth, t.e2e.monitor_interval_secs), (2, 1));
+        for bad in [
+            "trust_depth = 0",
+            "trust_depth = 7",
+            "monitor_interval_secs = 0",
+        ] {
+            assert!(
+                matches!(
+                    Config::parse(&format!("[e2e]\n{bad}\n")),
+                    Err(ConfigError::E2e(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -409,5 +409,13 @@ fn status(home: &Path) -> anyhow::Result<()> {
     println!("listeners: none");
     let queue = onionpost_node::spool::Spool::count(&home.join("spool"))?;
     println!("queue: {queue} message(s)");
+    let mut alerts = Vec::new();
+    for id in IdentityStore::new(home).list()? {
+        let state = onionpost_node::e2e::watch::load(&onionpost_node::e2e::watch::path_of(&id))?;
+        alerts.extend(state.alerts.into_iter().map(|a| a.text));
+    }
+    let mut text = String::new();
+    status::render_alerts(&mut text, &alerts);
+    print!("{text}");
     Ok(())
 }

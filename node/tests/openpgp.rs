@@ -15,7 +15,7 @@ use std::time::Duration;
 #[path = "support/mod.rs"]
 mod support;
 use support::direct::{Node, submit};
-use support::ledger::{Devnet, rt};
+use support::ledger::{Devnet, rt, tx_as};
 use support::{python, wait_for};
 
 use onionpost_e2e::{Protect, SecretCert};
@@ -97,7 +97,7 @@ fn send_raw(to: &Node, sender: &str, rcpt: &str, data: &[u8]) -> String {
     .to_string()
 }
 
-/// imaplib: per INBOX message one line `SUBJECT|FLAGS|AUTHENTICATION-RESULTS|BODY`, then
+/// imaplib: per INBOX message one line `SUBJECT|FLAGS|AUTHENTICATION-RESULTS|KEY-CHANGE|BODY`, then
 /// the `SEARCH KEYWORD $Verified` answer.
 const IMAP_FLAGS: &str = r#"
 import imaplib, sys, email, email.policy
@@ -115,7 +115,8 @@ for num in data[0].split():
     body = m.get_body(('plain',))
     body = (body.get_content().strip() if body else '').replace('\r', '').replace('\n', ' ')
     ar = ' '.join(str(m['Authentication-Results'] or '').split())
-    print('MSG ' + str(m['Subject']) + '|' + flags + '|' + ar + '|' + body)
+    kc = ' '.join(str(m['Onionpost-Key-Change'] or '').split())
+    print('MSG ' + str(m['Subject']) + '|' + flags + '|' + ar + '|' + kc + '|' + body)
 typ, data = M.search(None, 'KEYWORD', '$Verified')
 print('VERIFIED=' + data[0].decode())
 M.logout()
@@ -127,6 +128,7 @@ struct Seen {
     subject: String,
     flags: String,
     results: String,
+    key_change: String,
     body: String,
 }
 
@@ -139,12 +141,13 @@ fn inbox(node: &Node) -> (Vec<Seen>, String) {
     let mut verified = String::new();
     for line in out.lines() {
         if let Some(m) = line.strip_prefix("MSG ") {
-            let p: Vec<&str> = m.splitn(4, '|').collect();
+            let p: Vec<&str> = m.splitn(5, '|').collect();
             msgs.push(Seen {
                 subject: p[0].into(),
                 flags: p[1].into(),
                 results: p[2].into(),
-                body: p[3].into(),
+                key_change: p[3].into(),
+                body: p[4].into(),
             });
         } else if let Some(v) = line.strip_prefix("VERIFIED=") {
             verified = v.to_string();
@@ -231,22 +234,28 @@ impl Gpg {
         Gpg(d)
     }
 
+    /// gpg in this home, unattended, with status lines on stderr.
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("gpg");
+        c.env("GNUPGHOME", self.0.path()).args([
+            "--batch",
+            "--yes",
+            "--no-tty",
+            "--trust-model",
+            "always",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+            "--status-fd",
+            "2",
+        ]);
+        c
+    }
+
     fn run(&self, args: &[&str], file: &Path) -> (bool, String, String) {
-        let out = Command::new("gpg")
-            .env("GNUPGHOME", self.0.path())
-            .args([
-                "--batch",
-                "--yes",
-                "--no-tty",
-                "--trust-model",
-                "always",
-                "--pinentry-mode",
-                "loopback",
-                "--passphrase",
-                "",
-                "--status-fd",
-                "2",
-            ])
+        let out = self
+            .cmd()
             .args(args)
             .arg(file)
             .stdin(Stdio::null())
@@ -257,6 +266,22 @@ impl Gpg {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// Runs gpg with `args`; its stdout, failing the test on an error.
+    fn output(&self, args: &[&str]) -> Vec<u8> {
+        let out = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("gpg must be installed (scripts/test.sh: gnupg)");
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
     }
 
     fn import(&self, bytes: &[u8]) {
@@ -581,5 +606,521 @@ fn a_bound_recipient_never_gets_mail_in_clear_while_the_ledger_is_unreachable() 
     assert!(
         m.flags.contains("$Verified") && m.flags.contains("$Encrypted"),
         "{m:?}"
+    );
+}
+
+/// The highest ledger height `node`'s monitor has read its identity's key history at (from
+/// its log): every read of the node after that is at that height or later.
+fn monitor_height(node: &Node) -> u64 {
+    strip_ansi(&node.log())
+        .lines()
+        .filter(|l| l.contains("monitor: read the key history of our identity"))
+        .filter_map(|l| {
+            let rest = l.split("height=").nth(1)?;
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// The text without ANSI colour sequences (the node's log colours its fields).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Waits until `node` reads the ledger at the chain's height now or later.
+fn caught_up(net: &Devnet, node: &Node) {
+    let h = net.height();
+    let ok = support::wait_until(Duration::from_secs(30), || monitor_height(node) >= h);
+    assert!(
+        ok,
+        "the node's monitor never read the ledger at height {h} (last: {})",
+        monitor_height(node)
+    );
+}
+
+#[test]
+fn trust_paths_key_changes_and_foreign_bindings_are_reported() {
+    let net = Devnet::start(4, "e2e-trust");
+    // Rita receives; Sam sends; Mark only vouches (his identity is on the ledger, his node
+    // never runs).
+    let mut r = Node::new("rita");
+    let mut s = Node::new("sam");
+    let mut m = Node::new("mark");
+    for n in [&mut r, &mut s, &mut m] {
+        n.extra = net.ledger_toml() + "[e2e]\nmonitor_interval_secs = 1\n";
+    }
+    for n in [&r, &s, &m] {
+        register(n);
+    }
+    for n in [&mut r, &mut s] {
+        n.smtp = support::free_port();
+        n.submission = support::free_port();
+        n.imap = support::free_port();
+    }
+    s.route_to(&r);
+    r.route_to(&s);
+    r.start();
+    s.start();
+    let ledger = net.url(0);
+
+    // No statements yet: verified, and no path.
+    submit(&s, &r.address, "Before trust", "no path yet");
+    wait_for(Duration::from_secs(60), "the first message", || {
+        r.count_in_maildir("no path yet") == 1
+    });
+    let (msgs, _) = inbox(&r);
+    let first = one(&msgs, "Before trust");
+    assert!(first.results.contains("pgp=pass"), "{first:?}");
+    assert!(
+        first
+            .results
+            .contains("policy.trust=none policy.trust-depth=4"),
+        "{first:?}"
+    );
+    assert!(
+        !first.flags.contains("$KeyChanged"),
+        "the first message: {first:?}"
+    );
+
+    // Rita vouches fully for Mark, Mark for Sam: a chain of two statements.
+    tx_as(
+        &r.home,
+        "rita",
+        &ledger,
+        &["trust", m.onion(), "--level", "2"],
+    );
+    tx_as(
+        &m.home,
+        "mark",
+        &ledger,
+        &["trust", s.onion(), "--level", "2"],
+    );
+    caught_up(&net, &r);
+    submit(&s, &r.address, "After trust", "a path");
+    wait_for(Duration::from_secs(60), "the message after trust", || {
+        r.count_in_maildir("a path") == 1
+    });
+    let (msgs, _) = inbox(&r);
+    let m2 = one(&msgs, "After trust");
+    for want in [
+        "pgp=pass".to_string(),
+        "policy.trust=full policy.trust-depth=2".into(),
+        format!(
+            "policy.trust-path=\"{}:full {}:full\"",
+            m.onion(),
+            s.onion()
+        ),
+    ] {
+        assert!(m2.results.contains(&want), "{want} not in {m2:?}");
+    }
+
+    // Mark replaces his statement by a marginal one: the chain is marginal.
+    tx_as(
+        &m.home,
+        "mark",
+        &ledger,
+        &["trust", s.onion(), "--level", "1"],
+    );
+    // Sam rotates his key: the next message is marked, once.
+    let cfg = s.home.join("node.toml");
+    let out = s.cli(&[
+        "identity",
+        "rotate-key",
+        "sam",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let new = secret_key(&s);
+    caught_up(&net, &r);
+    // Sam's node made that binding itself: no alert there.
+    caught_up(&net, &s);
+    assert!(s.status().contains("alerts: none"), "{}", s.status());
+    submit(&s, &r.address, "After the rotation", "new key");
+    wait_for(
+        Duration::from_secs(60),
+        "the message after the rotation",
+        || r.count_in_maildir("new key") == 1,
+    );
+    submit(&s, &r.address, "Once more", "same key");
+    wait_for(Duration::from_secs(60), "the next message", || {
+        r.count_in_maildir("same key") == 1
+    });
+    let (msgs, _) = inbox(&r);
+    let m3 = one(&msgs, "After the rotation");
+    assert!(
+        m3.flags.contains("$KeyChanged") && m3.flags.contains("$Verified"),
+        "{m3:?}"
+    );
+    assert!(
+        m3.key_change
+            .starts_with(&format!("{}: since its previous message here", s.address))
+            && m3
+                .key_change
+                .contains(&format!("key {} replaced key", new.fingerprint()))
+            && m3.key_change.contains("(RotateKey) at height "),
+        "{m3:?}"
+    );
+    assert!(
+        m3.results
+            .contains("policy.trust=marginal policy.trust-depth=2"),
+        "{m3:?}"
+    );
+    let m4 = one(&msgs, "Once more");
+    assert!(!m4.flags.contains("$KeyChanged"), "marked once: {m4:?}");
+    assert!(m4.key_change.is_empty(), "{m4:?}");
+    for earlier in ["Before trust", "After trust"] {
+        assert!(!one(&msgs, earlier).flags.contains("$KeyChanged"));
+    }
+
+    // A direct statement that lapses: while it holds it is the chain (full, one statement);
+    // once the clock passes its expiry, the marginal chain through Mark again.
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let expires = now() + 12;
+    tx_as(
+        &r.home,
+        "rita",
+        &ledger,
+        &[
+            "trust",
+            s.onion(),
+            "--level",
+            "2",
+            "--expires-at",
+            &expires.to_string(),
+        ],
+    );
+    caught_up(&net, &r);
+    submit(&s, &r.address, "Direct trust", "direct");
+    wait_for(
+        Duration::from_secs(60),
+        "the message under direct trust",
+        || r.count_in_maildir("direct") == 1,
+    );
+    assert!(
+        now() < expires,
+        "too slow to see the statement before it lapses"
+    );
+    wait_for(Duration::from_secs(30), "the statement to lapse", || {
+        now() >= expires
+    });
+    submit(&s, &r.address, "After the expiry", "lapsed");
+    wait_for(
+        Duration::from_secs(60),
+        "the message after the expiry",
+        || r.count_in_maildir("lapsed") == 1,
+    );
+    let (msgs, _) = inbox(&r);
+    let direct = one(&msgs, "Direct trust");
+    assert!(
+        direct.results.contains(&format!(
+            "policy.trust=full policy.trust-depth=1 policy.trust-path=\"{}:full\"",
+            s.onion()
+        )),
+        "{direct:?}"
+    );
+    let lapsed = one(&msgs, "After the expiry");
+    assert!(
+        lapsed
+            .results
+            .contains("policy.trust=marginal policy.trust-depth=2"),
+        "{lapsed:?}"
+    );
+
+    // Someone with Rita's identity key binds a key her node did not make: an alert in the
+    // log, in status and in her INBOX, raised once, still shown after a restart.
+    assert!(r.status().contains("alerts: none"), "{}", r.status());
+    let foreign = SecretCert::generate(rand::rngs::OsRng, &r.address).unwrap();
+    let file = r.home.join("foreign.pgp");
+    std::fs::write(&file, foreign.public().to_bytes().unwrap()).unwrap();
+    tx_as(
+        &r.home,
+        "rita",
+        &ledger,
+        &["rotate-key", file.to_str().unwrap()],
+    );
+    wait_for(Duration::from_secs(30), "the alert in status", || {
+        r.status().contains("ALERT:")
+    });
+    let status = r.status();
+    assert!(
+        status.contains(&format!(
+            "ALERT: the ledger binds to {} an OpenPGP key this node did not make: key {} replaced key",
+            r.address,
+            foreign.fingerprint()
+        )),
+        "{status}"
+    );
+    assert!(r.log().contains("ALERT"), "logged");
+    wait_for(Duration::from_secs(10), "the alert in the INBOX", || {
+        r.count_in_maildir("Security alert") == 1
+    });
+    let (msgs, _) = inbox(&r);
+    let alert = one(
+        &msgs,
+        &format!(
+            "Security alert: a key this node did not make is bound to {}",
+            r.address
+        ),
+    );
+    assert!(alert.flags.contains("\\Flagged"), "{alert:?}");
+    assert!(
+        alert.body.contains(&foreign.fingerprint().to_string()),
+        "{alert:?}"
+    );
+    r.terminate();
+    assert!(r.status().contains("ALERT:"), "on disk too");
+    r.start();
+    caught_up(&net, &r);
+    assert!(r.status().contains("alerts: 1"), "{}", r.status());
+    assert_eq!(r.count_in_maildir("Security alert"), 1, "raised once");
+}
+
+#[test]
+fn the_node_verifies_and_decrypts_what_gpg_rnp_and_sq_sign_and_encrypt_to_it() {
+    let net = Devnet::start(4, "e2e-gpg-in");
+    // Gina's OpenPGP key is GnuPG's, bound to her identity with the onionpost command line;
+    // Bob's is his node's, given to gpg as `identity export-key` prints it.
+    let mut b = Node::new("bob");
+    let mut g = Node::new("gina");
+    for n in [&mut b, &mut g] {
+        n.extra = net.ledger_toml() + "[e2e]\nmonitor_interval_secs = 1\n";
+    }
+    register(&b);
+    register(&g);
+    b.smtp = support::free_port();
+    b.submission = support::free_port();
+    b.imap = support::free_port();
+    b.start();
+
+    let gpg = Gpg::new();
+    gpg.output(&[
+        "--quick-gen-key",
+        &g.address,
+        "future-default",
+        "default",
+        "never",
+    ]);
+    let gina_key = gpg.output(&["--export", &g.address]);
+    let gina = onionpost_e2e::PublicCert::from_bytes(&gina_key).expect("gpg's certificate");
+    let file = g.home.join("gina.pgp");
+    std::fs::write(&file, &gina_key).unwrap();
+    tx_as(
+        &g.home,
+        "gina",
+        &net.url(0),
+        &["rotate-key", file.to_str().unwrap()],
+    );
+    let exported = b.cli(&["identity", "export-key", "bob"]);
+    assert!(exported.status.success(), "{exported:?}");
+    gpg.import(&exported.stdout);
+    caught_up(&net, &b);
+
+    let dir = tempfile::tempdir().unwrap();
+    let entity = dir.path().join("entity");
+    std::fs::write(
+        &entity,
+        "Content-Type: text/plain; charset=us-ascii\r\n\r\nMeet me at the old mill at noon.\r\n",
+    )
+    .unwrap();
+    let entity = entity.to_str().unwrap();
+    let head = |subject: &str, id: &str| {
+        format!(
+            "From: {}\r\nTo: {}\r\nSubject: {subject}\r\nMessage-ID: <{id}@gpg>\r\nMIME-Version: 1.0\r\n",
+            g.address, b.address
+        )
+    };
+    // Signed and encrypted (one OpenPGP message, RFC 3156 6.2), as a mail client wraps it.
+    let armored = gpg.output(&[
+        "--armor",
+        "--sign",
+        "--encrypt",
+        "-u",
+        &g.address,
+        "-r",
+        &b.address,
+        "-o",
+        "-",
+        entity,
+    ]);
+    let wrap = |subject: &str, id: &str, armored: &[u8]| {
+        let mut m = (head(subject, id)
+            + "Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"enc\"\r\n\r\n\
+               --enc\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n\
+               --enc\r\nContent-Type: application/octet-stream\r\n\r\n")
+            .into_bytes();
+        m.extend_from_slice(armored);
+        m.extend_from_slice(b"\r\n--enc--\r\n");
+        m
+    };
+    let sealed = wrap("From GnuPG, sealed", "sealed", &armored);
+    // Signed only (a detached signature, RFC 3156 5), as mutt makes it.
+    let sig = gpg.output(&[
+        "--armor",
+        "--detach-sign",
+        "--digest-algo",
+        "SHA256",
+        "-u",
+        &g.address,
+        "-o",
+        "-",
+        entity,
+    ]);
+    let mut signed = (head("From GnuPG, signed", "signed")
+        + "Content-Type: multipart/signed; micalg=pgp-sha256; protocol=\"application/pgp-signature\"; boundary=\"sig\"\r\n\r\n--sig\r\n")
+        .into_bytes();
+    signed.extend_from_slice(&std::fs::read(entity).unwrap());
+    signed.extend_from_slice(b"\r\n--sig\r\nContent-Type: application/pgp-signature\r\n\r\n");
+    signed.extend_from_slice(&sig);
+    signed.extend_from_slice(b"\r\n--sig--\r\n");
+
+    for m in [&sealed, &signed] {
+        assert_eq!(send_raw(&b, &g.address, &b.address, m), "OK");
+    }
+    let (msgs, _) = inbox(&b);
+    let m = one(&msgs, "From GnuPG, sealed");
+    assert_eq!(m.body, "Meet me at the old mill at noon.");
+    assert!(
+        m.flags.contains("$Verified") && m.flags.contains("$Encrypted"),
+        "{m:?}"
+    );
+    for want in [
+        "pgp=pass".to_string(),
+        format!("policy.cert={}", gina.fingerprint()),
+        "policy.encrypted=yes".into(),
+    ] {
+        assert!(m.results.contains(&want), "{want} not in {m:?}");
+    }
+    let m = one(&msgs, "From GnuPG, signed");
+    assert_eq!(m.body, "Meet me at the old mill at noon.");
+    assert!(
+        m.flags.contains("$Verified") && !m.flags.contains("$Encrypted"),
+        "{m:?}"
+    );
+    assert!(
+        m.results
+            .contains(&format!("policy.cert={}", gina.fingerprint())),
+        "{m:?}"
+    );
+
+    // RNP, with the same key (gpg exports it with its secret), signs and encrypts.
+    let mut ring = gpg.output(&["--armor", "--export-secret-keys", &g.address]);
+    ring.extend_from_slice(&exported.stdout);
+    let ring_path = dir.path().join("ring.asc");
+    std::fs::write(&ring_path, &ring).unwrap();
+    let rnp_home = tempfile::tempdir().unwrap();
+    let rnp_out = dir.path().join("rnp.asc");
+    let out = Command::new("rnp")
+        .arg("--homedir")
+        .arg(rnp_home.path())
+        .arg("--keyfile")
+        .arg(&ring_path)
+        .args(["--notty", "--overwrite", "--password", ""])
+        .args([
+            "--sign",
+            "--encrypt",
+            "--armor",
+            "-u",
+            &g.address,
+            "-r",
+            &b.address,
+        ])
+        .arg(entity)
+        .arg("--output")
+        .arg(&rnp_out)
+        .output()
+        .expect("rnp must be installed (scripts/test.sh: rnp)");
+    assert!(out.status.success(), "rnp: {out:?}");
+    let by_rnp = wrap("From RNP", "rnp", &std::fs::read(&rnp_out).unwrap());
+    assert_eq!(send_raw(&b, &g.address, &b.address, &by_rnp), "OK");
+
+    // Gina's key becomes Sequoia's (RotateKey): sq signs (with a subkey) and encrypts; the
+    // node marks the change on this first message after it.
+    let sq_key = dir.path().join("sq.key");
+    let out = Command::new("sq")
+        .args([
+            "key",
+            "generate",
+            "--userid",
+            &format!("<{}>", g.address),
+            "--export",
+        ])
+        .arg(&sq_key)
+        .output()
+        .expect("sq must be installed (scripts/test.sh: sq)");
+    assert!(out.status.success(), "sq key generate: {out:?}");
+    let out = Command::new("sq")
+        .args(["key", "extract-cert"])
+        .arg(&sq_key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sq key extract-cert: {out:?}");
+    let sq_cert = onionpost_e2e::PublicCert::from_bytes(&out.stdout).expect("sq's certificate");
+    std::fs::write(&file, sq_cert.to_bytes().unwrap()).unwrap();
+    tx_as(
+        &g.home,
+        "gina",
+        &net.url(0),
+        &["rotate-key", file.to_str().unwrap()],
+    );
+    let bob_cert = dir.path().join("bob.asc");
+    std::fs::write(&bob_cert, &exported.stdout).unwrap();
+    let out = Command::new("sq")
+        .arg("encrypt")
+        .arg("--recipient-cert")
+        .arg(&bob_cert)
+        .arg("--signer-key")
+        .arg(&sq_key)
+        .arg(entity)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sq encrypt: {out:?}");
+    caught_up(&net, &b);
+    let by_sq = wrap("From Sequoia", "sq", &out.stdout);
+    assert_eq!(send_raw(&b, &g.address, &b.address, &by_sq), "OK");
+
+    let (msgs, _) = inbox(&b);
+    for (subject, cert, changed) in [
+        ("From RNP", gina.fingerprint(), false),
+        ("From Sequoia", sq_cert.fingerprint(), true),
+    ] {
+        let m = one(&msgs, subject);
+        assert_eq!(m.body, "Meet me at the old mill at noon.", "{m:?}");
+        assert!(
+            m.flags.contains("$Verified") && m.flags.contains("$Encrypted"),
+            "{m:?}"
+        );
+        assert!(m.results.contains(&format!("policy.cert={cert}")), "{m:?}");
+        assert_eq!(m.flags.contains("$KeyChanged"), changed, "{m:?}");
+    }
+    assert!(
+        one(&msgs, "From Sequoia").key_change.contains(&format!(
+            "key {} replaced key {}",
+            sq_cert.fingerprint(),
+            gina.fingerprint()
+        )),
+        "{msgs:?}"
     );
 }

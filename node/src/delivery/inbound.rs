@@ -24,7 +24,10 @@ use onionpost_proto::onion::OnionAddress;
 
 use crate::config::UnverifiedPolicy;
 use crate::e2e::E2e;
+use crate::e2e::changes::{describe, key_change};
 use crate::e2e::directory::{BoundKeys, Ended};
+use crate::e2e::trust::{Trust, onion};
+use crate::e2e::watch::UpdateError;
 use crate::message::split_header;
 use crate::store::Flags;
 
@@ -134,6 +137,20 @@ pub struct Authenticated {
     /// The dedupe key, of the message before the node's header (the same for every retry of
     /// the sender, even re-encrypted ones).
     pub dedupe: Option<DedupeKey>,
+}
+
+/// The field that says what changed in the sender's keys since its previous message.
+pub const KEY_CHANGE_FIELD: &str = "Onionpost-Key-Change";
+
+/// What the edge found besides the sender's keys, for [`authenticate_with`].
+#[derive(Debug, Clone, Default)]
+pub struct Annotations {
+    /// What the receiving identity's trust statements say about the From identity (None:
+    /// not evaluated, for example no ledger).
+    pub trust: Option<Trust>,
+    /// The sender's key changes since its previous message here, in words (None: none, or
+    /// its first message).
+    pub key_change: Option<String>,
 }
 
 /// The RFC 8601 result of the `pgp` method.
@@ -289,6 +306,7 @@ fn results_field(
     from: Option<&str>,
     height: Option<u64>,
     encrypted: bool,
+    trust: Option<&Trust>,
 ) -> String {
     let mut f = format!(
         "Authentication-Results: {authserv};\r\n\tpgp={}",
@@ -309,11 +327,43 @@ fn results_field(
     if let Some(h) = height {
         f += &format!("\r\n\tpolicy.ledger-height={h}");
     }
+    // Trust in an identity says nothing about a message it did not validly sign.
+    if let (PgpResult::Pass(_), Some(t)) = (result, trust) {
+        f += &trust_properties(t);
+    }
     f += &format!(
         "\r\n\tpolicy.encrypted={}\r\n",
         if encrypted { "yes" } else { "no" }
     );
     f
+}
+
+/// The `policy.trust` properties (folded lines) of a trust verdict.
+fn trust_properties(t: &Trust) -> String {
+    match t {
+        Trust::Own => "\r\n\tpolicy.trust=self".into(),
+        Trust::Path { level, hops } => {
+            let path: Vec<String> = hops
+                .iter()
+                .map(|h| format!("{}:{}", onion(&h.to), h.level.name()))
+                .collect();
+            format!(
+                "\r\n\tpolicy.trust={} policy.trust-depth={}\r\n\tpolicy.trust-path=\"{}\"",
+                level.name(),
+                hops.len(),
+                path.join("\r\n\t ")
+            )
+        }
+        Trust::NoPath { depth, complete } => format!(
+            "\r\n\tpolicy.trust=none policy.trust-depth={depth}{}",
+            if *complete {
+                ""
+            } else {
+                " policy.trust-search=partial"
+            }
+        ),
+        Trust::Unknown(why) => format!("\r\n\tpolicy.trust=unknown reason={}", quoted(why)),
+    }
 }
 
 /// The end-to-end stage for one recipient: decrypt with the recipient's `secrets` (current
@@ -327,7 +377,40 @@ pub fn authenticate(
     policy: UnverifiedPolicy,
     authserv: &str,
 ) -> Authenticated {
-    let message = strip_fields(message, "Authentication-Results");
+    authenticate_with(
+        message,
+        secrets,
+        sender,
+        policy,
+        authserv,
+        &Annotations::default(),
+    )
+}
+
+/// [`authenticate`], reporting the trust path (in `Authentication-Results`, for a `pass`)
+/// and the sender's key change (`$KeyChanged` and an [`KEY_CHANGE_FIELD`] field) that the
+/// edge found. Pure.
+pub fn authenticate_with(
+    message: &[u8],
+    secrets: &[SecretCert],
+    sender: &SenderKeys,
+    policy: UnverifiedPolicy,
+    authserv: &str,
+    notes: &Annotations,
+) -> Authenticated {
+    let message = strip_fields(
+        &strip_fields(message, "Authentication-Results"),
+        KEY_CHANGE_FIELD,
+    );
+    let change = notes
+        .key_change
+        .as_ref()
+        .map(|c| format!("{KEY_CHANGE_FIELD}: {}\r\n", field_value(c)));
+    let change_flag = if change.is_some() {
+        Flags::KEY_CHANGED
+    } else {
+        Flags::default()
+    };
     let certs: Vec<_> = match sender {
         SenderKeys::Ledger(k) => k.history.iter().map(|h| h.cert.clone()).collect(),
         SenderKeys::Unchecked(_) => Vec::new(),
@@ -342,12 +425,13 @@ pub fn authenticate(
             // Kept as it came, marked: a message that cannot be opened is never lost.
             let from = crate::message::header_value(&message, "From");
             let result = PgpResult::Fail(chain(&e));
-            let field = results_field(authserv, &result, from.as_deref(), height, false);
+            let field = results_field(authserv, &result, from.as_deref(), height, false, None);
+            let change = change.unwrap_or_default();
             return Authenticated {
                 verdict: Verdict::Accept,
                 dedupe: dedupe_key(&message),
-                message: [field.as_bytes(), &message].concat(),
-                flags: Flags::UNVERIFIED,
+                message: [field.as_bytes(), change.as_bytes(), &message].concat(),
+                flags: Flags::UNVERIFIED.with(change_flag),
             };
         }
     };
@@ -359,6 +443,7 @@ pub fn authenticate(
     if opened.encrypted {
         flags = flags.with(Flags::ENCRYPTED);
     }
+    flags = flags.with(change_flag);
     let bound = matches!(sender, SenderKeys::Ledger(k) if k.ever_bound);
     let verdict = match (&result, bound, policy) {
         (PgpResult::Pass(_), _, _) | (_, false, _) | (_, true, UnverifiedPolicy::Mark) => {
@@ -385,14 +470,29 @@ pub fn authenticate(
         opened.from.as_deref(),
         height,
         opened.encrypted,
+        notes.trust.as_ref(),
     );
-    let readable = strip_fields(&opened.message, "Authentication-Results");
+    let readable = strip_fields(
+        &strip_fields(&opened.message, "Authentication-Results"),
+        KEY_CHANGE_FIELD,
+    );
+    let change = change.unwrap_or_default();
     Authenticated {
         verdict,
         dedupe: dedupe_key(&readable),
-        message: [field.as_bytes(), &readable].concat(),
+        message: [field.as_bytes(), change.as_bytes(), &readable].concat(),
         flags,
     }
+}
+
+/// A field value on one line: control characters (line breaks) become spaces. Lines are
+/// long (one per change, fingerprints and heights), but never broken inside a word.
+fn field_value(s: &str) -> String {
+    let one: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    one.replace("; ", ";\r\n\t")
 }
 
 /// The key under which a message is deduplicated: Message-ID and content. Messages without a
@@ -456,13 +556,15 @@ pub fn store_flagged(
     }
 }
 
-/// The per-recipient result of running the stages for one recipient. Blocks on the disk.
+/// The per-recipient result of running the stages for one recipient, with what the
+/// recipient's trust statements say about the sender. Blocks on the disk.
 fn deliver_one(
     ids: &Identities,
     scope: Scope,
     recipient: &str,
     message: &[u8],
     sender: &SenderKeys,
+    trust: Option<Trust>,
     e2e: &E2e,
 ) -> Result<(), Reply> {
     let class = classify(ids, scope, recipient);
@@ -477,18 +579,72 @@ fn deliver_one(
     let _e = span.enter();
     let secrets = e2e.secrets(&h.identity).map_err(|e| {
         tracing::error!("reading the recipient's OpenPGP keys: {e}");
-        reply(
-            451,
-            [4, 3, 0],
-            "Error: local key store error; try again later",
-        )
+        local_error()
     })?;
-    let a = authenticate(
+    let notes = Annotations {
+        trust,
+        key_change: None,
+    };
+    // Only identities that have bound a key are remembered: anyone can put an unbound
+    // onion address in From, and the state must not grow with them.
+    let keys = match sender {
+        SenderKeys::Ledger(keys) if !keys.events.is_empty() => keys,
+        _ => return judge_and_store(&h, message, &secrets, sender, &notes, e2e),
+    };
+    // The sender's key history against what its previous message here was checked
+    // against: marked once, remembered only once the message is stored.
+    let who = onion(&keys.identity);
+    let updated = e2e.watches.update(&h.identity, |st| {
+        let (change, seen) = key_change(st.correspondents.get(&who), &keys.events, keys.height);
+        let notes = Annotations {
+            key_change: change.map(|c| {
+                format!(
+                    "{}: since its previous message here (checked at height {}): {}",
+                    keys.address,
+                    st.correspondents.get(&who).map_or(0, |c| c.height),
+                    describe(&keys.events, keys.events.len() - c.len())
+                )
+            }),
+            ..notes.clone()
+        };
+        judge_and_store(&h, message, &secrets, sender, &notes, e2e)?;
+        st.correspondents.insert(who.clone(), seen);
+        Ok(())
+    });
+    match updated {
+        Ok(()) => Ok(()),
+        Err(UpdateError::Inner(r)) => Err(r),
+        Err(UpdateError::Watch(e)) => {
+            tracing::error!("{e}");
+            Err(local_error())
+        }
+    }
+}
+
+fn local_error() -> Reply {
+    reply(
+        451,
+        [4, 3, 0],
+        "Error: local key store error; try again later",
+    )
+}
+
+/// [`authenticate_with`], then the policy's refusal or [`store_flagged`].
+fn judge_and_store(
+    h: &Hosted,
+    message: &[u8],
+    secrets: &[SecretCert],
+    sender: &SenderKeys,
+    notes: &Annotations,
+    e2e: &E2e,
+) -> Result<(), Reply> {
+    let a = authenticate_with(
         message,
-        &secrets,
+        secrets,
         sender,
         e2e.policy(),
         &h.identity.onion.hostname(),
+        notes,
     );
     match a.verdict {
         Verdict::Accept => {}
@@ -496,6 +652,9 @@ fn deliver_one(
             tracing::info!("refused by the end-to-end policy: {}", r.message);
             return Err(r);
         }
+    }
+    if a.flags.contains(Flags::KEY_CHANGED) {
+        tracing::info!(from = %crate::message::header_value(message, "From").unwrap_or_default(), "the sender's keys changed since its previous message: marked $KeyChanged");
     }
     store_flagged(&*h.mailbox, &a.message, a.dedupe, a.flags)
 }
@@ -648,11 +807,16 @@ impl Inbound {
                 return vec![Err(r); n];
             }
         };
+        let mut trust = Vec::with_capacity(n);
+        for r in &recipients {
+            trust.push(self.trust(&ids, scope, r, &sender).await);
+        }
         let e2e = self.e2e.clone();
         tokio::task::spawn_blocking(move || {
             recipients
                 .iter()
-                .map(|r| deliver_one(&ids, scope, r, &message, &sender, &e2e))
+                .zip(trust)
+                .map(|(r, t)| deliver_one(&ids, scope, r, &message, &sender, t, &e2e))
                 .collect()
         })
         .await
@@ -660,6 +824,29 @@ impl Inbound {
             tracing::error!("delivery task failed: {e}");
             vec![Err(reply(451, [4, 3, 0], "Error: local delivery failed")); n]
         })
+    }
+
+    /// What a hosted recipient's trust statements say about a sender with keys on the
+    /// ledger (None for anyone else, and for a sender that never bound a key: nothing it
+    /// sends can pass).
+    async fn trust(
+        &self,
+        ids: &Identities,
+        scope: Scope,
+        recipient: &str,
+        sender: &SenderKeys,
+    ) -> Option<Trust> {
+        let SenderKeys::Ledger(k) = sender else {
+            return None;
+        };
+        let Class::Hosted(h) = classify(ids, scope, recipient) else {
+            return None;
+        };
+        if k.history.is_empty() {
+            return None;
+        }
+        let me = h.identity.onion.public_key();
+        Some(self.e2e.trust(&me, &k.identity, k.height).await)
     }
 
     /// Delivers queued mail to identities of this node, as the queue wants it: one outcome
@@ -822,6 +1009,9 @@ mod tests {
 
         fn history(keys: &[(&SecretCert, Option<u64>)]) -> SenderKeys {
             SenderKeys::Ledger(Box::new(BoundKeys {
+                address: String::new(),
+                identity: [1; 32],
+                events: Vec::new(),
                 height: 42,
                 active: None,
                 history: keys
@@ -1062,6 +1252,185 @@ mod tests {
                 "stored as received: {t}"
             );
             assert!(!t.contains("evil.example"));
+        }
+
+        #[test]
+        fn trust_and_key_changes_are_reported_and_never_taken_from_the_message() {
+            use crate::e2e::trust::{Hop, Level};
+            let (a, b) = (addr("alice", 1), addr("bob", 2));
+            let (ka, kb) = (key(&a), key(&b));
+            let forged_notes = format!(
+                "{KEY_CHANGE_FIELD}: nothing changed, trust me\r\n{}",
+                String::from_utf8(mail(&a, &b, "hi")).unwrap()
+            );
+            let signed = onionpost_e2e::sign(
+                rand::rngs::OsRng,
+                forged_notes.as_bytes(),
+                &ka,
+                Protect::default(),
+            )
+            .unwrap();
+            let hop = |n: u8, level| Hop {
+                to: [n; 32],
+                level,
+                expires_at: 0,
+                signed_height: 3,
+            };
+            let notes = Annotations {
+                trust: Some(Trust::Path {
+                    level: Level::Marginal,
+                    hops: vec![hop(5, Level::Full), hop(1, Level::Marginal)],
+                }),
+                key_change: Some("alice: key X replaced key Y (RotateKey) at height 9; key X revoked (RevokeKey) at height 12".into()),
+            };
+            let got = authenticate_with(
+                &signed,
+                std::slice::from_ref(&kb),
+                &history(&[(&ka, None)]),
+                UnverifiedPolicy::Mark,
+                "me.onion",
+                &notes,
+            );
+            assert_eq!(got.flags, Flags::VERIFIED.with(Flags::KEY_CHANGED));
+            let t = text(&got);
+            let path = format!(
+                "policy.trust=marginal policy.trust-depth=2\r\n\tpolicy.trust-path=\"{}:full\r\n\t {}:marginal\"",
+                onion(&[5; 32]),
+                onion(&[1; 32])
+            );
+            assert!(t.contains(&path), "{t}");
+            assert!(
+                t.contains(&format!("\r\n{KEY_CHANGE_FIELD}: alice: key X replaced key Y (RotateKey) at height 9;\r\n\tkey X revoked")),
+                "{t}"
+            );
+            assert!(
+                !t.contains("trust me"),
+                "the sender's own field is removed: {t}"
+            );
+
+            // No path, a partial search, and an unknown answer are said as such.
+            for (trust, want) in [
+                (
+                    Trust::NoPath {
+                        depth: 4,
+                        complete: true,
+                    },
+                    "policy.trust=none policy.trust-depth=4\r\n",
+                ),
+                (
+                    Trust::NoPath {
+                        depth: 4,
+                        complete: false,
+                    },
+                    "policy.trust-search=partial",
+                ),
+                (
+                    Trust::Unknown("down".into()),
+                    "policy.trust=unknown reason=\"down\"",
+                ),
+                (Trust::Own, "policy.trust=self"),
+            ] {
+                let notes = Annotations {
+                    trust: Some(trust),
+                    key_change: None,
+                };
+                let got = authenticate_with(
+                    &signed,
+                    std::slice::from_ref(&kb),
+                    &history(&[(&ka, None)]),
+                    UnverifiedPolicy::Mark,
+                    "me.onion",
+                    &notes,
+                );
+                assert!(text(&got).contains(want), "{want}: {}", text(&got));
+                assert_eq!(got.flags, Flags::VERIFIED);
+            }
+
+            // A message that does not pass says nothing about trust, but is marked changed.
+            let unsigned = mail(&a, &b, "unsigned");
+            let got = authenticate_with(
+                &unsigned,
+                std::slice::from_ref(&kb),
+                &history(&[(&ka, None)]),
+                UnverifiedPolicy::Mark,
+                "me.onion",
+                &notes,
+            );
+            assert_eq!(got.flags, Flags::UNVERIFIED.with(Flags::KEY_CHANGED));
+            assert!(!text(&got).contains("policy.trust"), "{}", text(&got));
+        }
+
+        #[test]
+        fn a_correspondents_key_change_is_marked_once_and_remembered_across_restarts() {
+            use crate::e2e::directory::{KeyEvent, KeyEventKind};
+            let (home, ctx, alice, _bob) = super::two_identities();
+            let e2e = || E2e::new(crate::ledger::NodeLedger::none(), Default::default());
+            let sender = addr("sam", 9);
+            let ks = key(&sender);
+            let event = |seq: u64, kind| KeyEvent {
+                seq,
+                kind,
+                fingerprint: Some(format!("F{seq}")),
+                key_id: String::new(),
+                height: 10 * (seq + 1),
+                reason: String::new(),
+            };
+            let keys = |events: Vec<KeyEvent>| {
+                let mut k = match history(&[(&ks, None)]) {
+                    SenderKeys::Ledger(k) => k,
+                    SenderKeys::Unchecked(_) => unreachable!(),
+                };
+                k.identity = [9; 32];
+                k.address = sender.clone();
+                k.events = events;
+                SenderKeys::Ledger(k)
+            };
+            let ids = ctx.identities();
+            let deliver = |e2e: &E2e, n: u32, sender: &SenderKeys| {
+                let msg = onionpost_e2e::sign(
+                    rand::rngs::OsRng,
+                    format!(
+                        "From: {}\r\nTo: {alice}\r\nMessage-ID: <k{n}@x>\r\n\r\n{n}\r\n",
+                        addr("sam", 9)
+                    )
+                    .as_bytes(),
+                    &ks,
+                    Protect::default(),
+                )
+                .unwrap();
+                deliver_one(&ids, Scope::AllHosted, &alice, &msg, sender, None, e2e).unwrap();
+            };
+            let flags = || -> Vec<bool> {
+                let mb = ctx.identities().by_address(&alice).unwrap().mailbox.clone();
+                mb.snapshot()
+                    .messages
+                    .iter()
+                    .map(|m| m.flags.contains(Flags::KEY_CHANGED))
+                    .collect()
+            };
+            let one = vec![event(0, KeyEventKind::Bind)];
+            let two = vec![event(0, KeyEventKind::Bind), event(1, KeyEventKind::Rotate)];
+            let first = e2e();
+            deliver(&first, 1, &keys(one.clone()));
+            deliver(&first, 2, &keys(one));
+            // A restart: a new edge, the state from the disk.
+            let again = e2e();
+            deliver(&again, 3, &keys(two.clone()));
+            deliver(&again, 4, &keys(two));
+            assert_eq!(flags(), [false, false, true, false]);
+            let mb = ctx.identities().by_address(&alice).unwrap().mailbox.clone();
+            let third = String::from_utf8(mb.read(mb.snapshot().messages[2].uid).unwrap()).unwrap();
+            assert!(
+                third.contains(&format!("{KEY_CHANGE_FIELD}: {sender}: since its previous message here (checked at height 42): key F1 replaced key F0 (RotateKey) at height 20\r\n")),
+                "{third}"
+            );
+            // An identity that never bound a key is not remembered.
+            let state =
+                crate::e2e::watch::path_of(&ctx.identities().by_address(&alice).unwrap().identity);
+            let before = std::fs::read(&state).unwrap();
+            deliver(&again, 5, &keys(vec![]));
+            assert_eq!(std::fs::read(&state).unwrap(), before);
+            drop(home);
         }
     }
 }

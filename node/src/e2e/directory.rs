@@ -34,9 +34,62 @@ pub struct HistoryKey {
     pub ended: Option<Ended>,
 }
 
+/// What one entry of an identity's key history did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyEventKind {
+    /// BindKey: the first key (or the first after a revocation).
+    Bind,
+    /// RotateKey: a new key replaced the active one.
+    Rotate,
+    /// RevokeKey: the active key was revoked.
+    Revoke,
+}
+
+impl KeyEventKind {
+    /// The transaction's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyEventKind::Bind => "BindKey",
+            KeyEventKind::Rotate => "RotateKey",
+            KeyEventKind::Revoke => "RevokeKey",
+        }
+    }
+}
+
+/// One entry of an identity's key history, as the monitor and the key-change marks need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyEvent {
+    /// Its position in the history (0 = first).
+    pub seq: u64,
+    /// What it did.
+    pub kind: KeyEventKind,
+    /// The OpenPGP fingerprint of the key bound or revoked (None: the bytes do not parse).
+    pub fingerprint: Option<String>,
+    /// The ledger's key id (hex SHA-256 of the key bytes).
+    pub key_id: String,
+    /// The height it was applied at.
+    pub height: u64,
+    /// The reason a revocation gave.
+    pub reason: String,
+}
+
+impl KeyEvent {
+    /// The key named the way a person can compare it: the fingerprint, or the ledger's key id.
+    pub fn key_name(&self) -> String {
+        match &self.fingerprint {
+            Some(f) => f.clone(),
+            None => format!("(unparsable, ledger key id {})", self.key_id),
+        }
+    }
+}
+
 /// What the ledger binds to one identity, as verified at `height`.
 #[derive(Debug, Clone)]
 pub struct BoundKeys {
+    /// The address asked about.
+    pub address: String,
+    /// Its ledger identity.
+    pub identity: IdentityKey,
     /// The verified height of the answer.
     pub height: u64,
     /// The active key: none (never bound, revoked, or not registered), its certificate, or
@@ -46,6 +99,8 @@ pub struct BoundKeys {
     pub history: Vec<HistoryKey>,
     /// Whether the identity ever bound a key (even one that does not parse, or was revoked).
     pub ever_bound: bool,
+    /// Every entry of the key history, oldest first.
+    pub events: Vec<KeyEvent>,
 }
 
 /// The ledger identity (its ed25519 key) of an address at an onion, if it is one.
@@ -54,14 +109,45 @@ pub fn identity_of(address: &str) -> Option<IdentityKey> {
     domain.parse::<OnionAddress>().ok().map(|o| o.public_key())
 }
 
-/// Turns a verified identity record into certificates for `address`. Pure.
-pub fn keys_from(identity: Option<&Identity>, address: &str, height: u64) -> BoundKeys {
+/// The history entries as events. Pure.
+fn events_of(id: &Identity) -> Vec<KeyEvent> {
+    id.key_history
+        .iter()
+        .map(|e| KeyEvent {
+            seq: e.seq,
+            kind: match Kind::try_from(e.kind).unwrap_or(Kind::Bind) {
+                Kind::Bind => KeyEventKind::Bind,
+                Kind::Rotate => KeyEventKind::Rotate,
+                Kind::Revoke => KeyEventKind::Revoke,
+            },
+            fingerprint: e
+                .key
+                .as_ref()
+                .and_then(|k| PublicCert::from_bytes(&k.public_key).ok())
+                .map(|c| c.fingerprint().to_hex()),
+            key_id: hex::encode(&e.key_id),
+            height: e.height,
+            reason: e.reason.clone(),
+        })
+        .collect()
+}
+
+/// Turns a verified identity record of `who` into certificates for `address`. Pure.
+pub fn keys_from(
+    identity: Option<&Identity>,
+    who: IdentityKey,
+    address: &str,
+    height: u64,
+) -> BoundKeys {
     let Some(id) = identity else {
         return BoundKeys {
+            address: address.to_string(),
+            identity: who,
             height,
             active: None,
             history: Vec::new(),
             ever_bound: false,
+            events: Vec::new(),
         };
     };
     let active = id
@@ -108,10 +194,13 @@ pub fn keys_from(identity: Option<&Identity>, address: &str, height: u64) -> Bou
         }
     }
     BoundKeys {
+        address: address.to_string(),
+        identity: who,
         height,
         active,
         history,
         ever_bound: !id.key_history.is_empty(),
+        events: events_of(id),
     }
 }
 
@@ -125,7 +214,7 @@ pub async fn bound_keys<L: Ledger>(
         return Ok(None);
     };
     let v = ledger.identity(&who, At::Latest).await?;
-    Ok(Some(keys_from(v.value.as_ref(), address, v.height)))
+    Ok(Some(keys_from(v.value.as_ref(), who, address, v.height)))
 }
 
 #[cfg(test)]
@@ -170,7 +259,7 @@ mod tests {
             key_history: vec![entry(0, Kind::Bind, &b1, 5), entry(1, Kind::Rotate, &b2, 9)],
             mailbox_hosts: vec![],
         };
-        let keys = keys_from(Some(&id), &addr, 12);
+        let keys = keys_from(Some(&id), [3; 32], &addr, 12);
         assert_eq!(keys.height, 12);
         assert!(keys.ever_bound);
         let active = keys.active.clone().unwrap().unwrap();
@@ -187,23 +276,47 @@ mod tests {
         assert_eq!(keys.history[1].ended, None);
 
         // Another address's key bound here is unusable (outgoing mail must not use it).
-        let other = keys_from(Some(&id), &format!("carol@{}", onion.hostname()), 12);
+        let other = keys_from(
+            Some(&id),
+            [3; 32],
+            &format!("carol@{}", onion.hostname()),
+            12,
+        );
         assert!(other.active.unwrap().is_err());
 
         // Revoked: no active key, and the history says when it ended.
         let mut revoked = id.clone();
         revoked.record.active_key = None;
         revoked.key_history.push(entry(2, Kind::Revoke, &b2, 11));
-        let keys = keys_from(Some(&revoked), &addr, 12);
+        let keys = keys_from(Some(&revoked), [3; 32], &addr, 12);
         assert!(keys.active.is_none());
         assert!(keys.history[1].ended.unwrap().revoked);
+        let kinds: Vec<_> = keys.events.iter().map(|e| (e.kind, e.height)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (KeyEventKind::Bind, 5),
+                (KeyEventKind::Rotate, 9),
+                (KeyEventKind::Revoke, 11)
+            ]
+        );
+        assert_eq!(
+            keys.events[2].fingerprint,
+            Some(k2.fingerprint().to_hex()),
+            "a revocation names the key it revoked"
+        );
 
         // Garbage bound: unusable, never "no key".
         let mut bad = id.clone();
         bad.record.active_key.as_mut().unwrap().public_key = b"junk".to_vec();
-        assert!(keys_from(Some(&bad), &addr, 12).active.unwrap().is_err());
+        assert!(
+            keys_from(Some(&bad), [3; 32], &addr, 12)
+                .active
+                .unwrap()
+                .is_err()
+        );
 
-        let none = keys_from(None, &addr, 12);
+        let none = keys_from(None, [3; 32], &addr, 12);
         assert!(none.active.is_none() && !none.ever_bound);
     }
 }

@@ -209,6 +209,12 @@ impl Keyring {
     pub fn has(&self, fpr: &Fingerprint) -> bool {
         self.key_path(&fpr.to_hex()).exists()
     }
+
+    /// Whether a key with this fingerprint (upper-case hex, as [`Fingerprint::to_hex`]
+    /// writes it) is in the keyring.
+    pub fn has_hex(&self, fpr: &str) -> bool {
+        !fpr.is_empty() && fpr.bytes().all(|b| b.is_ascii_hexdigit()) && self.key_path(fpr).exists()
+    }
 }
 
 #[cfg(test)]

@@ -2,14 +2,21 @@
 //!
 //! * [`keyring`]: each identity's OpenPGP keys on disk (current and older ones);
 //! * [`directory`]: the keys the ledger binds to an identity, read with verified proofs;
+//! * [`trust`]: trust paths from the receiving identity's own trust statements;
+//! * [`changes`], [`watch`], [`monitor`]: key changes of correspondents (`$KeyChanged`) and
+//!   alerts for bindings of the node's own identities that it did not make;
 //! * [`E2e`] (this file): the async edge the delivery stages call: recipient key lookups
 //!   for [`crate::delivery::outbound::protect`], the From identity's keys for
 //!   [`crate::delivery::inbound::authenticate`], and the identities' secret keys, cached.
 //!
 //! The decisions are the stages' pure functions; this module only gathers their inputs.
 
+pub mod changes;
 pub mod directory;
 pub mod keyring;
+pub mod monitor;
+pub mod trust;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,6 +33,9 @@ use crate::lists::address::parse_member_address;
 use crate::smtp::reply::{Reply, reply};
 use directory::bound_keys;
 use keyring::{Keyring, KeyringError};
+use onionpost_ledger_client::IdentityKey;
+use trust::{Trust, trust_in};
+use watch::Watches;
 
 /// An identity's secret keys as cached: the current fingerprint, and every key (the current
 /// one first).
@@ -37,6 +47,8 @@ pub struct E2e {
     config: E2eConfig,
     /// Keyring directory -> (current fingerprint, every key with the current first).
     secrets: Mutex<HashMap<PathBuf, CachedKeys>>,
+    /// The identities' ledger watch state (key changes seen, alerts).
+    pub watches: Watches,
 }
 
 /// The single From address of a message, lower-cased (None: none, or several).
@@ -86,7 +98,33 @@ impl E2e {
             ledger,
             config,
             secrets: Mutex::new(HashMap::new()),
+            watches: Watches::default(),
         })
+    }
+
+    /// How often the monitor checks the node's own identities on the ledger.
+    pub fn monitor_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.config.monitor_interval_secs.max(1))
+    }
+
+    /// What `recipient`'s trust statements say about `from`, read at `height` (the height
+    /// the sender's keys were read at), expiry judged by this node's clock.
+    pub async fn trust(&self, recipient: &IdentityKey, from: &IdentityKey, height: u64) -> Trust {
+        let Ok(client) = self.ledger.client() else {
+            return Trust::Unknown("this node has no ledger".into());
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        trust_in(
+            client,
+            recipient,
+            from,
+            height,
+            self.config.trust_depth,
+            now,
+        )
+        .await
     }
 
     /// The policy for unverified mail claiming a bound identity.

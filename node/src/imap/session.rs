@@ -53,7 +53,7 @@ pub(super) const ALL_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draf
 /// The flags a mailbox shows (FLAGS): the system flags and the node's end-to-end keywords,
 /// which clients cannot change (so PERMANENTFLAGS has [`ALL_FLAGS`] only).
 pub(super) const SHOWN_FLAGS: &str =
-    "\\Answered \\Flagged \\Deleted \\Seen \\Draft $Verified $Unverified $Encrypted";
+    "\\Answered \\Flagged \\Deleted \\Seen \\Draft $Verified $Unverified $Encrypted $KeyChanged";
 /// After this many BAD/NO answers in a row the session ends.
 const MAX_ERRORS: u32 = 50;
 
@@ -1034,7 +1034,7 @@ mod tests {
         talk(&mut s, "");
         assert!(talk(&mut s, "1 LOGIN bob pw\r\n").starts_with("1 OK"));
         let out = talk(&mut s, "2 SELECT INBOX\r\n");
-        assert!(out.contains("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Verified $Unverified $Encrypted)"), "{out}");
+        assert!(out.contains("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Verified $Unverified $Encrypted $KeyChanged)"), "{out}");
         assert!(
             out.contains("[PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)]"),
             "{out}"

@@ -29,6 +29,7 @@ use crate::context::{Context, ContextError, Hosted};
 use crate::delivery::inbound::{Inbound, Scope};
 use crate::delivery::outbound::Submission;
 use crate::e2e::E2e;
+use crate::e2e::monitor::Monitor;
 use crate::ledger::NodeLedger;
 use crate::listener::{self, ConnectionLimit, ListenerSpec};
 use crate::lists::engine::Lists;
@@ -110,6 +111,7 @@ struct Live {
     clock: Arc<dyn Clock>,
     listeners: BTreeMap<String, (SocketAddr, ConnectionLimit)>,
     tor: Option<Arc<OnionTransport>>,
+    monitor: Arc<Monitor>,
 }
 
 impl Live {
@@ -138,6 +140,7 @@ impl Live {
                 .collect(),
             queue: self.queue.status(self.clock.now()),
             tor: self.tor.as_ref().map(|t| t.status()),
+            alerts: self.monitor.alerts(),
         }
     }
 
@@ -257,6 +260,16 @@ pub async fn run(home: &Path, config: Config) -> Result<(), RuntimeError> {
         ),
     }
     let e2e = E2e::new(ledger.clone(), cfg.e2e.clone());
+    let monitor = {
+        let (ctx, e2e) = (ctx.clone(), e2e.clone());
+        tokio::task::spawn_blocking(move || {
+            let interval = e2e.monitor_interval();
+            Monitor::new(ctx, e2e, interval)
+        })
+        .await
+        .expect("reading the ledger watch state")
+    };
+    tokio::spawn(monitor.clone().run(shutdown.clone()));
     let lists = Lists::new(ledger, ctx.clone(), queue.clone(), clock.clone());
     tokio::spawn(lists.clone().run(shutdown.clone()));
     let inbound = Inbound::with_lists(ctx.clone(), lists.clone()).with_e2e(e2e.clone());
@@ -396,6 +409,7 @@ pub async fn run(home: &Path, config: Config) -> Result<(), RuntimeError> {
         clock: clock.clone(),
         listeners: listeners.clone(),
         tor,
+        monitor,
     });
     let handler: control::Handler = {
         let live = live.clone();

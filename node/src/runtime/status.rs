@@ -34,6 +34,10 @@ pub struct Status {
     pub queue: QueueStatus,
     /// Tor clients and onion services (onion transport only).
     pub tor: Option<TorStatus>,
+    /// Alerts of the ledger monitor: keys bound to our identities that this node did not
+    /// make.
+    #[serde(default)]
+    pub alerts: Vec<String>,
 }
 
 /// The text `status` prints for a running node.
@@ -82,7 +86,20 @@ pub fn render(s: &Status) -> String {
         "queue: {} message(s), {} being delivered{next}",
         s.queue.messages, s.queue.in_flight
     );
+    render_alerts(&mut o, &s.alerts);
     o
+}
+
+/// The `alerts:` part (also shown for a node that is not running).
+pub fn render_alerts(o: &mut String, alerts: &[String]) {
+    if alerts.is_empty() {
+        let _ = writeln!(o, "alerts: none");
+        return;
+    }
+    let _ = writeln!(o, "alerts: {}", alerts.len());
+    for a in alerts {
+        let _ = writeln!(o, "  ALERT: {a}");
+    }
 }
 
 #[cfg(test)]
@@ -121,6 +138,7 @@ mod tests {
                 outbound_ok: 3,
                 outbound_failed: 0,
             }),
+            alerts: vec!["the ledger binds to a@x.onion a key".into()],
         };
         let text = render(&s);
         assert!(
@@ -132,5 +150,12 @@ mod tests {
         assert!(text.contains("node: running (pid 7)"));
         assert!(text.contains("imap: 127.0.0.1:143 (1 of 64 connections)"));
         assert!(text.contains("queue: 2 message(s), 1 being delivered, next attempt in 3.2 s"));
+        assert!(
+            text.contains("alerts: 1\n  ALERT: the ledger binds to a@x.onion a key\n"),
+            "{text}"
+        );
+        let mut none = String::new();
+        render_alerts(&mut none, &[]);
+        assert_eq!(none, "alerts: none\n");
     }
 }

@@ -1,8 +1,8 @@
 //! IMAP system flags, the node's own keywords, and their Maildir letters.
 //!
 //! The keywords are the end-to-end verdicts the inbound stage sets ([`Flags::VERIFIED`],
-//! [`Flags::UNVERIFIED`], [`Flags::ENCRYPTED`]). They are stored as lower-case Maildir
-//! letters (`a`, `b`, `c`), as Dovecot stores keywords, so they survive restarts, moves and
+//! [`Flags::UNVERIFIED`], [`Flags::ENCRYPTED`], [`Flags::KEY_CHANGED`]). They are stored as
+//! lower-case Maildir letters (`a`, `b`, `c`, `d`), as Dovecot stores keywords, so they survive restarts, moves and
 //! copies with the message. Clients see them in FETCH FLAGS and SEARCH KEYWORD but cannot set
 //! or clear them ([`Flags::KEYWORDS`] are kept across STORE).
 
@@ -27,10 +27,13 @@ impl Flags {
     pub const UNVERIFIED: Flags = Flags(64);
     /// `$Encrypted`: arrived end-to-end encrypted and was decrypted (Maildir `c`).
     pub const ENCRYPTED: Flags = Flags(128);
+    /// `$KeyChanged`: the sender's keys on the ledger changed since its previous message
+    /// here (Maildir `d`).
+    pub const KEY_CHANGED: Flags = Flags(256);
     /// The keywords only the node sets.
-    pub const KEYWORDS: Flags = Flags(32 | 64 | 128);
+    pub const KEYWORDS: Flags = Flags(32 | 64 | 128 | 256);
 
-    const TABLE: [(Flags, char, &'static str); 8] = [
+    const TABLE: [(Flags, char, &'static str); 9] = [
         (Flags::DRAFT, 'D', "\\Draft"),
         (Flags::FLAGGED, 'F', "\\Flagged"),
         (Flags::ANSWERED, 'R', "\\Answered"),
@@ -39,6 +42,7 @@ impl Flags {
         (Flags::VERIFIED, 'a', "$Verified"),
         (Flags::UNVERIFIED, 'b', "$Unverified"),
         (Flags::ENCRYPTED, 'c', "$Encrypted"),
+        (Flags::KEY_CHANGED, 'd', "$KeyChanged"),
     ];
 
     /// Whether all bits of `other` are set.
@@ -110,6 +114,11 @@ mod tests {
         assert_eq!(f.to_imap(), "\\Seen $Verified $Encrypted");
         assert_eq!(Flags::keyword("$verified"), Some(Flags::VERIFIED));
         assert_eq!(Flags::keyword("\\Seen"), None);
+        let k = Flags::UNVERIFIED.with(Flags::KEY_CHANGED);
+        assert_eq!(k.to_maildir(), "bd");
+        assert_eq!(Flags::from_maildir("2,bd"), k);
+        assert_eq!(k.to_imap(), "$Unverified $KeyChanged");
+        assert_eq!(Flags::keyword("$keychanged"), Some(Flags::KEY_CHANGED));
         assert_eq!(
             f.only(Flags::KEYWORDS),
             Flags::VERIFIED.with(Flags::ENCRYPTED)

@@ -157,6 +157,8 @@ fn main() -> anyhow::Result<()> {
                         .unwrap_or_else(|_| "info".into()),
                 )
                 .with_writer(std::io::stderr)
+                // Colours only on a terminal: a log file gets plain text.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             let config = Config::load(&config)?;
             onionpost_node::fsutil::create_dir_mode(&home, 0o700)

@@ -612,7 +612,7 @@ fn a_bound_recipient_never_gets_mail_in_clear_while_the_ledger_is_unreachable() 
 /// The highest ledger height `node`'s monitor has read its identity's key history at (from
 /// its log): every read of the node after that is at that height or later.
 fn monitor_height(node: &Node) -> u64 {
-    strip_ansi(&node.log())
+    node.log()
         .lines()
         .filter(|l| l.contains("monitor: read the key history of our identity"))
         .filter_map(|l| {
@@ -624,24 +624,6 @@ fn monitor_height(node: &Node) -> u64 {
         })
         .max()
         .unwrap_or(0)
-}
-
-/// The text without ANSI colour sequences (the node's log colours its fields).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Waits until `node` reads the ledger at the chain's height now or later.

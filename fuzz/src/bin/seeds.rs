@@ -129,6 +129,17 @@ fn tx_seeds() -> Vec<Vec<u8>> {
         ),
         (
             0,
+            Action::Propose(pb::Propose {
+                change: Some(pb::Change {
+                    kind: Some(pb::change::Kind::AddAdmin(pb::AddAdmin {
+                        list: list("govern"),
+                        admin: p(3),
+                    })),
+                }),
+            }),
+        ),
+        (
+            0,
             Action::Approve(pb::Approve { proposal_id: 0 }),
         ),
     ];

@@ -1,0 +1,181 @@
+//! Mailbox hosts: mail for an identity whose node is offline, held by another identity that
+//! the recipient named on the ledger (SetMailboxHosts), until the recipient's node collects
+//! it. docs/hosting.md describes the whole design; in short:
+//!
+//! * sending ([`fallback`]): when a recipient's onion has been unreachable for
+//!   `[queue] hosts_after_secs`, the runner reads the recipient's hosts from the ledger (with
+//!   a proof) and sends the same encrypted copy to one of them, over SMTP to the host's onion
+//!   service with the recipient's own address in `RCPT TO`. A copy that is not ciphertext is
+//!   never handed to a host.
+//! * holding ([`Hosting::hold`], [`check`], [`store`]): a node with `[hosting] enabled`
+//!   takes such mail only for identities whose ledger record names the identity whose
+//!   service the mail came in on, only as OpenPGP ciphertext for the recipient's bound key,
+//!   within per-recipient and per-sender quotas, stored durably (fsync before the 250) under
+//!   `<home>/held/`, apart from its own mailboxes, for `keep_secs`.
+//! * collecting ([`collect`], [`serve`], [`protocol`]): the recipient's node connects to
+//!   each of its hosts, switches the SMTP session to `HELD/1` with `XHELD`, proves its
+//!   identity by signing the host's challenge with its identity key, and fetches each
+//!   message; it stores it durably (through the inbound stages: decrypted, verified,
+//!   deduplicated) before it acknowledges it, and the host deletes it only on that
+//!   acknowledgement.
+
+pub mod check;
+pub mod collect;
+pub mod fallback;
+pub mod protocol;
+pub mod serve;
+pub mod store;
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use onionpost_ledger_client::{At, IdentityKey, Ledger};
+use onionpost_proto::onion::OnionAddress;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::HostingConfig;
+use crate::ledger::{LedgerError, NodeLedger};
+use crate::smtp::reply::{Reply, reply};
+use store::{HeldStore, HoldError};
+
+/// The host's side: the held-mail store and the checks before anything goes into it.
+pub struct Hosting {
+    ledger: NodeLedger,
+    store: Arc<HeldStore>,
+    config: HostingConfig,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Hosting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hosting")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A 4xx for a ledger read that gave no verified answer.
+pub fn ledger_unavailable(what: &str, e: &LedgerError) -> Reply {
+    reply(
+        451,
+        [4, 4, 3],
+        format!("Error: the ledger gave no verified answer about {what}; try again later ({e})"),
+    )
+}
+
+impl Hosting {
+    /// The host's side on `<home>/held`, checking against `ledger`. Blocks on the disk.
+    pub fn open(
+        home: &Path,
+        config: HostingConfig,
+        ledger: NodeLedger,
+        clock: Arc<dyn Clock>,
+    ) -> io::Result<Arc<Self>> {
+        let store = Arc::new(HeldStore::open(&home.join("held"))?);
+        Ok(Arc::new(Hosting {
+            ledger,
+            store,
+            config,
+            clock,
+        }))
+    }
+
+    /// The held-mail store.
+    pub fn store(&self) -> &Arc<HeldStore> {
+        &self.store
+    }
+
+    /// Holds `message` from envelope sender `from` for `recipient` (the address as given,
+    /// at `onion`), if the ledger names one of `ours` as its host, it is ciphertext for its
+    /// bound key, and it fits the quotas; `Ok` once it is on disk.
+    pub async fn hold(
+        &self,
+        ours: &[IdentityKey],
+        from: &str,
+        recipient: &str,
+        onion: &OnionAddress,
+        message: &[u8],
+    ) -> Result<(), Reply> {
+        let sender = check::sender_identity(from)?;
+        let client = self
+            .ledger
+            .client()
+            .map_err(|e| ledger_unavailable("the recipient's mailbox hosts", &e))?;
+        let v = client
+            .identity(&onion.public_key(), At::Latest)
+            .await
+            .map_err(|e| {
+                ledger_unavailable(
+                    &format!("the mailbox hosts of {}", onion.hostname()),
+                    &LedgerError::from(e),
+                )
+            })?;
+        let Some(id) = v.value else {
+            return Err(check::not_named(onion));
+        };
+        check::named(&id.mailbox_hosts, ours, onion)?;
+        let active = id.active_key().map(|k| k.public_key.clone());
+        let (store, limits, now) = (
+            self.store.clone(),
+            check::Limits::from(&self.config),
+            self.clock.now(),
+        );
+        let (who, to, data, onion) = (
+            onion.public_key(),
+            recipient.to_string(),
+            message.to_vec(),
+            *onion,
+        );
+        let height = v.height;
+        tokio::task::spawn_blocking(move || {
+            check::encrypted_for(&data, active.as_deref(), &onion)?;
+            match store.hold(&who, (&to, &sender), &data, now, &limits) {
+                Ok(id) => {
+                    tracing::info!(%id, to = %to, height, bytes = data.len(), "held for a recipient that names us as its mailbox host");
+                    Ok(())
+                }
+                Err(HoldError::Quota(r)) => {
+                    tracing::info!(to = %to, "not held: {}", r.message);
+                    Err(r)
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    Err(reply(
+                        451,
+                        [4, 3, 0],
+                        "Error: local storage error; try again later",
+                    ))
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!("hold task: {e}");
+            Err(reply(451, [4, 3, 0], "Error: local error; try again later"))
+        })
+    }
+
+    /// Deletes held mail older than `keep_secs`, now and then, until `shutdown`.
+    pub async fn sweep(self: Arc<Self>, shutdown: CancellationToken) {
+        let every = Duration::from_secs_f64((self.config.keep_secs / 10.0).clamp(1.0, 600.0));
+        loop {
+            let (store, cutoff) = (self.store.clone(), self.clock.now() - self.config.keep_secs);
+            match tokio::task::spawn_blocking(move || store.expire(cutoff)).await {
+                Ok(Ok(gone)) => {
+                    for m in gone {
+                        tracing::warn!(id = %m.id, to = %m.recipient, from = %m.sender, "held mail expired uncollected; deleted");
+                    }
+                }
+                Ok(Err(e)) => tracing::error!("expiring held mail: {e}"),
+                Err(e) => tracing::error!("expiry task: {e}"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! Mailbox hosts end to end, with real processes: a 4-validator devnet, `onionpost-node run`
+//! processes on the direct transport (loopback), identities registered with their keys bound,
+//! the recipient naming its host with `onionpost-node identity hosts`, mail submitted with
+//! Python's smtplib, and hand-made messages sent straight to the hosts' SMTP ports.
+//!
+//! alice sends to bob while bob's node is down; after `hosts_after_secs` alice's node hands
+//! the encrypted copy to hal, bob's host; bob's node comes back and collects it. carol also
+//! hosts mail but is not named by bob, and refuses; hal refuses cleartext and mail beyond
+//! its quota.
+
+use std::time::Duration;
+
+#[path = "support/mod.rs"]
+mod support;
+use onionpost_e2e::{Protect, SecretCert};
+use support::direct::{Node, submit};
+use support::ledger::Devnet;
+use support::{python, wait_for};
+
+/// Sends raw message bytes to `rcpt` on a node's loopback SMTP port; "OK" or the server's
+/// refusal as "CODE text".
+const RAW_SMTP: &str = r#"
+import smtplib, sys
+port, sender, rcpt, path = sys.argv[1:]
+data = open(path, 'rb').read()
+try:
+    with smtplib.SMTP('127.0.0.1', int(port)) as s:
+        s.sendmail(sender, [rcpt], data)
+    print('OK')
+except smtplib.SMTPRecipientsRefused as e:
+    code, msg = list(e.recipients.values())[0]
+    print(code, msg.decode())
+except smtplib.SMTPDataError as e:
+    print(e.smtp_code, e.smtp_error.decode())
+"#;
+
+fn send_raw(to: &Node, sender: &str, rcpt: &str, data: &[u8]) -> String {
+    let path = to.home.join("raw.eml");
+    std::fs::write(&path, data).unwrap();
+    python(
+        RAW_SMTP,
+        &[&to.smtp.to_string(), sender, rcpt, path.to_str().unwrap()],
+    )
+    .trim()
+    .to_string()
+}
+
+fn name(node: &Node) -> String {
+    node.address.split('@').next().unwrap().to_string()
+}
+
+fn cfg_path(node: &Node) -> String {
+    node.home.join("node.toml").to_str().unwrap().to_string()
+}
+
+/// The identity's current OpenPGP secret key, from its keyring on disk.
+fn secret_key(node: &Node) -> SecretCert {
+    let dir = node
+        .home
+        .join("identities")
+        .join(name(node))
+        .join("openpgp");
+    let fpr = std::fs::read_to_string(dir.join("current")).unwrap();
+    SecretCert::from_bytes(&std::fs::read(dir.join(format!("{}.key", fpr.trim()))).unwrap())
+        .unwrap()
+}
+
+/// Writes the node's configuration and registers its identity (binding its key) there.
+fn register(node: &Node) {
+    std::fs::write(node.home.join("node.toml"), node.config()).unwrap();
+    let out = node.cli(&[
+        "identity",
+        "register",
+        &name(node),
+        "--config",
+        &cfg_path(node),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("registered:") && text.contains("bound: OpenPGP key"),
+        "register {}: {text}\n{}",
+        node.address,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `identity hosts` on `node` with `args`; its stdout, failing the test on an error.
+fn hosts_cli(node: &Node, args: &[&str]) -> String {
+    std::fs::write(node.home.join("node.toml"), node.config()).unwrap();
+    let n = name(node);
+    let cfg = cfg_path(node);
+    let mut all = vec!["identity", "hosts", n.as_str(), "--config", cfg.as_str()];
+    all.extend_from_slice(args);
+    let out = node.cli(&all);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "identity hosts {args:?}: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The files held for anyone on `node`.
+fn held_files(node: &Node) -> Vec<std::path::PathBuf> {
+    let dir = node.home.join("held");
+    std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten())
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "held"))
+        .collect()
+}
+
+/// A message from `from` to `to`, signed by `signer` and encrypted to `to_cert` (or clear).
+fn message(
+    from: &Node,
+    to: &Node,
+    subject: &str,
+    signer: &SecretCert,
+    to_cert: Option<&SecretCert>,
+) -> Vec<u8> {
+    let clear = format!(
+        "From: <{}>\r\nTo: <{}>\r\nSubject: {subject}\r\nMessage-ID: <{subject}@{}>\r\n\r\nbody of {subject}\r\n",
+        from.address,
+        to.address,
+        from.onion()
+    );
+    match to_cert {
+        None => clear.into_bytes(),
+        Some(c) => onionpost_e2e::sign_and_encrypt(
+            rand::rngs::OsRng,
+            clear.as_bytes(),
+            signer,
+            &[c.public()],
+            Protect::default(),
+        )
+        .unwrap(),
+    }
+}
+
+fn log_has(node: &Node, needle: &str) -> bool {
+    node.log().contains(needle)
+}
+
+fn fresh_ports(nodes: &mut [&mut Node]) {
+    for n in nodes.iter_mut() {
+        n.smtp = support::free_port();
+        n.submission = support::free_port();
+        n.imap = support::free_port();
+    }
+}
+
+#[test]
+fn mail_for_an_offline_recipient_is_held_by_its_host_and_collected_when_it_returns() {
+    let net = Devnet::start(4, "hosts-e2e");
+    let mut alice = Node::new("alice");
+    let mut bob = Node::new("bob");
+    let mut hal = Node::new("hal");
+    let mut carol = Node::new("carol");
+    alice.queue_extra = "hosts_after_secs = 1\n".into();
+    let ledger = net.ledger_toml();
+    alice.extra = ledger.clone();
+    bob.extra = format!("{ledger}[hosting]\ncollect_every_secs = 0.5\n");
+    let hosting =
+        "[hosting]\nenabled = true\nmax_messages_per_recipient = 2\ncollect_every_secs = 0\n";
+    hal.extra = format!("{ledger}{hosting}");
+    carol.extra = format!("{ledger}{hosting}");
+    for n in [&alice, &bob, &hal, &carol] {
+        register(n);
+    }
+
+    // (a) bob names hal as its mailbox host, signed with bob's key; reading it back.
+    assert!(hosts_cli(&bob, &[]).contains("hosts: none"));
+    let set = hosts_cli(&bob, &["--set", hal.onion()]);
+    assert!(
+        set.contains("hosts set:") && set.contains(hal.onion()),
+        "{set}"
+    );
+    let shown = hosts_cli(&bob, &[]);
+    assert!(shown.contains(&format!("host: {}", hal.onion())), "{shown}");
+    assert!(hosts_cli(&bob, &["--set", hal.onion()]).contains("already"));
+
+    fresh_ports(&mut [&mut alice, &mut bob, &mut hal, &mut carol]);
+    alice.routes = vec![
+        (bob.onion().to_string(), bob.smtp),
+        (hal.onion().to_string(), hal.smtp),
+    ];
+    bob.routes = vec![(hal.onion().to_string(), hal.smtp)];
+    hal.start();
+    carol.start();
+    alice.start();
+
+    // (c) bob's node is down: after hosts_after_secs alice's node hands the encrypted copy
+    // to hal, read from the ledger as bob's host.
+    submit(
+        &alice,
+        &bob.address,
+        "Held hello",
+        "Kept safe while bob is away",
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "alice's node to use bob's host",
+        || log_has(&alice, "delivered to mailbox host"),
+    );
+    let held = held_files(&hal);
+    assert_eq!(held.len(), 1, "{}", hal.log());
+    let bytes = std::fs::read_to_string(&held[0]).unwrap();
+    assert!(bytes.contains("-----BEGIN PGP MESSAGE-----"), "{bytes}");
+    assert!(
+        !bytes.contains("Kept safe"),
+        "the host holds ciphertext only"
+    );
+    assert_eq!(bob.count_in_maildir("Kept safe"), 0);
+
+    // (b) refusals, said as they are: a host bob does not name; cleartext; a full quota.
+    let a_key = secret_key(&alice);
+    let b_key = secret_key(&bob);
+    let enc = message(&alice, &bob, "to-carol", &a_key, Some(&b_key));
+    let r = send_raw(&carol, &alice.address, &bob.address, &enc);
+    assert!(
+        r.starts_with("550") && r.contains("not a mailbox host"),
+        "{r}"
+    );
+    let clear = message(&alice, &bob, "clear", &a_key, None);
+    let r = send_raw(&hal, &alice.address, &bob.address, &clear);
+    assert!(
+        r.starts_with("550") && r.contains("cleartext refused"),
+        "{r}"
+    );
+    let r = send_raw(
+        &hal,
+        &alice.address,
+        &bob.address,
+        &message(&alice, &bob, "second", &a_key, Some(&b_key)),
+    );
+    assert_eq!(r, "OK");
+    let r = send_raw(
+        &hal,
+        &alice.address,
+        &bob.address,
+        &message(&alice, &bob, "third", &a_key, Some(&b_key)),
+    );
+    assert!(r.starts_with("452") && r.contains("quota"), "{r}");
+    assert_eq!(held_files(&hal).len(), 2);
+    // A node that hosts nobody's mail refuses as ever.
+    let r = send_raw(&alice, &alice.address, &bob.address, &enc);
+    assert!(r.starts_with("550"), "{r}");
+
+    // (d) bob's node returns and collects both, authenticated by its identity key; hal
+    // deletes them once bob has stored them.
+    bob.start();
+    wait_for(
+        Duration::from_secs(60),
+        "bob to collect the held mail",
+        || {
+            bob.count_in_maildir("Kept safe while bob is away") == 1
+                && bob.count_in_maildir("body of second") == 1
+        },
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "hal to delete what bob stored",
+        || held_files(&hal).is_empty(),
+    );
+    assert!(log_has(&hal, "collector authenticated"), "{}", hal.log());
+    // More collection rounds bring no second copy.
+    wait_for(Duration::from_secs(30), "another collection round", || {
+        bob.log().matches("nothing held").count() >= 2
+    });
+    assert_eq!(bob.count_in_maildir("Kept safe while bob is away"), 1);
+    assert_eq!(bob.count_in_maildir("body of second"), 1);
+    let stored = std::fs::read_dir(bob.home.join("identities/bob/Maildir/cur"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .find(|t| t.contains("Kept safe"))
+        .unwrap();
+    assert!(
+        stored.contains("pgp=pass") && stored.contains("policy.encrypted=yes"),
+        "{stored}"
+    );
+}

@@ -156,7 +156,7 @@ pub struct HostingConfig {
     /// Most bytes held from one sending identity, for all recipients together.
     pub max_bytes_per_sender: u64,
     /// How long held mail is kept for its recipient to collect, seconds; older mail is
-    /// deleted.
+    /// bounced to its sender (a DSN from the host identity) and deleted.
     pub keep_secs: f64,
     /// How often this node's identities collect their held mail from their hosts, seconds
     /// (also once at start). 0: never.

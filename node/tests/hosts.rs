@@ -285,3 +285,151 @@ fn mail_for_an_offline_recipient_is_held_by_its_host_and_collected_when_it_retur
         "{stored}"
     );
 }
+
+/// Sends each file as one message from `sender` to `rcpt`, all in one SMTP session; prints
+/// one line per message: "OK" or the refusal.
+const RAW_MANY: &str = r#"
+import smtplib, sys
+port, sender, rcpt = sys.argv[1:4]
+with smtplib.SMTP('127.0.0.1', int(port)) as s:
+    for path in sys.argv[4:]:
+        try:
+            s.sendmail(sender, [rcpt], open(path, 'rb').read())
+            print('OK')
+        except smtplib.SMTPException as e:
+            print('ERR', e)
+"#;
+
+#[test]
+fn collection_is_exactly_once_when_the_collector_and_then_the_host_are_killed_midway() {
+    let net = Devnet::start(4, "hosts-kill");
+    let mut alice = Node::new("alice");
+    let mut bob = Node::new("bob");
+    let mut hal = Node::new("hal");
+    let ledger = net.ledger_toml();
+    alice.extra = ledger.clone();
+    bob.extra = format!("{ledger}[hosting]\ncollect_every_secs = 0.5\n");
+    hal.extra = format!("{ledger}[hosting]\nenabled = true\ncollect_every_secs = 0\n");
+    for n in [&alice, &bob, &hal] {
+        register(n);
+    }
+    hosts_cli(&bob, &["--set", hal.onion()]);
+    fresh_ports(&mut [&mut bob, &mut hal]);
+    bob.routes = vec![(hal.onion().to_string(), hal.smtp)];
+    hal.start();
+
+    // Mail for bob, held by hal while bob's node is down.
+    let n = 40;
+    let (a_key, b_key) = (secret_key(&alice), secret_key(&bob));
+    let files: Vec<String> = (0..n)
+        .map(|i| {
+            let p = hal.home.join(format!("kill{i:02}.eml"));
+            let m = message(&alice, &bob, &format!("kill{i:02}"), &a_key, Some(&b_key));
+            std::fs::write(&p, m).unwrap();
+            p.to_str().unwrap().to_string()
+        })
+        .collect();
+    let mut args = vec![
+        hal.smtp.to_string(),
+        alice.address.clone(),
+        bob.address.clone(),
+    ];
+    args.extend(files);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = python(RAW_MANY, &args);
+    assert_eq!(out.lines().filter(|l| *l == "OK").count(), n, "{out}");
+    assert_eq!(held_files(&hal).len(), n);
+    let collected = |bob: &Node| bob.count_in_maildir("body of kill");
+
+    // The collector is killed in the middle of a collection, then returns.
+    bob.start();
+    wait_for(Duration::from_secs(60), "bob to collect some", || {
+        collected(&bob) >= 3
+    });
+    bob.kill9();
+    let (got, left) = (collected(&bob), held_files(&hal).len());
+    assert!(
+        left > 0,
+        "collection finished before the kill ({got} stored)"
+    );
+    bob.start();
+    // The host is killed in the middle of a later part, then returns.
+    wait_for(Duration::from_secs(60), "bob to collect more", || {
+        collected(&bob) >= got + 3
+    });
+    hal.kill9();
+    let left = held_files(&hal).len();
+    assert!(left > 0, "collection finished before the host was killed");
+    hal.start();
+    wait_for(
+        Duration::from_secs(120),
+        "every held message collected",
+        || held_files(&hal).is_empty(),
+    );
+    for i in 0..n {
+        assert_eq!(
+            bob.count_in_maildir(&format!("body of kill{i:02}\r")),
+            1,
+            "message {i} stored exactly once"
+        );
+    }
+    assert_eq!(collected(&bob), n);
+}
+
+#[test]
+fn held_mail_not_collected_in_time_bounces_to_its_sender_from_the_host() {
+    let net = Devnet::start(4, "hosts-expiry");
+    let mut alice = Node::new("alice");
+    let mut bob = Node::new("bob");
+    let mut hal = Node::new("hal");
+    let ledger = net.ledger_toml();
+    alice.queue_extra = "hosts_after_secs = 0\n".into();
+    alice.extra = ledger.clone();
+    bob.extra = ledger.clone();
+    hal.extra = format!("{ledger}[hosting]\nenabled = true\nkeep_secs = 2\n");
+    for n in [&alice, &bob, &hal] {
+        register(n);
+    }
+    hosts_cli(&bob, &["--set", hal.onion()]);
+    fresh_ports(&mut [&mut alice, &mut hal]);
+    // bob's node never runs: nothing listens on its port.
+    alice.routes = vec![
+        (bob.onion().to_string(), support::free_port()),
+        (hal.onion().to_string(), hal.smtp),
+    ];
+    hal.routes = vec![(alice.onion().to_string(), alice.smtp)];
+    hal.start();
+    alice.start();
+    submit(
+        &alice,
+        &bob.address,
+        "Never collected",
+        "bob never comes back",
+    );
+    wait_for(Duration::from_secs(60), "the copy at bob's host", || {
+        log_has(&alice, "delivered to mailbox host")
+    });
+    wait_for(Duration::from_secs(60), "the bounce at alice", || {
+        alice.count_in_maildir("not collected by the recipient") == 1
+    });
+    assert!(held_files(&hal).is_empty());
+    let bounce = std::fs::read_dir(alice.home.join("identities/alice/Maildir/cur"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .find(|t| t.contains("not collected by the recipient"))
+        .unwrap();
+    assert!(
+        bounce.contains("Undelivered Mail Returned to Sender"),
+        "{bounce}"
+    );
+    assert!(
+        bounce.contains(&format!("Final-Recipient: rfc822; {}", bob.address)),
+        "{bounce}"
+    );
+    assert!(bounce.contains("Status: 4.4.7"), "{bounce}");
+    // From the host identity, signed by its key bound on the ledger.
+    assert!(bounce.contains(&format!("<{}>", hal.address)), "{bounce}");
+    assert!(bounce.contains("pgp=pass"), "{bounce}");
+    assert_eq!(alice.count_in_maildir("not collected by the recipient"), 1);
+}

@@ -133,17 +133,17 @@ pub fn not_named(recipient: &OnionAddress) -> Reply {
     )
 }
 
-/// Whether the ledger's host list for the recipient names one of `ours`.
+/// Which of `ours` the ledger's host list for the recipient names (the first it names).
 pub fn named(
     hosts: &[IdentityKey],
     ours: &[IdentityKey],
     recipient: &OnionAddress,
-) -> Result<(), Reply> {
-    if hosts.iter().any(|h| ours.contains(h)) {
-        Ok(())
-    } else {
-        Err(not_named(recipient))
-    }
+) -> Result<IdentityKey, Reply> {
+    hosts
+        .iter()
+        .find(|h| ours.contains(h))
+        .copied()
+        .ok_or_else(|| not_named(recipient))
 }
 
 /// The sending identity of a held message: its envelope sender must be an address at an
@@ -248,7 +248,7 @@ mod tests {
         );
         assert_eq!(sender_identity("a@example.com").unwrap_err().code, 550);
         assert_eq!(sender_identity("").unwrap_err().code, 550);
-        assert!(named(&[[1; 32], [2; 32]], &[[2; 32]], &o).is_ok());
+        assert_eq!(named(&[[1; 32], [2; 32]], &[[2; 32]], &o).unwrap(), [2; 32]);
         let e = named(&[[1; 32]], &[[2; 32]], &o).unwrap_err();
         assert_eq!((e.code, e.esc), (550, [5, 7, 1]));
         assert!(e.message.contains("not a mailbox host"), "{}", e.message);

@@ -37,7 +37,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::HostingConfig;
+use crate::context::Context;
 use crate::ledger::{LedgerError, NodeLedger};
+use crate::message::{FailedRecipient, build_dsn_from};
+use crate::queue::Queue;
+use crate::smtp::reply::EnhancedCode;
 use crate::smtp::reply::{Reply, reply};
 use store::{HeldStore, HoldError};
 
@@ -99,7 +103,8 @@ impl Hosting {
         onion: &OnionAddress,
         message: &[u8],
     ) -> Result<(), Reply> {
-        let sender = check::sender_identity(from)?;
+        check::sender_identity(from)?;
+        let sender = from.to_ascii_lowercase();
         let client = self
             .ledger
             .client()
@@ -116,7 +121,8 @@ impl Hosting {
         let Some(id) = v.value else {
             return Err(check::not_named(onion));
         };
-        check::named(&id.mailbox_hosts, ours, onion)?;
+        let host =
+            OnionAddress::from_public_key(check::named(&id.mailbox_hosts, ours, onion)?).hostname();
         let active = id.active_key().map(|k| k.public_key.clone());
         let (store, limits, now) = (
             self.store.clone(),
@@ -132,7 +138,7 @@ impl Hosting {
         let height = v.height;
         tokio::task::spawn_blocking(move || {
             check::encrypted_for(&data, active.as_deref(), &onion)?;
-            match store.hold(&who, (&to, &sender), &data, now, &limits) {
+            match store.hold(&who, (&to, &sender, &host), &data, now, &limits) {
                 Ok(id) => {
                     tracing::info!(%id, to = %to, height, bytes = data.len(), "held for a recipient that names us as its mailbox host");
                     Ok(())
@@ -158,17 +164,20 @@ impl Hosting {
         })
     }
 
-    /// Deletes held mail older than `keep_secs`, now and then, until `shutdown`.
-    pub async fn sweep(self: Arc<Self>, shutdown: CancellationToken) {
+    /// Deletes held mail older than `keep_secs`, now and then, until `shutdown`, and queues
+    /// a DSN for each to its sender, from our host identity that held it.
+    pub async fn sweep(
+        self: Arc<Self>,
+        queue: Arc<Queue>,
+        ctx: Arc<Context>,
+        shutdown: CancellationToken,
+    ) {
         let every = Duration::from_secs_f64((self.config.keep_secs / 10.0).clamp(1.0, 600.0));
         loop {
-            let (store, cutoff) = (self.store.clone(), self.clock.now() - self.config.keep_secs);
-            match tokio::task::spawn_blocking(move || store.expire(cutoff)).await {
-                Ok(Ok(gone)) => {
-                    for m in gone {
-                        tracing::warn!(id = %m.id, to = %m.recipient, from = %m.sender, "held mail expired uncollected; deleted");
-                    }
-                }
+            let this = self.clone();
+            let (queue, ctx) = (queue.clone(), ctx.clone());
+            match tokio::task::spawn_blocking(move || this.expire(&queue, &ctx)).await {
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!("expiring held mail: {e}"),
                 Err(e) => tracing::error!("expiry task: {e}"),
             }
@@ -177,5 +186,45 @@ impl Hosting {
                 () = shutdown.cancelled() => return,
             }
         }
+    }
+
+    /// One expiry round: each expired message's bounce is queued durably before the
+    /// message is deleted. Blocks on the disk.
+    fn expire(&self, queue: &Queue, ctx: &Context) -> io::Result<()> {
+        let now = self.clock.now();
+        let ids = ctx.identities();
+        self.store.expire(now - self.config.keep_secs, |m, data| {
+            tracing::warn!(id = %m.id, to = %m.recipient, from = %m.sender, "held mail expired uncollected; deleting");
+            let host = m.host.parse::<OnionAddress>().ok();
+            let Some(h) = host.and_then(|o| ids.by_onion(&o)) else {
+                tracing::warn!(id = %m.id, "the host identity that held it is gone; no bounce");
+                return Ok(());
+            };
+            if m.sender.is_empty() {
+                return Ok(());
+            }
+            let failed = [FailedRecipient {
+                address: m.recipient.clone(),
+                status: EnhancedCode([4, 4, 7]),
+                diagnostic: format!(
+                    "held by its mailbox host {} for {} s and not collected by the recipient; deleted",
+                    h.identity.onion.hostname(),
+                    self.config.keep_secs
+                ),
+            }];
+            let dsn = build_dsn_from(
+                &format!("Mail Delivery System <{}>", h.identity.address()),
+                &h.identity.onion,
+                &m.sender,
+                data,
+                &failed,
+                m.received as i64,
+                chrono::Utc::now(),
+            );
+            queue.enqueue(&h.identity.name, "", std::slice::from_ref(&m.sender), &dsn, now)?;
+            tracing::info!(id = %m.id, to = %m.sender, "bounce for expired held mail queued");
+            Ok(())
+        })?;
+        Ok(())
     }
 }

@@ -220,10 +220,20 @@ mod tests {
         let me = OnionAddress::from_public_key(key.verification_key().to_bytes());
         let host = OnionAddress::from_public_key([9; 32]);
         let (r, h) = (me.public_key(), host.public_key());
-        let id = store.hold(&r, ("b@x", "s"), b"one", 1.0, &LIMITS).unwrap();
-        store.hold(&r, ("b@x", "s"), b"two", 2.0, &LIMITS).unwrap();
+        let id = store
+            .hold(&r, ("b@x", "s@s.onion", "h"), b"one", 1.0, &LIMITS)
+            .unwrap();
         store
-            .hold(&[1; 32], ("c@y", "s"), b"not yours", 3.0, &LIMITS)
+            .hold(&r, ("b@x", "s@s.onion", "h"), b"two", 2.0, &LIMITS)
+            .unwrap();
+        store
+            .hold(
+                &[1; 32],
+                ("c@y", "s@s.onion", "h"),
+                b"not yours",
+                3.0,
+                &LIMITS,
+            )
             .unwrap();
 
         // A wrong signature ends the session.

@@ -31,6 +31,9 @@ pub struct HeldMeta {
     pub recipient: String,
     /// The envelope sender (MAIL FROM), for the per-sender quota and for bounces.
     pub sender: String,
+    /// The onion of our identity that the recipient named as host (the one that bounces it).
+    #[serde(default)]
+    pub host: String,
     /// When it was taken, Unix seconds.
     pub received: f64,
     /// Its size in bytes.
@@ -84,6 +87,14 @@ pub fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
+/// What the per-sender quota counts by: the sending identity (the domain of its address).
+fn sender_key(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
 fn read_meta(path: &Path) -> io::Result<HeldMeta> {
     let mut r = io::BufReader::new(fs::File::open(path)?);
     let mut line = String::new();
@@ -123,7 +134,7 @@ impl HeldStore {
                         held.insert(
                             m.id.clone(),
                             Entry {
-                                sender: m.sender,
+                                sender: sender_key(&m.sender),
                                 size: m.size,
                                 received: m.received,
                             },
@@ -163,21 +174,22 @@ impl HeldStore {
     }
 
     /// Holds `message` for `who` if it fits the quotas; durable when it returns `Ok`, with
-    /// the new id. `sender` is the sending identity as [`check::sender_identity`] named it.
-    /// Blocks on the disk.
+    /// the new id. `origin` is (recipient address, envelope sender address, our host
+    /// identity's onion); the per-sender quota counts by the sender's onion. Blocks on the
+    /// disk.
     pub fn hold(
         &self,
         who: &IdentityKey,
-        meta: (&str, &str),
+        origin: (&str, &str, &str),
         message: &[u8],
         now: f64,
         limits: &Limits,
     ) -> Result<String, HoldError> {
-        let (recipient, sender) = meta;
+        let (recipient, sender, host) = origin;
         let size = message.len() as u64;
         let mut index = self.index.lock().expect("held index");
         let r = recipient_usage(&index, who);
-        let s = sender_usage(&index, sender);
+        let s = sender_usage(&index, &sender_key(sender));
         check::quota(limits, r, s, size, recipient).map_err(HoldError::Quota)?;
         let id = format!(
             "{:013}-{}",
@@ -188,6 +200,7 @@ impl HeldStore {
             id: id.clone(),
             recipient: recipient.to_string(),
             sender: sender.to_string(),
+            host: host.to_string(),
             received: now,
             size,
         };
@@ -207,7 +220,7 @@ impl HeldStore {
         index.entry(*who).or_default().insert(
             id.clone(),
             Entry {
-                sender: sender.to_string(),
+                sender: sender_key(sender),
                 size,
                 received: now,
             },
@@ -248,9 +261,14 @@ impl HeldStore {
         Ok(known)
     }
 
-    /// Deletes every message held since before `cutoff` (Unix seconds); returns what went,
-    /// for the log (and, next, for bounces). Blocks on the disk.
-    pub fn expire(&self, cutoff: f64) -> io::Result<Vec<HeldMeta>> {
+    /// Deletes every message held since before `cutoff` (Unix seconds), each after `bounce`
+    /// was given its metadata and bytes and succeeded (a crash in between bounces it again;
+    /// it never goes unreported). Returns how many went. Blocks on the disk.
+    pub fn expire(
+        &self,
+        cutoff: f64,
+        mut bounce: impl FnMut(&HeldMeta, &[u8]) -> io::Result<()>,
+    ) -> io::Result<usize> {
         let old: Vec<(IdentityKey, String)> = {
             let index = self.index.lock().expect("held index");
             index
@@ -262,16 +280,14 @@ impl HeldStore {
                 })
                 .collect()
         };
-        let mut gone = Vec::new();
+        let mut gone = 0;
         for (who, id) in old {
-            let meta = read_meta(&self.path(&who, &id));
+            match read_meta(&self.path(&who, &id)) {
+                Ok(m) => bounce(&m, &self.read(&who, &id)?)?,
+                Err(e) => tracing::warn!(%id, "expired held message has unreadable metadata: {e}"),
+            }
             if self.delete(&who, &id)? {
-                match meta {
-                    Ok(m) => gone.push(m),
-                    Err(e) => {
-                        tracing::warn!(%id, "expired held message had unreadable metadata: {e}")
-                    }
-                }
+                gone += 1;
             }
         }
         Ok(gone)
@@ -315,7 +331,13 @@ mod tests {
         let s = HeldStore::open(dir.path()).unwrap();
         let x = [7u8; 32];
         let id = s
-            .hold(&x, ("bob@x.onion", "a"), b"ciphertext", 100.0, &limits())
+            .hold(
+                &x,
+                ("bob@x.onion", "a@a.onion", "h"),
+                b"ciphertext",
+                100.0,
+                &limits(),
+            )
             .unwrap();
         assert!(valid_id(&id), "{id}");
         let s = HeldStore::open(dir.path()).unwrap();
@@ -333,30 +355,48 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = HeldStore::open(dir.path()).unwrap();
         let (x, y) = ([1u8; 32], [2u8; 32]);
-        s.hold(&x, ("x@x.onion", "a"), b"1", 1.0, &limits())
+        s.hold(&x, ("x@x.onion", "a@a.onion", "h"), b"1", 1.0, &limits())
             .unwrap();
-        s.hold(&y, ("y@y.onion", "a"), b"2", 2.0, &limits())
+        s.hold(&y, ("y@y.onion", "a@a.onion", "h"), b"2", 2.0, &limits())
             .unwrap();
         let e = s
-            .hold(&x, ("x@x.onion", "a"), b"3", 3.0, &limits())
+            .hold(&x, ("x@x.onion", "a@a.onion", "h"), b"3", 3.0, &limits())
             .unwrap_err();
         assert!(
             matches!(&e, HoldError::Quota(r) if r.esc == [4, 7, 1]),
             "{e}"
         );
-        s.hold(&x, ("x@x.onion", "b"), b"3", 3.0, &limits())
+        s.hold(&x, ("x@x.onion", "b@b.onion", "h"), b"3", 3.0, &limits())
             .unwrap();
-        s.hold(&x, ("x@x.onion", "c"), b"4", 4.0, &limits())
+        s.hold(&x, ("x@x.onion", "c@c.onion", "h"), b"4", 4.0, &limits())
             .unwrap();
         let e = s
-            .hold(&x, ("x@x.onion", "d"), b"5", 5.0, &limits())
+            .hold(&x, ("x@x.onion", "d@d.onion", "h"), b"5", 5.0, &limits())
             .unwrap_err();
         assert!(
             matches!(&e, HoldError::Quota(r) if r.esc == [4, 2, 2]),
             "{e}"
         );
-        let gone = s.expire(2.5).unwrap();
-        assert_eq!(gone.len(), 2);
+        let mut bounced = Vec::new();
+        let gone = s
+            .expire(2.5, |m, data| {
+                bounced.push((m.recipient.clone(), data.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(gone, 2);
+        bounced.sort();
+        assert_eq!(
+            bounced,
+            [
+                ("x@x.onion".to_string(), b"1".to_vec()),
+                ("y@y.onion".to_string(), b"2".to_vec())
+            ]
+        );
+        // A bounce that cannot be queued keeps the message.
+        let e = s.expire(3.5, |_, _| Err(io::Error::other("queue full")));
+        assert!(e.is_err());
+        assert_eq!(s.list(&x).len(), 2);
         assert_eq!(s.list(&x).len(), 2);
         assert!(s.list(&y).is_empty());
     }

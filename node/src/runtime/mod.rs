@@ -308,7 +308,10 @@ pub async fn run(home: &Path, config: Config) -> Result<(), RuntimeError> {
     tokio::spawn(lists.clone().run(shutdown.clone()));
     let mut inbound = Inbound::with_lists(ctx.clone(), lists.clone()).with_e2e(e2e.clone());
     if let Some(h) = open_hosting(home, &cfg, &ledger, &clock)? {
-        tokio::spawn(h.clone().sweep(shutdown.clone()));
+        tokio::spawn(
+            h.clone()
+                .sweep(queue.clone(), ctx.clone(), shutdown.clone()),
+        );
         inbound = inbound.with_hosting(h);
     }
     let fallback = ledger

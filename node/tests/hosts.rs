@@ -433,3 +433,89 @@ fn held_mail_not_collected_in_time_bounces_to_its_sender_from_the_host() {
     assert!(bounce.contains("pgp=pass"), "{bounce}");
     assert_eq!(alice.count_in_maildir("not collected by the recipient"), 1);
 }
+
+/// Held-mail figures for BENCHMARKS.md (`cargo bench --bench hosts`): `ONIONPOST_HELD`
+/// (default 100) encrypted messages held by a host for an offline recipient; the time from
+/// starting the recipient's node until every one is stored in its mailbox and the host holds
+/// none, and the part of it until the node listens.
+#[allow(dead_code)]
+pub fn collection_figures() {
+    use std::time::Instant;
+    let n: usize = std::env::var("ONIONPOST_HELD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let net = Devnet::start(4, "hosts-bench");
+    let mut alice = Node::new("alice");
+    let mut bob = Node::new("bob");
+    let mut hal = Node::new("hal");
+    let ledger = net.ledger_toml();
+    alice.extra = ledger.clone();
+    bob.extra = format!("{ledger}[hosting]\ncollect_every_secs = 300\n");
+    hal.extra = format!("{ledger}[hosting]\nenabled = true\ncollect_every_secs = 0\n");
+    for x in [&alice, &bob, &hal] {
+        register(x);
+    }
+    hosts_cli(&bob, &["--set", hal.onion()]);
+    fresh_ports(&mut [&mut bob, &mut hal]);
+    bob.routes = vec![(hal.onion().to_string(), hal.smtp)];
+    hal.start();
+    let (a_key, b_key) = (secret_key(&alice), secret_key(&bob));
+    let body = "x".repeat(1000);
+    let files: Vec<String> = (0..n)
+        .map(|i| {
+            let p = hal.home.join(format!("bench{i:03}.eml"));
+            let clear = format!(
+                "From: <{}>\r\nTo: <{}>\r\nSubject: bench{i:03}\r\nMessage-ID: <bench{i:03}@{}>\r\n\r\nbench body {i:03}\r\n{body}\r\n",
+                alice.address,
+                bob.address,
+                alice.onion()
+            );
+            let m = onionpost_e2e::sign_and_encrypt(
+                rand::rngs::OsRng,
+                clear.as_bytes(),
+                &a_key,
+                &[b_key.public()],
+                Protect::default(),
+            )
+            .unwrap();
+            std::fs::write(&p, m).unwrap();
+            p.to_str().unwrap().to_string()
+        })
+        .collect();
+    let mut args = vec![
+        hal.smtp.to_string(),
+        alice.address.clone(),
+        bob.address.clone(),
+    ];
+    args.extend(files);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let t = Instant::now();
+    let out = python(RAW_MANY, &args);
+    let held_in = t.elapsed();
+    assert_eq!(out.lines().filter(|l| *l == "OK").count(), n, "{out}");
+    assert_eq!(held_files(&hal).len(), n);
+
+    let t = Instant::now();
+    bob.spawn();
+    wait_for(Duration::from_secs(120), "bob listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", bob.imap)).is_ok()
+    });
+    let listening = t.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while bob.count_in_maildir("bench body ") < n || !held_files(&hal).is_empty() {
+        assert!(Instant::now() < deadline, "not all collected");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let all = t.elapsed();
+    for i in 0..n {
+        assert_eq!(bob.count_in_maildir(&format!("bench body {i:03}\r")), 1);
+    }
+    eprintln!(
+        "held {n} messages at the host in {:.0} ms (one SMTP session); recipient start -> listening {:.0} ms; start -> all {n} stored and none held {:.0} ms ({:.1} ms per message after listening)",
+        held_in.as_secs_f64() * 1000.0,
+        listening.as_secs_f64() * 1000.0,
+        all.as_secs_f64() * 1000.0,
+        (all - listening).as_secs_f64() * 1000.0 / n as f64
+    );
+}

@@ -1,6 +1,6 @@
 //! The recipient's side: each hosted identity collects its held mail from each of its
-//! mailbox hosts (read from the ledger with a proof), at start and every
-//! `[hosting] collect_every_secs`.
+//! mailbox hosts (read from the ledger with a proof), at start and then about every
+//! `[hosting] collect_every_secs`, on a schedule of its own (see [`Collector::run`]).
 //!
 //! Exactly once: a fetched message goes through the inbound stages (decrypted, verified,
 //! deduplicated by Message-ID and content, stored durably) before its id is acknowledged, and
@@ -116,18 +116,40 @@ impl<T: Transport> Collector<T> {
         })
     }
 
-    /// Collects at start and every interval until `shutdown`.
+    /// Collects at start (every identity at once: the node's start shows anyway), then for
+    /// each identity on its own schedule, every interval spread by a random delay drawn per
+    /// identity and round, so that the identities of one node never collect in lock-step
+    /// (timing would link them for a host, or hosts, serving several of them). Until
+    /// `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         if self.every <= 0.0 {
             return;
         }
+        tokio::select! {
+            () = self.collect_all() => {}
+            () = shutdown.cancelled() => return,
+        }
         loop {
-            tokio::select! {
-                () = self.collect_all() => {}
-                () = shutdown.cancelled() => return,
+            let round = tokio_util::task::TaskTracker::new();
+            for h in self.ctx.identities().iter() {
+                let (this, h, stop) = (self.clone(), h.clone(), shutdown.clone());
+                let delay = Duration::from_secs_f64(self.every * rand::random::<f64>());
+                round.spawn(async move {
+                    tokio::select! {
+                        () = async {
+                            tokio::time::sleep(delay).await;
+                            this.collect_identity(&h).await;
+                        } => {}
+                        () = stop.cancelled() => {}
+                    }
+                });
             }
+            round.close();
             tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs_f64(self.every)) => {}
+                () = async {
+                    tokio::time::sleep(Duration::from_secs_f64(self.every)).await;
+                    round.wait().await;
+                } => {}
                 () = shutdown.cancelled() => return,
             }
         }
@@ -135,29 +157,33 @@ impl<T: Transport> Collector<T> {
 
     /// One round: every identity, every host.
     pub async fn collect_all(&self) {
-        let ids = self.ctx.identities();
-        for h in ids.iter() {
-            let Ok(client) = self.ledger.client() else {
+        for h in self.ctx.identities().iter() {
+            self.collect_identity(h).await;
+        }
+    }
+
+    /// Every host of one identity.
+    async fn collect_identity(&self, h: &Arc<Hosted>) {
+        let Ok(client) = self.ledger.client() else {
+            return;
+        };
+        let me = h.identity.onion;
+        let hosts = match client.mailbox_hosts(&me.public_key(), At::Latest).await {
+            Ok(v) => v.value,
+            Err(e) => {
+                tracing::info!(identity = %h.identity.name, "no verified answer about our mailbox hosts; collecting later: {e}");
                 return;
-            };
-            let me = h.identity.onion;
-            let hosts = match client.mailbox_hosts(&me.public_key(), At::Latest).await {
-                Ok(v) => v.value,
-                Err(e) => {
-                    tracing::info!(identity = %h.identity.name, "no verified answer about our mailbox hosts; collecting later: {e}");
-                    continue;
+            }
+        };
+        for key in hosts {
+            let host = OnionAddress::from_public_key(key);
+            match self.collect(h, &host).await {
+                Ok(c) if c.stored > 0 || c.left > 0 => {
+                    tracing::info!(identity = %h.identity.name, %host, stored = c.stored, left = c.left, "collected held mail")
                 }
-            };
-            for key in hosts {
-                let host = OnionAddress::from_public_key(key);
-                match self.collect(h, &host).await {
-                    Ok(c) if c.stored > 0 || c.left > 0 => {
-                        tracing::info!(identity = %h.identity.name, %host, stored = c.stored, left = c.left, "collected held mail")
-                    }
-                    Ok(_) => tracing::debug!(identity = %h.identity.name, %host, "nothing held"),
-                    Err(e) => {
-                        tracing::info!(identity = %h.identity.name, %host, "collecting: {e}")
-                    }
+                Ok(_) => tracing::debug!(identity = %h.identity.name, %host, "nothing held"),
+                Err(e) => {
+                    tracing::info!(identity = %h.identity.name, %host, "collecting: {e}")
                 }
             }
         }

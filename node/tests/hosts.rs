@@ -65,6 +65,32 @@ fn secret_key(node: &Node) -> SecretCert {
         .unwrap()
 }
 
+/// The identity's ed25519 key (its onion address), from its directory.
+fn signing_key(node: &Node) -> ed25519_consensus::SigningKey {
+    let hexkey = std::fs::read_to_string(
+        node.home
+            .join("identities")
+            .join(name(node))
+            .join("secret.key"),
+    )
+    .unwrap();
+    let seed: [u8; 32] = hex::decode(hexkey.trim()).unwrap().try_into().unwrap();
+    ed25519_consensus::SigningKey::from(seed)
+}
+
+fn key_of(node: &Node) -> [u8; 32] {
+    node.onion()
+        .parse::<onionpost_proto::onion::OnionAddress>()
+        .unwrap()
+        .public_key()
+}
+
+/// `m` as `from`'s node hands it to `host` for `to`: with the sender's Onionpost-Hold
+/// signature.
+fn held_copy(from: &Node, host: &Node, to: &Node, m: &[u8]) -> Vec<u8> {
+    onionpost_node::hosting::sender::attach(&signing_key(from), &key_of(host), &key_of(to), m)
+}
+
 /// Writes the node's configuration and registers its identity (binding its key) there.
 fn register(node: &Node) {
     std::fs::write(node.home.join("node.toml"), node.config()).unwrap();
@@ -221,29 +247,60 @@ fn mail_for_an_offline_recipient_is_held_by_its_host_and_collected_when_it_retur
     let a_key = secret_key(&alice);
     let b_key = secret_key(&bob);
     let enc = message(&alice, &bob, "to-carol", &a_key, Some(&b_key));
-    let r = send_raw(&carol, &alice.address, &bob.address, &enc);
+    let r = send_raw(
+        &carol,
+        &alice.address,
+        &bob.address,
+        &held_copy(&alice, &carol, &bob, &enc),
+    );
     assert!(
         r.starts_with("550") && r.contains("not a mailbox host"),
         "{r}"
     );
     let clear = message(&alice, &bob, "clear", &a_key, None);
-    let r = send_raw(&hal, &alice.address, &bob.address, &clear);
+    let r = send_raw(
+        &hal,
+        &alice.address,
+        &bob.address,
+        &held_copy(&alice, &hal, &bob, &clear),
+    );
     assert!(
         r.starts_with("550") && r.contains("cleartext refused"),
+        "{r}"
+    );
+    // The sending identity must sign what it hands to the host: unsigned, or signed by
+    // another identity than MAIL FROM's, is refused.
+    let unsigned = message(&alice, &bob, "unsigned", &a_key, Some(&b_key));
+    let r = send_raw(&hal, &alice.address, &bob.address, &unsigned);
+    assert!(r.starts_with("550") && r.contains("Onionpost-Hold"), "{r}");
+    let forged = held_copy(&carol, &hal, &bob, &unsigned);
+    let r = send_raw(&hal, &alice.address, &bob.address, &forged);
+    assert!(
+        r.starts_with("550") && r.contains("not the envelope sender"),
         "{r}"
     );
     let r = send_raw(
         &hal,
         &alice.address,
         &bob.address,
-        &message(&alice, &bob, "second", &a_key, Some(&b_key)),
+        &held_copy(
+            &alice,
+            &hal,
+            &bob,
+            &message(&alice, &bob, "second", &a_key, Some(&b_key)),
+        ),
     );
     assert_eq!(r, "OK");
     let r = send_raw(
         &hal,
         &alice.address,
         &bob.address,
-        &message(&alice, &bob, "third", &a_key, Some(&b_key)),
+        &held_copy(
+            &alice,
+            &hal,
+            &bob,
+            &message(&alice, &bob, "third", &a_key, Some(&b_key)),
+        ),
     );
     assert!(r.starts_with("452") && r.contains("quota"), "{r}");
     assert_eq!(held_files(&hal).len(), 2);
@@ -325,7 +382,7 @@ fn collection_is_exactly_once_when_the_collector_and_then_the_host_are_killed_mi
         .map(|i| {
             let p = hal.home.join(format!("kill{i:02}.eml"));
             let m = message(&alice, &bob, &format!("kill{i:02}"), &a_key, Some(&b_key));
-            std::fs::write(&p, m).unwrap();
+            std::fs::write(&p, held_copy(&alice, &hal, &bob, &m)).unwrap();
             p.to_str().unwrap().to_string()
         })
         .collect();
@@ -479,7 +536,7 @@ pub fn collection_figures() {
                 Protect::default(),
             )
             .unwrap();
-            std::fs::write(&p, m).unwrap();
+            std::fs::write(&p, held_copy(&alice, &hal, &bob, &m)).unwrap();
             p.to_str().unwrap().to_string()
         })
         .collect();

@@ -148,7 +148,7 @@ pub fn named(
 
 /// The sending identity of a held message: its envelope sender must be an address at an
 /// onion (held mail comes from identities, and the per-sender quota counts by identity).
-pub fn sender_identity(mail_from: &str) -> Result<String, Reply> {
+pub fn sender_identity(mail_from: &str) -> Result<OnionAddress, Reply> {
     let refuse = || {
         reply(
             550,
@@ -157,8 +157,7 @@ pub fn sender_identity(mail_from: &str) -> Result<String, Reply> {
         )
     };
     let (_, domain) = mail_from.rsplit_once('@').ok_or_else(refuse)?;
-    let onion: OnionAddress = domain.parse().map_err(|_| refuse())?;
-    Ok(onion.hostname())
+    domain.parse().map_err(|_| refuse())
 }
 
 /// Whether `message` is OpenPGP ciphertext for the recipient's bound key (`active`: the
@@ -242,10 +241,7 @@ mod tests {
     #[test]
     fn senders_must_be_onion_identities_and_hosts_must_be_named() {
         let o = OnionAddress::from_public_key([3; 32]);
-        assert_eq!(
-            sender_identity(&format!("a@{}", o.hostname())).unwrap(),
-            o.hostname()
-        );
+        assert_eq!(sender_identity(&format!("a@{}", o.hostname())).unwrap(), o);
         assert_eq!(sender_identity("a@example.com").unwrap_err().code, 550);
         assert_eq!(sender_identity("").unwrap_err().code, 550);
         assert_eq!(named(&[[1; 32], [2; 32]], &[[2; 32]], &o).unwrap(), [2; 32]);

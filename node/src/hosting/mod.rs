@@ -23,6 +23,7 @@ pub mod check;
 pub mod collect;
 pub mod fallback;
 pub mod protocol;
+pub mod sender;
 pub mod serve;
 pub mod store;
 
@@ -103,7 +104,7 @@ impl Hosting {
         onion: &OnionAddress,
         message: &[u8],
     ) -> Result<(), Reply> {
-        check::sender_identity(from)?;
+        let sender_onion = check::sender_identity(from)?;
         let sender = from.to_ascii_lowercase();
         let client = self
             .ledger
@@ -121,8 +122,8 @@ impl Hosting {
         let Some(id) = v.value else {
             return Err(check::not_named(onion));
         };
-        let host =
-            OnionAddress::from_public_key(check::named(&id.mailbox_hosts, ours, onion)?).hostname();
+        let host_key = check::named(&id.mailbox_hosts, ours, onion)?;
+        let host = OnionAddress::from_public_key(host_key).hostname();
         let active = id.active_key().map(|k| k.public_key.clone());
         let (store, limits, now) = (
             self.store.clone(),
@@ -137,6 +138,8 @@ impl Hosting {
         );
         let height = v.height;
         tokio::task::spawn_blocking(move || {
+            let data = sender::verify(&host_key, &who, &sender_onion.public_key(), &data)
+                .map_err(|e| reply(550, [5, 7, 1], format!("Error: {e} (docs/hosting.md)")))?;
             check::encrypted_for(&data, active.as_deref(), &onion)?;
             match store.hold(&who, (&to, &sender, &host), &data, now, &limits) {
                 Ok(id) => {

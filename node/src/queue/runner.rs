@@ -27,6 +27,7 @@ use crate::delivery::inbound::Inbound;
 use crate::delivery::route::{Route, invalid_destination, route};
 use crate::e2e::E2e;
 use crate::hosting::fallback::{self, Fallback};
+use crate::hosting::sender;
 use crate::message::{FailedRecipient, build_dsn};
 use crate::smtp::client::{self, RcptOutcome, Transaction};
 use crate::smtp::reply::EnhancedCode;
@@ -271,6 +272,23 @@ impl<T: Transport> Runner<T> {
         client::Client::connect(stream, HELO_NAME, REPLY_TIMEOUT).await
     }
 
+    /// The sending identity's key (read off the async workers), or why not.
+    async fn signing_key(
+        &self,
+        m: &QueuedMessage,
+    ) -> Result<ed25519_consensus::SigningKey, String> {
+        let h = self
+            .ctx
+            .identities()
+            .by_name(&m.identity)
+            .cloned()
+            .ok_or("the sending identity is gone")?;
+        tokio::task::spawn_blocking(move || h.identity.signing_key())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("reading the sending identity's key: {e}"))
+    }
+
     /// The recipients' onion could not be reached (`e`): once the message has waited long
     /// enough, the copy goes to one of their mailbox hosts instead. `None`: not (yet) for
     /// hosts; the connection failure is the outcome.
@@ -291,11 +309,17 @@ impl<T: Transport> Runner<T> {
             Ok(h) => h,
             Err(why) => return Some(vec![RcptOutcome::Unreachable(why); rcpts.len()]),
         };
+        let key = match self.signing_key(m).await {
+            Ok(k) => k,
+            Err(why) => return Some(vec![RcptOutcome::Unreachable(why); rcpts.len()]),
+        };
         let mut answers = Vec::new();
         for host in hosts {
+            // Signed for this host, so that its per-sender quota counts this identity.
+            let copy = sender::attach(&key, &host.public_key(), &onion.public_key(), wire);
             let o = match self.connect(&host, sender).await {
                 Ok(mut c) => {
-                    let o = c.send(&m.from, rcpts, wire).await;
+                    let o = c.send(&m.from, rcpts, &copy).await;
                     c.quit().await;
                     o.unwrap_or_else(|e| vec![e.outcome(); rcpts.len()])
                 }

@@ -4,13 +4,14 @@
 //!
 //! * sending ([`fallback`]): when a recipient's onion has been unreachable for
 //!   `[queue] hosts_after_secs`, the runner reads the recipient's hosts from the ledger (with
-//!   a proof) and sends the same encrypted copy to one of them, over SMTP to the host's onion
-//!   service with the recipient's own address in `RCPT TO`. A copy that is not ciphertext is
-//!   never handed to a host.
+//!   a proof) and sends the same encrypted copy to one of them, signed for that host by the
+//!   sending identity ([`sender`]), over SMTP to the host's onion service with the
+//!   recipient's own address in `RCPT TO`. A copy that is not ciphertext is never handed to
+//!   a host.
 //! * holding ([`Hosting::hold`], [`check`], [`store`]): a node with `[hosting] enabled`
 //!   takes such mail only for identities whose ledger record names the identity whose
-//!   service the mail came in on, only as OpenPGP ciphertext for the recipient's bound key,
-//!   within per-recipient and per-sender quotas, stored durably (fsync before the 250) under
+//!   service the mail came in on, only signed by its sending identity, only as OpenPGP
+//!   ciphertext for the recipient's bound key, within per-recipient and per-sender quotas, stored durably (fsync before the 250) under
 //!   `<home>/held/`, apart from its own mailboxes, for `keep_secs`.
 //! * collecting ([`collect`], [`serve`], [`protocol`]): the recipient's node connects to
 //!   each of its hosts, switches the SMTP session to `HELD/1` with `XHELD`, proves its

@@ -273,6 +273,15 @@ impl PublicCert {
         })
     }
 
+    /// The legacy key ids (16 upper-case hex digits) of the subkeys that may encrypt: what
+    /// [`crate::encrypted_to`] lists for a message encrypted to this certificate.
+    pub fn encryption_key_ids(&self) -> Vec<String> {
+        self.encryption_subkeys()
+            .iter()
+            .map(|s| data_encoding::HEXUPPER.encode(s.key.legacy_key_id().as_ref()))
+            .collect()
+    }
+
     /// The subkeys whose binding signature allows encryption (communications or storage).
     pub(crate) fn encryption_subkeys(&self) -> Vec<&SignedPublicSubKey> {
         self.key

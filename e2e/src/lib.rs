@@ -30,7 +30,7 @@ pub mod protect;
 pub use autocrypt::{Autocrypt, AutocryptError, PreferEncrypt};
 pub use error::{Error, SignatureError};
 pub use key::{Fingerprint, PublicCert, SecretCert, normalize_address};
-pub use open::{Opened, Signer, decrypt, open, verify};
+pub use open::{Opened, Signer, decrypt, encrypted_to, open, verify};
 pub use protect::{Protect, sign, sign_and_encrypt};
 
 /// An error and its sources, joined with ": " (for messages that must be one line).

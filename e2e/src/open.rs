@@ -180,6 +180,46 @@ fn verify_entity(
     })
 }
 
+/// The key ids (16 upper-case hex digits) a PGP/MIME `multipart/encrypted` message is
+/// encrypted to, read without any secret key: what a mailbox host checks before it holds a
+/// message for someone (held mail must be ciphertext for the recipient's bound key; see
+/// [`PublicCert::encryption_key_ids`]). Anonymous recipients (a zero key id) are listed as
+/// zeros. [`Error::NotPgpMime`] for anything that is not `multipart/encrypted`.
+pub fn encrypted_to(message: &[u8]) -> Result<Vec<String>, Error> {
+    let message = mime::to_crlf(message);
+    let entity = mime::split_entity(&message)?;
+    let (ctype, params) = mime::content_type(entity.header).unwrap_or_default();
+    if ctype != "multipart/encrypted" {
+        return Err(Error::NotPgpMime {
+            expected: "multipart/encrypted",
+            found: Some(ctype).filter(|c| !c.is_empty()),
+        });
+    }
+    let (_version, encrypted) = two_parts(&entity, &params, "application/pgp-encrypted")?;
+    let enc_entity = mime::split_entity(encrypted)?;
+    let data = mime::decode_transfer(&enc_entity.fields, enc_entity.body)?;
+    let binary = dearmor(data)?;
+    let msg = Message::from_bytes(Cursor::new(binary)).map_err(|source| Error::Armor {
+        what: "encrypted message",
+        source,
+    })?;
+    let Message::Encrypted { esk, .. } = &msg else {
+        return Err(Error::Malformed(
+            "the encrypted part is not an encrypted OpenPGP message",
+        ));
+    };
+    Ok(esk
+        .iter()
+        .filter_map(|e| match e {
+            Esk::PublicKeyEncryptedSessionKey(p) => p
+                .id()
+                .ok()
+                .map(|id| data_encoding::HEXUPPER.encode(id.as_ref())),
+            Esk::SymKeyEncryptedSessionKey(_) => None,
+        })
+        .collect())
+}
+
 fn decrypt_entity(
     entity: &Entity<'_>,
     params: &[(String, String)],

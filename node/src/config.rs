@@ -21,6 +21,15 @@
 //! retry_jitter = 0.5
 //! concurrency = 16
 //! connections_per_destination = 4
+//! hosts_after_secs = 1800     # then the recipient's mailbox hosts (negative: never)
+//! [hosting]                   # holding mail for others (docs/hosting.md)
+//! enabled = false             # true: hold mail for identities that name ours as hosts
+//! max_messages_per_recipient = 1000
+//! max_bytes_per_recipient = 268435456
+//! max_messages_per_sender = 200
+//! max_bytes_per_sender = 67108864
+//! keep_secs = 1209600
+//! collect_every_secs = 300    # our identities collect from their hosts (0: never)
 //! [transport]
 //! kind = "direct"             # tests only; the default is "onion"
 //! [transport.direct]          # onion host -> loopback socket address
@@ -127,6 +136,50 @@ pub struct Config {
     /// End-to-end OpenPGP.
     #[serde(default)]
     pub e2e: E2eConfig,
+    /// Mailbox hosting: holding mail for identities that name this node's identities as
+    /// their hosts, and collecting this node's identities' mail from their hosts.
+    #[serde(default)]
+    pub hosting: HostingConfig,
+}
+
+/// Mailbox hosting (the `[hosting]` table; see `hosting` and docs/hosting.md).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostingConfig {
+    /// Hold mail for identities that name one of this node's identities as a mailbox host
+    /// on the ledger (needs `[ledger]`). Default false: a node holds nobody's mail unless
+    /// its operator says so.
+    pub enabled: bool,
+    /// Most messages held for one recipient identity (452 4.2.2 beyond).
+    pub max_messages_per_recipient: usize,
+    /// Most bytes held for one recipient identity (452 4.2.2 beyond; a message larger than
+    /// this on its own: 552 5.3.4).
+    pub max_bytes_per_recipient: u64,
+    /// Most messages held from one sending identity, for all recipients together (452 4.7.1
+    /// beyond).
+    pub max_messages_per_sender: usize,
+    /// Most bytes held from one sending identity, for all recipients together.
+    pub max_bytes_per_sender: u64,
+    /// How long held mail is kept for its recipient to collect, seconds; older mail is
+    /// bounced to its sender (a DSN from the host identity) and deleted.
+    pub keep_secs: f64,
+    /// How often this node's identities collect their held mail from their hosts, seconds
+    /// (also once at start). 0: never.
+    pub collect_every_secs: f64,
+}
+
+impl Default for HostingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_messages_per_recipient: 1000,
+            max_bytes_per_recipient: 256 * 1024 * 1024,
+            max_messages_per_sender: 200,
+            max_bytes_per_sender: 64 * 1024 * 1024,
+            keep_secs: 14.0 * 86400.0,
+            collect_every_secs: 300.0,
+        }
+    }
 }
 
 /// End-to-end OpenPGP settings (the `[e2e]` table).
@@ -283,6 +336,10 @@ pub struct QueueConfig {
     /// Most connections one identity keeps open to one destination; each carries many
     /// messages (pipelined) and takes what becomes due for that destination while it is open.
     pub connections_per_destination: usize,
+    /// Once a message has waited this long (seconds since it was queued) and the recipient's
+    /// onion is still unreachable, the attempt goes on to the recipient's mailbox hosts
+    /// (read from the ledger with a proof), encrypted copies only. Negative: never.
+    pub hosts_after_secs: f64,
 }
 
 impl Default for QueueConfig {
@@ -294,6 +351,7 @@ impl Default for QueueConfig {
             retry_jitter: 0.5,
             concurrency: 16,
             connections_per_destination: 4,
+            hosts_after_secs: 1800.0,
         }
     }
 }
@@ -476,6 +534,15 @@ mod tests {
                 "{bad}"
             );
         }
+        assert!(
+            !d.hosting.enabled,
+            "nobody's mail is held unless configured"
+        );
+        assert_eq!(d.queue.hosts_after_secs, 1800.0);
+        let h = Config::parse("[hosting]\nenabled = true\nmax_messages_per_sender = 3\n").unwrap();
+        assert!(h.hosting.enabled);
+        assert_eq!(h.hosting.max_messages_per_sender, 3);
+        assert!(Config::parse("[hosting]\nenable = true\n").is_err());
     }
 
     #[test]

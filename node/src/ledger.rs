@@ -486,6 +486,124 @@ pub async fn revoke_key(
     }
 }
 
+/// Why [`set_mailbox_hosts`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HostsError {
+    /// No verified answer, or no server took the transaction.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The identity is not registered on the ledger.
+    #[error("the identity is not registered on the ledger; run `identity register` first")]
+    NotRegistered,
+    /// The ledger refused the transaction (a host not registered, named twice, or the
+    /// identity itself; more than the ledger's limit).
+    #[error("the ledger refused set_mailbox_hosts (code {code}): {log}")]
+    Refused {
+        /// The rejection code (docs/ledger.md).
+        code: u32,
+        /// The server's log.
+        log: String,
+    },
+    /// Not visible in verified state within the time limit.
+    #[error(
+        "set_mailbox_hosts was accepted but is not in verified state after {0:?}; is a block producer running?"
+    )]
+    NotCommitted(Duration),
+}
+
+/// What [`set_mailbox_hosts`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostsOutcome {
+    /// Set now, as verified at this height.
+    Set(u64),
+    /// The ledger named exactly these hosts already, as verified at this height.
+    Already(u64),
+}
+
+/// Names `hosts` (in this order; empty: none) as the mailbox hosts of the identity of `key`
+/// (SetMailboxHosts, signed by that key) and waits, up to `wait`, until verified state shows
+/// them.
+pub async fn set_mailbox_hosts(
+    ledger: &NodeLedger,
+    key: &SigningKey,
+    hosts: &[IdentityKey],
+    wait: Duration,
+) -> Result<HostsOutcome, HostsError> {
+    let client = ledger.client()?;
+    let who: IdentityKey = key.verification_key().to_bytes();
+    let start = Instant::now();
+    let known = latest_identity(client, &who, start, wait).await?;
+    let Some(id) = known.value else {
+        return Err(HostsError::NotRegistered);
+    };
+    if id.mailbox_hosts == hosts {
+        return Ok(HostsOutcome::Already(known.height));
+    }
+    let chain_id = &ledger.config().expect("configured").chain_id;
+    let nonce = id.record.next_nonce;
+    let tx = onionpost_proto::tx::sign(
+        key,
+        chain_id,
+        nonce,
+        Action::SetMailboxHosts(pb::SetMailboxHosts {
+            hosts: hosts.iter().map(|h| h.to_vec()).collect(),
+        }),
+    );
+    let ans = ledger.submit(tx).await?;
+    if ans.code != 0 {
+        return Err(HostsError::Refused {
+            code: ans.code,
+            log: ans.log,
+        });
+    }
+    loop {
+        match client.identity(&who, At::Latest).await {
+            Ok(v) => {
+                if let Some(id) = &v.value {
+                    if id.mailbox_hosts == hosts {
+                        return Ok(HostsOutcome::Set(v.height));
+                    }
+                    if id.record.next_nonce > nonce {
+                        return Err(HostsError::Refused {
+                            code: 0,
+                            log: format!(
+                                "included by height {} but not applied (the ledger's log says why)",
+                                v.height
+                            ),
+                        });
+                    }
+                }
+            }
+            Err(e) if e.is_transient() => {}
+            Err(e) => return Err(LedgerError::from(e).into()),
+        }
+        if start.elapsed() > wait {
+            return Err(HostsError::NotCommitted(wait));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The mailbox hosts the ledger names for the identity of `who`, as verified at the latest
+/// height (waiting out a chain that has just started, up to `wait`).
+pub async fn mailbox_hosts(
+    ledger: &NodeLedger,
+    who: &IdentityKey,
+    wait: Duration,
+) -> Result<Verified<Vec<IdentityKey>>, LedgerError> {
+    let client = ledger.client()?;
+    let start = Instant::now();
+    loop {
+        match client.mailbox_hosts(who, At::Latest).await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() && start.elapsed() < wait => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,8 @@
 //! * [`context`]: the read-only configuration and hosted identities every task looks at;
 //! * [`delivery`]: inbound and outbound stages, each a pure decision plus a seam;
 //! * [`e2e`]: end-to-end OpenPGP: identities' keyrings and the ledger's key bindings;
+//! * [`hosting`]: mailbox hosts: holding mail for others, going to a recipient's hosts, and
+//!   collecting our identities' held mail;
 //! * edges: [`smtp::server`], [`imap::server`], [`onion`], [`listener`], [`queue::runner`];
 //! * [`runtime`]: wires it all, runs it, and shuts it down; only `main` imports it.
 
@@ -19,6 +21,7 @@ pub mod context;
 pub mod delivery;
 pub mod e2e;
 pub mod fsutil;
+pub mod hosting;
 pub mod identity;
 pub mod imap;
 pub mod ledger;

@@ -99,6 +99,24 @@ enum IdentityCommand {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Show, or with `--set` / `--clear` change, the identity's mailbox hosts on the ledger:
+    /// the identities that hold its (end-to-end encrypted) mail while its node is offline.
+    /// Changes are SetMailboxHosts signed with the identity's key; waits until verified state
+    /// shows them.
+    Hosts {
+        /// Identity name.
+        name: String,
+        /// The node's configuration file (its `[ledger]` table).
+        #[arg(long)]
+        config: PathBuf,
+        /// The hosts, in order of preference: onion host names (`<56 chars>.onion`) or
+        /// addresses at them. Each must be registered on the ledger.
+        #[arg(long, num_args = 1.., conflicts_with = "clear")]
+        set: Vec<String>,
+        /// Name no hosts.
+        #[arg(long)]
+        clear: bool,
+    },
     /// Print the identity's OpenPGP certificate (public key), ASCII-armored.
     ExportKey {
         /// Identity name.
@@ -273,6 +291,20 @@ fn identity(home: &Path, command: IdentityCommand) -> anyhow::Result<()> {
                 ),
             }
         }
+        IdentityCommand::Hosts {
+            name,
+            config,
+            set,
+            clear,
+        } => {
+            let id = store.load(&name)?;
+            let ledger = configured_ledger(home, &config)?;
+            if set.is_empty() && !clear {
+                show_hosts(&ledger, &id)?;
+            } else {
+                set_hosts(&ledger, &id, &set)?;
+            }
+        }
         IdentityCommand::ExportKey { name } => {
             let id = store.load(&name)?;
             print!("{}", Keyring::of(&id).current()?.public().to_armored()?);
@@ -350,6 +382,75 @@ fn bind(
         ledger::Binding::Already(h) => {
             println!("bound: OpenPGP key {fpr} already, as of height {h}")
         }
+    }
+    Ok(())
+}
+
+/// An onion host name, or an address at one, as a ledger identity.
+fn host_key(host: &str) -> anyhow::Result<[u8; 32]> {
+    let domain = host.rsplit_once('@').map_or(host, |(_, d)| d);
+    let onion: onionpost_proto::onion::OnionAddress = domain
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{host:?} is not an onion host name or address: {e}"))?;
+    Ok(onion.public_key())
+}
+
+/// Prints the identity's mailbox hosts as verified on the ledger.
+fn show_hosts(ledger: &NodeLedger, id: &onionpost_node::identity::Identity) -> anyhow::Result<()> {
+    let who = id.onion.public_key();
+    let v = cli_runtime()?
+        .block_on(ledger::mailbox_hosts(
+            ledger,
+            &who,
+            std::time::Duration::from_secs(60),
+        ))
+        .with_context(|| format!("reading the mailbox hosts of {}", id.address()))?;
+    if v.value.is_empty() {
+        println!("hosts: none (as of height {})", v.height);
+    }
+    for h in &v.value {
+        let onion = onionpost_proto::onion::OnionAddress::from_public_key(*h);
+        println!("host: {} (as of height {})", onion.hostname(), v.height);
+    }
+    Ok(())
+}
+
+/// Names `hosts` as the identity's mailbox hosts on the ledger and says what happened.
+fn set_hosts(
+    ledger: &NodeLedger,
+    id: &onionpost_node::identity::Identity,
+    hosts: &[String],
+) -> anyhow::Result<()> {
+    let keys = hosts
+        .iter()
+        .map(|h| host_key(h))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let key = id.signing_key()?;
+    let outcome = cli_runtime()?
+        .block_on(ledger::set_mailbox_hosts(
+            ledger,
+            &key,
+            &keys,
+            std::time::Duration::from_secs(60),
+        ))
+        .with_context(|| format!("setting the mailbox hosts of {}", id.address()))?;
+    let names: Vec<String> = keys
+        .iter()
+        .map(|k| onionpost_proto::onion::OnionAddress::from_public_key(*k).hostname())
+        .collect();
+    let list = if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(" ")
+    };
+    match outcome {
+        ledger::HostsOutcome::Set(h) => {
+            println!("hosts set: {} -> {list} at height {h}", id.address())
+        }
+        ledger::HostsOutcome::Already(h) => println!(
+            "hosts set: {} -> {list} already, as of height {h}",
+            id.address()
+        ),
     }
     Ok(())
 }

@@ -425,6 +425,102 @@ fn list_posts_travel_between_onion_services() {
     assert_eq!(nodes[0].count_in_maildir("List over Tor"), 0, "the author");
 }
 
+/// Registers the node's identity (and binds its key) on the ledger of its `[ledger]`.
+fn register_on_ledger(node: &Node, net: &TorNetwork) {
+    let cfg = node.write_config(net);
+    let out = Command::new(BIN)
+        .args([
+            "--home",
+            node.home.to_str().unwrap(),
+            "identity",
+            "register",
+        ])
+        .arg(&node.name)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("registered:"),
+        "register {}: {out:?}",
+        node.name
+    );
+}
+
+/// The files a node holds for others.
+fn held(node: &Node) -> usize {
+    fs::read_dir(node.home.join("held"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .flat_map(|d| fs::read_dir(d.path()).into_iter().flatten())
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "held"))
+        .count()
+}
+
+#[test]
+fn mail_for_an_offline_recipient_is_held_and_collected_over_onion_services() {
+    let ledger = support::ledger::Devnet::start(4, "hosts-onion");
+    let net = TorNetwork::shared();
+    let fast = "retry_base_secs = 1.0\nretry_max_secs = 4.0\nretry_window_secs = 600.0\nhosts_after_secs = 0";
+    let mut alice = Node::new("alice", fast);
+    let mut bob = Node::new("bob", fast);
+    let mut hal = Node::new("hal", fast);
+    alice.extra = ledger.ledger_toml();
+    bob.extra = format!(
+        "{}[hosting]\ncollect_every_secs = 2\n",
+        ledger.ledger_toml()
+    );
+    hal.extra = format!("{}[hosting]\nenabled = true\n", ledger.ledger_toml());
+    for node in [&alice, &bob, &hal] {
+        register_on_ledger(node, net);
+    }
+    let hal_onion = hal.address.split('@').nth(1).unwrap().to_string();
+    let cfg = bob.write_config(net);
+    let out = Command::new(BIN)
+        .args([
+            "--home",
+            bob.home.to_str().unwrap(),
+            "identity",
+            "hosts",
+            "bob",
+        ])
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--set", &hal_onion])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("hosts set:"),
+        "{out:?}"
+    );
+    hal.start(net);
+    alice.start(net);
+    // bob's onion service has never been published: alice's node hands the copy to hal.
+    submit(
+        &alice,
+        &bob.address,
+        "Held over Tor",
+        "Waiting for bob at his host",
+    );
+    wait_for(
+        Duration::from_secs(240),
+        "alice's node to use bob's host",
+        || alice.log().contains("delivered to mailbox host"),
+    );
+    assert_eq!(held(&hal), 1);
+    bob.start(net);
+    wait_for(Duration::from_secs(240), "bob to collect over Tor", || {
+        bob.count_in_maildir("Waiting for bob at his host") == 1
+    });
+    wait_for(Duration::from_secs(60), "hal to delete it", || {
+        held(&hal) == 0
+    });
+    assert!(hal.log().contains("collector authenticated"));
+    assert_eq!(bob.count_in_maildir("Waiting for bob at his host"), 1);
+}
+
 /// List figures over onion services for BENCHMARKS.md (`ONIONPOST_BENCH=lists cargo bench
 /// -p onionpost-node --bench onion`): a post to 8 members, first (every onion service's
 /// first publication and circuit included) and warm, with the transmissions each took.

@@ -32,6 +32,8 @@ use crate::message::split_header;
 use crate::store::Flags;
 
 use crate::context::{Context, Hosted, Identities};
+use crate::hosting::Hosting;
+use crate::hosting::check::{held_candidate, scope_hosts};
 use crate::lists::address::parse_member_address;
 use crate::lists::engine::Lists;
 use crate::message::message_id;
@@ -665,6 +667,7 @@ pub struct Inbound {
     ctx: Arc<Context>,
     lists: Option<Arc<Lists>>,
     e2e: Arc<E2e>,
+    hosting: Option<Arc<Hosting>>,
 }
 
 impl Inbound {
@@ -676,7 +679,26 @@ impl Inbound {
             ctx,
             lists: None,
             e2e,
+            hosting: None,
         }
+    }
+
+    /// The same stages, holding mail for identities that name ours as mailbox hosts.
+    pub fn with_hosting(self, hosting: Arc<Hosting>) -> Self {
+        Self {
+            hosting: Some(hosting),
+            ..self
+        }
+    }
+
+    /// The current identities.
+    pub fn identities(&self) -> Arc<Identities> {
+        self.ctx.identities()
+    }
+
+    /// The host's side, if this node holds mail for others.
+    pub fn hosting(&self) -> Option<&Arc<Hosting>> {
+        self.hosting.as_ref()
     }
 
     /// Inbound delivery whose list posts go to `lists`.
@@ -697,6 +719,7 @@ impl Inbound {
         InboundPolicy {
             ids: self.ctx.identities(),
             scope,
+            hosting: self.hosting.is_some(),
         }
     }
 
@@ -705,6 +728,14 @@ impl Inbound {
     /// recipients already served see the retry as a duplicate).
     pub async fn accept(&self, scope: Scope, env: Envelope) -> Result<(), Reply> {
         let ids = self.ctx.identities();
+        if let Some(h) = &self.hosting
+            && env
+                .recipients
+                .iter()
+                .any(|r| held_candidate(&ids, scope, r).is_some())
+        {
+            return self.accept_held(h, &ids, scope, env).await;
+        }
         let post = env
             .recipients
             .iter()
@@ -740,6 +771,32 @@ impl Inbound {
             )),
             None => Ok(()),
         }
+    }
+
+    /// A transaction with recipients this node may hold mail for ([`Hosting::hold`]); the
+    /// others go through the usual stages. Each refusal is said as it is (the first).
+    async fn accept_held(
+        &self,
+        hosting: &Hosting,
+        ids: &Identities,
+        scope: Scope,
+        env: Envelope,
+    ) -> Result<(), Reply> {
+        let ours = scope_hosts(ids, scope);
+        let mut results = Vec::new();
+        let mut rest = Vec::new();
+        for r in &env.recipients {
+            match held_candidate(ids, scope, r) {
+                Some(onion) => {
+                    results.push(hosting.hold(&ours, &env.from, r, &onion, &env.data).await)
+                }
+                None => rest.push(r.clone()),
+            }
+        }
+        if !rest.is_empty() {
+            results.extend(self.deliver(scope, rest, env.data).await);
+        }
+        results.into_iter().find(|o| o.is_err()).unwrap_or(Ok(()))
     }
 
     /// Runs the stages for each recipient (on a blocking thread; list posts through the
@@ -868,6 +925,8 @@ impl Inbound {
 pub struct InboundPolicy {
     ids: Arc<Identities>,
     scope: Scope,
+    /// Whether this node holds mail for others (checked on the ledger after DATA).
+    hosting: bool,
 }
 
 impl Policy for InboundPolicy {
@@ -875,7 +934,11 @@ impl Policy for InboundPolicy {
         matches!(
             classify(&self.ids, self.scope, address),
             Class::Hosted(_) | Class::ListPost(..)
-        )
+        ) || (self.hosting && held_candidate(&self.ids, self.scope, address).is_some())
+    }
+
+    fn collection(&self) -> bool {
+        self.hosting
     }
 
     fn authenticate(&self, _user: &str, _password: &str) -> Option<String> {

@@ -28,6 +28,22 @@ pub fn build_dsn(
     arrival_unix: i64,
     now: DateTime<Utc>,
 ) -> Vec<u8> {
+    let from = format!("Mail Delivery System <MAILER-DAEMON@{}>", onion.hostname());
+    build_dsn_from(&from, onion, sender, original, failed, arrival_unix, now)
+}
+
+/// Like [`build_dsn`], with `from` as its From field: a DSN that leaves the node (a mailbox
+/// host's, for held mail that expired) comes from the reporting identity's own address, so
+/// that it is signed by that identity's key.
+pub fn build_dsn_from(
+    from: &str,
+    onion: &OnionAddress,
+    sender: &str,
+    original: &[u8],
+    failed: &[FailedRecipient],
+    arrival_unix: i64,
+    now: DateTime<Utc>,
+) -> Vec<u8> {
     let host = onion.hostname();
     let boundary = format!("dsn-{}", hex::encode(rand::random::<[u8; 8]>()));
     let (fields, _) = split_header(original);
@@ -38,7 +54,7 @@ pub fn build_dsn(
         .unwrap_or_default();
     let arrival = Utc.timestamp_opt(arrival_unix, 0).single().unwrap_or(now);
     let mut m = String::new();
-    m += &format!("From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n");
+    m += &format!("From: {from}\r\n");
     m += &format!("To: <{sender}>\r\n");
     m += "Subject: Undelivered Mail Returned to Sender\r\n";
     m += &format!("Date: {}\r\n", rfc5322_date(now));

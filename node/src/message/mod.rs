@@ -7,7 +7,7 @@ pub mod sanitize;
 
 use onionpost_proto::onion::OnionAddress;
 
-pub use dsn::{FailedRecipient, build_dsn};
+pub use dsn::{FailedRecipient, build_dsn, build_dsn_from};
 pub use header::{HeaderField, header_value, message_id, rfc5322_date, split_header};
 pub use sanitize::{SubmitError, sanitize_submission};
 

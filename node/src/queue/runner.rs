@@ -26,6 +26,8 @@ use crate::context::Context;
 use crate::delivery::inbound::Inbound;
 use crate::delivery::route::{Route, invalid_destination, route};
 use crate::e2e::E2e;
+use crate::hosting::fallback::{self, Fallback};
+use crate::hosting::sender;
 use crate::message::{FailedRecipient, build_dsn};
 use crate::smtp::client::{self, RcptOutcome, Transaction};
 use crate::smtp::reply::EnhancedCode;
@@ -58,11 +60,14 @@ pub struct Runner<T: Transport> {
     /// Open connections per route.
     open: Mutex<HashMap<RouteKey, usize>>,
     per_destination: usize,
+    /// Where mail goes when a recipient's onion stays unreachable (none: nowhere).
+    hosts: Option<Fallback>,
 }
 
 impl<T: Transport> Runner<T> {
     /// A runner for `queue`, sending over `transport`, delivering to identities of this
-    /// node through `inbound`, protecting every copy with `e2e`.
+    /// node through `inbound`, protecting every copy with `e2e`, and going to recipients'
+    /// mailbox hosts as `hosts` says.
     pub fn new(
         queue: Arc<Queue>,
         ctx: Arc<Context>,
@@ -70,6 +75,7 @@ impl<T: Transport> Runner<T> {
         transport: Arc<T>,
         clock: Arc<dyn Clock>,
         e2e: Arc<E2e>,
+        hosts: Option<Fallback>,
     ) -> Arc<Self> {
         let q = ctx.config().queue.clone();
         let concurrency = q.concurrency.max(1);
@@ -84,6 +90,7 @@ impl<T: Transport> Runner<T> {
             slots: Arc::new(Semaphore::new(concurrency)),
             open: Mutex::new(HashMap::new()),
             per_destination: q.connections_per_destination.max(1),
+            hosts,
         })
     }
 
@@ -265,6 +272,70 @@ impl<T: Transport> Runner<T> {
         client::Client::connect(stream, HELO_NAME, REPLY_TIMEOUT).await
     }
 
+    /// The sending identity's key (read off the async workers), or why not.
+    async fn signing_key(
+        &self,
+        m: &QueuedMessage,
+    ) -> Result<ed25519_consensus::SigningKey, String> {
+        let h = self
+            .ctx
+            .identities()
+            .by_name(&m.identity)
+            .cloned()
+            .ok_or("the sending identity is gone")?;
+        tokio::task::spawn_blocking(move || h.identity.signing_key())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("reading the sending identity's key: {e}"))
+    }
+
+    /// The recipients' onion could not be reached (`e`): once the message has waited long
+    /// enough, the copy goes to one of their mailbox hosts instead. `None`: not (yet) for
+    /// hosts; the connection failure is the outcome.
+    async fn to_hosts(
+        &self,
+        m: &QueuedMessage,
+        (onion, sender): (&OnionAddress, &OnionAddress),
+        e: &client::ConnectError,
+        rcpts: &[String],
+        wire: &[u8],
+    ) -> Option<Vec<RcptOutcome>> {
+        let f = self.hosts.as_ref()?;
+        if !matches!(e, client::ConnectError::Client(_)) || !f.applies(m.created, self.clock.now())
+        {
+            return None;
+        }
+        let hosts = match f.hosts(onion, wire).await {
+            Ok(h) => h,
+            Err(why) => return Some(vec![RcptOutcome::Unreachable(why); rcpts.len()]),
+        };
+        let key = match self.signing_key(m).await {
+            Ok(k) => k,
+            Err(why) => return Some(vec![RcptOutcome::Unreachable(why); rcpts.len()]),
+        };
+        let mut answers = Vec::new();
+        for host in hosts {
+            // Signed for this host, so that its per-sender quota counts this identity.
+            let copy = sender::attach(&key, &host.public_key(), &onion.public_key(), wire);
+            let o = match self.connect(&host, sender).await {
+                Ok(mut c) => {
+                    let o = c.send(&m.from, rcpts, &copy).await;
+                    c.quit().await;
+                    o.unwrap_or_else(|e| vec![e.outcome(); rcpts.len()])
+                }
+                Err(e) => vec![e.outcome(); rcpts.len()],
+            };
+            match fallback::taken(&o) {
+                Ok(()) => {
+                    tracing::info!(id = %m.id, %host, "delivered to mailbox host");
+                    return Some(o);
+                }
+                Err(why) => answers.push(format!("{}: {why}", host.hostname())),
+            }
+        }
+        Some(fallback::not_taken(onion, &answers, rcpts.len()))
+    }
+
     /// One connection for a route: sends `messages`, then whatever else becomes due for the
     /// same route, until nothing is left (or the connection breaks, or has carried
     /// [`MAX_PER_CONNECTION`] messages, or the node shuts down).
@@ -360,10 +431,11 @@ impl<T: Transport> Runner<T> {
             match self.connect(onion, &sender).await {
                 Ok(c) => *conn = Some(c),
                 Err(e) => {
-                    let o = e.outcome();
-                    for ((m, data), (idx, _, _)) in loaded.into_iter().zip(plan) {
-                        let outcomes = idx.iter().map(|&i| (i, o.clone())).collect();
-                        self.record(m, &data, outcomes).await;
+                    for ((m, data), (idx, rcpts, wire)) in loaded.into_iter().zip(plan) {
+                        let o = self.to_hosts(&m, (onion, &sender), &e, &rcpts, &wire).await;
+                        let o = o.unwrap_or_else(|| vec![e.outcome(); idx.len()]);
+                        self.record(m, &data, idx.into_iter().zip(o).collect())
+                            .await;
                     }
                     return true;
                 }
@@ -431,7 +503,10 @@ impl<T: Transport> Runner<T> {
                 Route::Onion(onion) => match self.protect(&m, &rcpts, &data).await {
                     Err(o) => vec![o; rcpts.len()],
                     Ok(wire) => match self.connect(&onion, &sender).await {
-                        Err(e) => vec![e.outcome(); rcpts.len()],
+                        Err(e) => self
+                            .to_hosts(&m, (&onion, &sender), &e, &rcpts, &wire)
+                            .await
+                            .unwrap_or_else(|| vec![e.outcome(); rcpts.len()]),
                         Ok(mut c) => {
                             let o = c
                                 .send(&m.from, &rcpts, &wire)

@@ -30,6 +30,9 @@ use crate::delivery::inbound::{Inbound, Scope};
 use crate::delivery::outbound::Submission;
 use crate::e2e::E2e;
 use crate::e2e::monitor::Monitor;
+use crate::hosting::Hosting;
+use crate::hosting::collect::Collector;
+use crate::hosting::fallback::Fallback;
 use crate::ledger::NodeLedger;
 use crate::listener::{self, ConnectionLimit, ListenerSpec};
 use crate::lists::engine::Lists;
@@ -241,6 +244,50 @@ fn spawn_smtp<V: smtp::server::Service>(
     ));
 }
 
+/// The host's side of mailbox hosting, if `[hosting] enabled` (it needs `[ledger]`).
+fn open_hosting(
+    home: &Path,
+    cfg: &Config,
+    ledger: &NodeLedger,
+    clock: &Arc<dyn Clock>,
+) -> Result<Option<Arc<Hosting>>, RuntimeError> {
+    if !cfg.hosting.enabled {
+        return Ok(None);
+    }
+    if ledger.config().is_none() {
+        tracing::warn!(
+            "[hosting] enabled, but there is no [ledger] to check who names us as host; holding nobody's mail"
+        );
+        return Ok(None);
+    }
+    let h = Hosting::open(home, cfg.hosting.clone(), ledger.clone(), clock.clone())
+        .map_err(io_err("opening the held-mail store"))?;
+    tracing::info!(held_for = h.store().recipients(), "mailbox hosting on");
+    Ok(Some(h))
+}
+
+/// Starts collecting the identities' held mail from their mailbox hosts (with a ledger).
+fn spawn_collector<T: crate::transport::Transport>(
+    ctx: &Arc<Context>,
+    inbound: &Inbound,
+    transport: Arc<T>,
+    ledger: &NodeLedger,
+    cfg: &Config,
+    shutdown: &CancellationToken,
+) {
+    if ledger.config().is_none() {
+        return;
+    }
+    let c = Collector::new(
+        ctx.clone(),
+        inbound.clone(),
+        transport,
+        ledger.clone(),
+        cfg.hosting.collect_every_secs,
+    );
+    tokio::spawn(c.run(shutdown.clone()));
+}
+
 /// Runs the node on `home` until SIGTERM or SIGINT.
 pub async fn run(home: &Path, config: Config) -> Result<(), RuntimeError> {
     let _lock = lock::HomeLock::acquire(home)?;
@@ -270,9 +317,19 @@ pub async fn run(home: &Path, config: Config) -> Result<(), RuntimeError> {
         .expect("reading the ledger watch state")
     };
     tokio::spawn(monitor.clone().run(shutdown.clone()));
-    let lists = Lists::new(ledger, ctx.clone(), queue.clone(), clock.clone());
+    let lists = Lists::new(ledger.clone(), ctx.clone(), queue.clone(), clock.clone());
     tokio::spawn(lists.clone().run(shutdown.clone()));
-    let inbound = Inbound::with_lists(ctx.clone(), lists.clone()).with_e2e(e2e.clone());
+    let mut inbound = Inbound::with_lists(ctx.clone(), lists.clone()).with_e2e(e2e.clone());
+    if let Some(h) = open_hosting(home, &cfg, &ledger, &clock)? {
+        tokio::spawn(
+            h.clone()
+                .sweep(queue.clone(), ctx.clone(), shutdown.clone()),
+        );
+        inbound = inbound.with_hosting(h);
+    }
+    let fallback = ledger
+        .config()
+        .map(|_| Fallback::new(ledger.clone(), cfg.queue.hosts_after_secs));
     let submission = Arc::new(Submission::with_lists(
         ctx.clone(),
         queue.clone(),
@@ -341,15 +398,18 @@ pub async fn run(home: &Path, config: Config) -> Result<(), RuntimeError> {
                 })?;
                 map.insert(onion, *addr);
             }
+            let transport = Arc::new(DirectTransport::new(map));
             let runner = Runner::new(
                 queue.clone(),
                 ctx.clone(),
                 inbound.clone(),
-                Arc::new(DirectTransport::new(map)),
+                transport.clone(),
                 clock.clone(),
                 e2e.clone(),
+                fallback.clone(),
             );
             tokio::spawn(runner.run(shutdown.clone(), tasks.clone()));
+            spawn_collector(&ctx, &inbound, transport, &ledger, &cfg, &shutdown);
             None
         }
         TransportKind::Onion => {
@@ -397,8 +457,10 @@ pub async fn run(home: &Path, config: Config) -> Result<(), RuntimeError> {
                 t.clone(),
                 clock.clone(),
                 e2e.clone(),
+                fallback.clone(),
             );
             tokio::spawn(runner.run(shutdown.clone(), tasks.clone()));
+            spawn_collector(&ctx, &inbound, t.clone(), &ledger, &cfg, &shutdown);
             Some(t)
         }
     };

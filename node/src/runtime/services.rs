@@ -4,9 +4,12 @@
 
 use std::sync::Arc;
 
+use tokio::io::{AsyncRead, AsyncWrite};
+
 use crate::context::Context;
 use crate::delivery::inbound::{Inbound, InboundPolicy, Scope};
 use crate::delivery::outbound::{Submission, SubmissionPolicy};
+use crate::hosting::check::scope_hosts;
 use crate::imap::session::Accounts;
 use crate::smtp::reply::Reply;
 use crate::smtp::server::Service;
@@ -30,6 +33,17 @@ impl Service for InboundService {
 
     async fn accept(&self, env: Envelope) -> Result<(), Reply> {
         self.inbound.accept(self.scope, env).await
+    }
+
+    async fn handover<S>(&self, stream: S, buffered: Vec<u8>) -> std::io::Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Some(h) = self.inbound.hosting() else {
+            return Ok(());
+        };
+        let hosts = scope_hosts(&self.inbound.identities(), self.scope);
+        crate::hosting::serve::serve(stream, buffered, h.store().clone(), hosts).await
     }
 }
 

@@ -20,6 +20,19 @@ pub trait Service: Send + Sync + 'static {
     fn policy(&self) -> Self::Policy;
     /// Stores or queues a message durably; `Ok` only once it is (the client's 250 waits).
     fn accept(&self, env: Envelope) -> impl Future<Output = Result<(), Reply>> + Send;
+    /// Takes over a connection whose session said `XHELD` (only when the policy allows it),
+    /// with the bytes the client sent after it. Default: closes it.
+    fn handover<S>(
+        &self,
+        stream: S,
+        buffered: Vec<u8>,
+    ) -> impl Future<Output = std::io::Result<()>> + Send
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        drop((stream, buffered));
+        async { Ok(()) }
+    }
 }
 
 /// Timing limits of one session.
@@ -44,7 +57,7 @@ pub async fn handle<S, V>(
     shutdown: &CancellationToken,
 ) -> std::io::Result<()>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     V: Service,
 {
     let mut session = Session::new(cfg, service.policy());
@@ -62,6 +75,11 @@ where
                         stream.write_all(&out).await?;
                         stream.flush().await?;
                         return Ok(());
+                    }
+                    Output::Handover(rest) => {
+                        stream.write_all(&out).await?;
+                        stream.flush().await?;
+                        return service.handover(stream, rest).await;
                     }
                     Output::Deliver(env) => {
                         stream.write_all(&out).await?;

@@ -46,6 +46,11 @@ pub trait Policy {
     fn accepts(&self, address: &str) -> bool;
     /// Submission: checks credentials, returning the identity's e-mail address.
     fn authenticate(&self, user: &str, password: &str) -> Option<String>;
+    /// Inbound: whether `XHELD` (the mailbox hosts' collection protocol, `hosting`) may
+    /// take the connection over. Default: no.
+    fn collection(&self) -> bool {
+        false
+    }
 }
 
 /// A complete message ready to be stored or queued.
@@ -70,6 +75,9 @@ pub enum Output {
     Deliver(Envelope),
     /// Close the connection (after sending earlier replies).
     Close,
+    /// Hand the connection (after sending earlier replies) to the collection protocol of
+    /// mailbox hosts, with the bytes the client sent after `XHELD`; the session is over.
+    Handover(Vec<u8>),
 }
 
 #[derive(Debug)]
@@ -96,6 +104,12 @@ enum State {
     /// Closed: ignore everything.
     Closed,
 }
+
+/// The verb that hands an inbound connection to the mailbox hosts' collection protocol
+/// (`hosting::protocol`), when the [`Policy`] allows it.
+pub const COLLECT_VERB: &str = "XHELD";
+/// The text of the `220` that answers [`COLLECT_VERB`]: the protocol spoken from then on.
+pub const COLLECT_SWITCH: &str = "HELD/1";
 
 /// After this many failed commands the session ends (stops confused or hostile clients).
 pub const MAX_ERRORS: u32 = 20;
@@ -461,7 +475,39 @@ impl<P: Policy> Session<P> {
         out(reply(250, [0, 0, 0], lines.join("\n")))
     }
 
+    /// `XHELD` in the inbound mode of a node that allows it, between transactions: the
+    /// connection goes to the collection protocol.
+    fn handover(&mut self, line: &[u8]) -> Option<Vec<Output>> {
+        let verb = std::str::from_utf8(line).ok()?.trim_end();
+        if !verb.eq_ignore_ascii_case(COLLECT_VERB) {
+            return None;
+        }
+        if self.cfg.mode != Mode::Inbound || !self.policy.collection() {
+            return Some(vec![self.error(reply(
+                502,
+                [5, 5, 1],
+                "Error: command not implemented",
+            ))]);
+        }
+        if !matches!(self.state, State::Ready) {
+            return Some(vec![self.error(reply(
+                503,
+                [5, 5, 1],
+                "Error: send EHLO first, and XHELD outside a transaction",
+            ))]);
+        }
+        self.state = State::Closed;
+        let rest = std::mem::take(&mut self.buf);
+        Some(vec![
+            Output::Reply(reply(220, [2, 0, 0], COLLECT_SWITCH)),
+            Output::Handover(rest),
+        ])
+    }
+
     fn command(&mut self, line: &[u8]) -> Vec<Output> {
+        if let Some(o) = self.handover(line) {
+            return o;
+        }
         let req = match Request::parse(&mut line.iter()) {
             Ok(r) => r,
             Err(e) => {
@@ -683,13 +729,14 @@ mod tests {
     }
 
     /// Feeds input and returns the reply codes (and markers for Deliver and Close).
-    fn codes(s: &mut Session<TestPolicy>, input: &str) -> Vec<String> {
+    fn codes<P: Policy>(s: &mut Session<P>, input: &str) -> Vec<String> {
         s.receive(input.as_bytes())
             .into_iter()
             .map(|o| match o {
                 Output::Reply(r) => r.code.to_string(),
                 Output::Deliver(_) => "DELIVER".into(),
                 Output::Close => "CLOSE".into(),
+                Output::Handover(_) => "HANDOVER".into(),
             })
             .collect()
     }
@@ -730,6 +777,59 @@ mod tests {
         );
         let full = reply(452, [4, 2, 2], "Mailbox full");
         assert_eq!(s.delivered(Err(full.clone())), [Output::Reply(full)]);
+    }
+
+    struct Hosting;
+    impl Policy for Hosting {
+        fn accepts(&self, _: &str) -> bool {
+            true
+        }
+        fn authenticate(&self, _: &str, _: &str) -> Option<String> {
+            None
+        }
+        fn collection(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn xheld_hands_the_connection_over_only_where_allowed_and_between_transactions() {
+        // A node that holds nobody's mail does not know the verb.
+        let mut s = session(Mode::Inbound);
+        assert_eq!(codes(&mut s, "EHLO x\r\nXHELD\r\n"), ["250", "502"]);
+        let cfg = SessionConfig {
+            mode: Mode::Inbound,
+            hostname: "me.onion".into(),
+            max_message_size: 100,
+            max_recipients: 2,
+            max_line_length: 128,
+        };
+        let mut s = Session::new(cfg.clone(), Hosting);
+        assert_eq!(
+            s.receive(b"XHELD\r\n"),
+            [Output::Reply(reply(
+                503,
+                [5, 5, 1],
+                "Error: send EHLO first, and XHELD outside a transaction"
+            ))]
+        );
+        let out = s.receive(b"EHLO x\r\nXHELD\r\nAUTH a b c\r\n");
+        assert_eq!(
+            out[1..],
+            [
+                Output::Reply(reply(220, [2, 0, 0], COLLECT_SWITCH)),
+                Output::Handover(b"AUTH a b c\r\n".to_vec()),
+            ]
+        );
+        assert!(s.is_closed());
+        let mut sub = Session::new(
+            SessionConfig {
+                mode: Mode::Submission,
+                ..cfg
+            },
+            Hosting,
+        );
+        assert_eq!(codes(&mut sub, "EHLO x\r\nXHELD\r\n"), ["250", "502"]);
     }
 
     #[test]
@@ -795,7 +895,7 @@ mod tests {
             match o {
                 Output::Reply(r) => codes.push(r.code.to_string()),
                 Output::Deliver(e) => first = Some(e.data.clone()),
-                Output::Close => {}
+                Output::Close | Output::Handover(_) => {}
             }
         }
         assert_eq!(codes, ["250", "250", "250", "250"]);
@@ -806,7 +906,7 @@ mod tests {
             match o {
                 Output::Reply(r) => codes.push(r.code.to_string()),
                 Output::Deliver(e) => second = Some(e.data.clone()),
-                Output::Close => {}
+                Output::Close | Output::Handover(_) => {}
             }
         }
         assert_eq!(codes, ["250", "250", "250"]);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # onionpost demo on one machine, on loopback: a ledger, identities, a mailing list, verified
-# membership proofs, mail between two mail nodes read back over IMAP, and a mailing list whose
-# posts every member's node checks against the ledger before delivery.
+# membership proofs, mail between two mail nodes read back over IMAP, a mailing list whose
+# posts every member's node checks against the ledger before delivery, and mail to an offline
+# recipient held by its mailbox host until it returns.
 # Installs what it needs on Debian, builds, runs, prints each step, and cleans up on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -93,4 +94,7 @@ scripts/demo-mail.sh "$BIN" "$WORK"
 
 step "a mailing list with no server: posts checked against the ledger by every member's node"
 scripts/demo-lists.sh "$BIN" "$WORK"
+
+step "mail to a recipient whose node is offline, held by the mailbox host the recipient named on the ledger"
+scripts/demo-hosts.sh "$BIN" "$WORK"
 step "done"

@@ -320,7 +320,9 @@ impl<A: Accounts> Session<A> {
         }
         if want_flags {
             sep(out);
-            let _ = write!(out, "FLAGS ({})", meta.flags.to_imap());
+            out.extend_from_slice(b"FLAGS (");
+            meta.flags.write_imap(out);
+            out.push(b')');
         }
         if plan.modseq || (condstore && want_flags) {
             sep(out);

@@ -138,9 +138,12 @@ impl<A: Accounts> Session<A> {
         if self.out.len() < SPILL_BYTES {
             return;
         }
-        if let Some(spill) = self.spill.as_mut()
-            && !spill(std::mem::take(&mut self.out))
-        {
+        let Some(spill) = self.spill.as_mut() else {
+            return;
+        };
+        // The next chunk gets room for a whole spill: no reallocations while it fills.
+        let chunk = std::mem::replace(&mut self.out, Vec::with_capacity(SPILL_BYTES * 5 / 4));
+        if !spill(chunk) {
             self.closed = true;
         }
     }

@@ -28,17 +28,33 @@ pub const BUSY: &[u8] = b"* BYE [UNAVAILABLE] Too many connections, try again la
 
 type Shared = Arc<dyn Accounts + Send + Sync>;
 
-/// Runs `f` on the session on a blocking thread and gives the session back.
-async fn blocking(
+/// How many spilled chunks of output (each about
+/// [`SPILL_BYTES`](super::session::SPILL_BYTES)) may wait for the socket
+/// before the session waits: the memory a connection holds stays bounded.
+const SPILL_QUEUE: usize = 4;
+
+/// Runs `f` on the session on a blocking thread and gives the session back. Output the
+/// session spills meanwhile is written to `stream` as it comes, so the client reads a large
+/// answer while the rest is being made.
+async fn blocking<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     mut session: Session<Shared>,
     f: impl FnOnce(&mut Session<Shared>) + Send + 'static,
 ) -> std::io::Result<Session<Shared>> {
-    tokio::task::spawn_blocking(move || {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(SPILL_QUEUE);
+    let work = tokio::task::spawn_blocking(move || {
+        session.set_spill(Some(Box::new(move |chunk| tx.blocking_send(chunk).is_ok())));
         f(&mut session);
+        // Drops the sender: the loop below ends.
+        session.set_spill(None);
         session
-    })
-    .await
-    .map_err(std::io::Error::other)
+    });
+    while let Some(chunk) = rx.recv().await {
+        // On an error the receiver is dropped with this future, the session's next spill
+        // fails and it closes.
+        stream.write_all(&chunk).await?;
+    }
+    work.await.map_err(std::io::Error::other)
 }
 
 /// Serves one IMAP connection until the client logs out, goes silent, or `shutdown`.
@@ -77,13 +93,13 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(Ok(0)) => return Ok(()),
                 Ok(Ok(n)) => {
                     let bytes = buf[..n].to_vec();
-                    session = blocking(session, move |s| s.receive(&bytes)).await?;
+                    session = blocking(&mut stream, session, move |s| s.receive(&bytes)).await?;
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(_) => session.timeout(),
             },
             Ok(()) = async { watched.as_mut().expect("checked").1.changed().await }, if idling && watched.is_some() => {
-                session = blocking(session, |s| s.mailbox_changed()).await?;
+                session = blocking(&mut stream, session, |s| s.mailbox_changed()).await?;
             }
             () = shutdown.cancelled() => session.shutdown(),
         }

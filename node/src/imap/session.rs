@@ -19,13 +19,11 @@ use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::command::{FetchModifier, StoreModifier};
 use imap_codec::imap_types::core::LiteralMode;
 use imap_codec::imap_types::extensions::enable::CapabilityEnable;
-use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName, Section};
+use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName};
 use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
 use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::SequenceSet;
-use mail_parser::MessageParser;
 
-use super::fetch;
 use super::search::{self, Candidate};
 use crate::store::{Flags, MailStore, Mailboxes, MessageMeta};
 
@@ -57,6 +55,15 @@ pub(super) const SHOWN_FLAGS: &str =
 /// After this many BAD/NO answers in a row the session ends.
 const MAX_ERRORS: u32 = 50;
 
+/// Output past this size is handed to the [`Spill`] (if any) while a command is still being
+/// answered, so a large answer (FETCH of a whole mailbox, a pipelined burst of commands) goes
+/// out as it is made rather than in one buffer at the end.
+pub const SPILL_BYTES: usize = 128 * 1024;
+
+/// Takes output for the client while the session is still working (see
+/// [`Session::set_spill`]); returns false if the client is gone, which closes the session.
+pub type Spill = Box<dyn FnMut(Vec<u8>) -> bool + Send>;
+
 pub(super) struct Selected {
     pub(super) read_only: bool,
     /// The mailbox.
@@ -74,7 +81,8 @@ pub(super) struct Selected {
 pub struct Session<A> {
     accounts: A,
     frag: Fragmentizer,
-    out: Vec<u8>,
+    pub(super) out: Vec<u8>,
+    spill: Option<Spill>,
     pub(super) mailboxes: Option<Arc<dyn Mailboxes>>,
     pub(super) selected: Option<Selected>,
     /// Tag of an AUTHENTICATE waiting for its response line.
@@ -97,6 +105,7 @@ impl<A: Accounts> Session<A> {
             accounts,
             frag: Fragmentizer::new(max_literal.saturating_add(64 * 1024)),
             out: Vec::new(),
+            spill: None,
             mailboxes: None,
             selected: None,
             auth_tag: None,
@@ -116,6 +125,27 @@ impl<A: Accounts> Session<A> {
     /// Bytes to send to the client.
     pub fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.out)
+    }
+
+    /// Where output goes once it passes [`SPILL_BYTES`] during a call; `None` (the default):
+    /// it all waits for [`Session::take_output`].
+    pub fn set_spill(&mut self, spill: Option<Spill>) {
+        self.spill = spill;
+    }
+
+    /// Hands the output to the spill if it has grown past [`SPILL_BYTES`].
+    pub(super) fn spill_if_full(&mut self) {
+        if self.out.len() < SPILL_BYTES {
+            return;
+        }
+        let Some(spill) = self.spill.as_mut() else {
+            return;
+        };
+        // The next chunk gets room for a whole spill: no reallocations while it fills.
+        let chunk = std::mem::replace(&mut self.out, Vec::with_capacity(SPILL_BYTES * 5 / 4));
+        if !spill(chunk) {
+            self.closed = true;
+        }
     }
 
     /// Whether the connection should be closed (after sending the output).
@@ -211,6 +241,7 @@ impl<A: Accounts> Session<A> {
             } else {
                 self.message(&msg, tag);
             }
+            self.spill_if_full();
             if self.errors >= MAX_ERRORS {
                 self.line("* BYE Too many errors");
                 self.closed = true;
@@ -713,236 +744,6 @@ impl<A: Accounts> Session<A> {
         }
         hits
     }
-
-    fn fetch(
-        &mut self,
-        mb: &Arc<dyn MailStore>,
-        set: &SequenceSet,
-        items: &[MessageDataItemName<'_>],
-        uid: bool,
-        changed_since: Option<u64>,
-    ) {
-        let read_only = self.selected.as_ref().is_some_and(|s| s.read_only);
-        // What the items need: metadata only, the header (read without the body), or the
-        // whole message; MIME parsing only for items that need the structure (BODY[] and
-        // header sections do not), and of the header alone for ENVELOPE.
-        let needs_text = items.iter().any(|i| {
-            !matches!(
-                i,
-                MessageDataItemName::Flags
-                    | MessageDataItemName::Uid
-                    | MessageDataItemName::InternalDate
-                    | MessageDataItemName::Rfc822Size
-                    | MessageDataItemName::ModSeq
-            )
-        });
-        let header_only = |i: &MessageDataItemName<'_>| match i {
-            MessageDataItemName::Flags
-            | MessageDataItemName::Uid
-            | MessageDataItemName::InternalDate
-            | MessageDataItemName::Rfc822Size
-            | MessageDataItemName::ModSeq
-            | MessageDataItemName::Envelope
-            | MessageDataItemName::Rfc822Header => true,
-            MessageDataItemName::BodyExt { section, .. } => matches!(
-                section,
-                Some(
-                    Section::Header(None)
-                        | Section::HeaderFields(None, _)
-                        | Section::HeaderFieldsNot(None, _)
-                )
-            ),
-            _ => false,
-        };
-        let needs_body = !items.iter().all(header_only);
-        let needs_mime = items.iter().any(|i| match i {
-            MessageDataItemName::BodyStructure | MessageDataItemName::Body => true,
-            MessageDataItemName::BodyExt { section, .. } => matches!(
-                section,
-                Some(
-                    Section::Part(_)
-                        | Section::Mime(_)
-                        | Section::Header(Some(_))
-                        | Section::Text(Some(_))
-                        | Section::HeaderFields(Some(_), _)
-                        | Section::HeaderFieldsNot(Some(_), _)
-                )
-            ),
-            _ => false,
-        });
-        let needs_envelope = items
-            .iter()
-            .any(|i| matches!(i, MessageDataItemName::Envelope));
-        let mut targets: Vec<(u32, MessageMeta)> = self
-            .resolve(set, uid)
-            .into_iter()
-            .filter(|(_, m)| changed_since.is_none_or(|n| m.modseq > n))
-            .collect();
-        // Bodies fetched without PEEK set \Seen: for all of them at once, durable (one
-        // directory fsync) before any of it is reported.
-        let sets_seen = !read_only
-            && items.iter().any(|i| {
-                matches!(
-                    i,
-                    MessageDataItemName::BodyExt { peek: false, .. }
-                        | MessageDataItemName::Rfc822
-                        | MessageDataItemName::Rfc822Text
-                )
-            });
-        let mut newly_seen = std::collections::HashSet::new();
-        if sets_seen {
-            let changes: Vec<(u32, Flags)> = targets
-                .iter()
-                .filter(|(_, m)| !m.flags.contains(Flags::SEEN))
-                .map(|(_, m)| (m.uid, m.flags.with(Flags::SEEN)))
-                .collect();
-            if !changes.is_empty() && mb.set_flags_many(&changes).is_ok() {
-                let snap = mb.snapshot();
-                newly_seen.extend(changes.iter().map(|(u, _)| *u));
-                for (seq, meta) in targets.iter_mut() {
-                    if !newly_seen.contains(&meta.uid) {
-                        continue;
-                    }
-                    if let Ok(j) = snap.messages.binary_search_by_key(&meta.uid, |m| m.uid) {
-                        *meta = snap.messages[j].clone();
-                    }
-                    if let Some(sel) = self.selected.as_mut() {
-                        sel.messages[*seq as usize - 1] = meta.clone();
-                    }
-                }
-            }
-        }
-        for (seq, meta) in targets {
-            let raw = if needs_body {
-                mb.read(meta.uid)
-            } else if needs_text {
-                mb.read_header(meta.uid)
-            } else {
-                Ok(Vec::new())
-            };
-            let Ok(raw) = raw else {
-                continue; // expunged meanwhile
-            };
-            let parsed = if needs_mime {
-                MessageParser::default().parse(&raw)
-            } else if needs_envelope {
-                MessageParser::default().parse_headers(&raw)
-            } else {
-                None
-            };
-            let mut parts: Vec<Vec<u8>> = Vec::new();
-            let flags = meta.flags;
-            let mut want_flags = newly_seen.contains(&meta.uid);
-            if uid && !items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
-                parts.push(format!("UID {}", meta.uid).into_bytes());
-            }
-            for item in items {
-                let mut out = Vec::new();
-                match item {
-                    MessageDataItemName::Uid => {
-                        out.extend_from_slice(format!("UID {}", meta.uid).as_bytes())
-                    }
-                    MessageDataItemName::Flags => {
-                        want_flags = true;
-                        continue;
-                    }
-                    // Written with FLAGS below (the value may change when \\Seen is set).
-                    MessageDataItemName::ModSeq => continue,
-                    MessageDataItemName::InternalDate => out.extend_from_slice(
-                        format!(
-                            "INTERNALDATE \"{}\"",
-                            fetch::internal_date(meta.internal_date)
-                        )
-                        .as_bytes(),
-                    ),
-                    MessageDataItemName::Rfc822Size => {
-                        out.extend_from_slice(format!("RFC822.SIZE {}", meta.size).as_bytes())
-                    }
-                    MessageDataItemName::Envelope => {
-                        out.extend_from_slice(b"ENVELOPE ");
-                        match &parsed {
-                            Some(p) => fetch::envelope(&mut out, p, &raw),
-                            None => {
-                                out.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)")
-                            }
-                        }
-                    }
-                    MessageDataItemName::BodyStructure | MessageDataItemName::Body => {
-                        out.extend_from_slice(if matches!(item, MessageDataItemName::Body) {
-                            b"BODY "
-                        } else {
-                            b"BODYSTRUCTURE "
-                        });
-                        match &parsed {
-                            Some(p) => fetch::body_structure(&mut out, p),
-                            None => out.extend_from_slice(
-                                b"(\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 0 0)",
-                            ),
-                        }
-                    }
-                    MessageDataItemName::BodyExt {
-                        section, partial, ..
-                    } => {
-                        let bytes = fetch::section_bytes(&raw, parsed.as_ref(), section.as_ref());
-                        let name = fetch::section_name(section.as_ref());
-                        let (bytes, origin) = match partial {
-                            Some((start, len)) => {
-                                let s = (*start as usize).min(bytes.len());
-                                let e = s.saturating_add(len.get() as usize).min(bytes.len());
-                                (bytes[s..e].to_vec(), format!("<{start}>"))
-                            }
-                            None => (bytes, String::new()),
-                        };
-                        out.extend_from_slice(format!("BODY[{name}]{origin} ").as_bytes());
-                        fetch::literal(&mut out, &bytes);
-                    }
-                    MessageDataItemName::Rfc822 => {
-                        out.extend_from_slice(b"RFC822 ");
-                        fetch::literal(&mut out, &raw);
-                    }
-                    MessageDataItemName::Rfc822Header => {
-                        out.extend_from_slice(b"RFC822.HEADER ");
-                        let h = fetch::section_bytes(
-                            &raw,
-                            None,
-                            Some(&imap_codec::imap_types::fetch::Section::Header(None)),
-                        );
-                        fetch::literal(&mut out, &h);
-                    }
-                    MessageDataItemName::Rfc822Text => {
-                        out.extend_from_slice(b"RFC822.TEXT ");
-                        let t = fetch::section_bytes(
-                            &raw,
-                            None,
-                            Some(&imap_codec::imap_types::fetch::Section::Text(None)),
-                        );
-                        fetch::literal(&mut out, &t);
-                    }
-                    _ => continue,
-                }
-                parts.push(out);
-            }
-            let modseq = meta.modseq;
-            if want_flags {
-                parts.push(format!("FLAGS ({})", flags.to_imap()).into_bytes());
-            }
-            let asked_modseq = items
-                .iter()
-                .any(|i| matches!(i, MessageDataItemName::ModSeq));
-            if asked_modseq || changed_since.is_some() || (self.condstore && want_flags) {
-                parts.push(format!("MODSEQ ({modseq})").into_bytes());
-            }
-            self.out
-                .extend_from_slice(format!("* {seq} FETCH (").as_bytes());
-            for (i, p) in parts.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(b' ');
-                }
-                self.out.extend_from_slice(p);
-            }
-            self.out.extend_from_slice(b")\r\n");
-        }
-    }
 }
 
 pub(super) fn to_flags(flags: &[Flag<'_>]) -> Flags {
@@ -1158,6 +959,50 @@ mod tests {
                 .starts_with("* LIST (\\HasNoChildren) \"/\" \"INBOX\"\r\n")
         );
         assert!(talk(&mut s, "18 CLOSE\r\n").starts_with("18 OK"));
+    }
+
+    /// A large answer handed out in pieces while it is made is byte for byte what the
+    /// session would have sent at the end; a client gone mid-answer ends the session.
+    #[test]
+    fn spilled_output_is_the_same_bytes_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mbs: Arc<dyn Mailboxes> = Arc::new(
+            MaildirFolders::open(&dir.path().join("Maildir"), &dir.path().join("f"), None).unwrap(),
+        );
+        for i in 0..300 {
+            let msg = format!(
+                "Subject: m{i}\r\nMessage-ID: <{i}@x>\r\n\r\n{}\r\n",
+                "b".repeat(900)
+            );
+            mbs.inbox()
+                .deliver(msg.as_bytes(), DeliverOptions::default())
+                .unwrap();
+        }
+        let script = "1 LOGIN bob pw\r\n2 SELECT INBOX\r\n\
+                      3 UID FETCH 1:* (FLAGS ENVELOPE BODY.PEEK[])\r\n4 NOOP\r\n";
+        let mut plain = Session::new(One(mbs.clone()), 1000);
+        plain.receive(script.as_bytes());
+        let whole = plain.take_output();
+        assert!(whole.len() > 2 * SPILL_BYTES, "{}", whole.len());
+
+        let chunks = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+        let mut spilled = Session::new(One(mbs.clone()), 1000);
+        let sink = chunks.clone();
+        spilled.set_spill(Some(Box::new(move |c| {
+            sink.lock().unwrap().push(c);
+            true
+        })));
+        spilled.receive(script.as_bytes());
+        let mut got: Vec<u8> = chunks.lock().unwrap().concat();
+        assert!(chunks.lock().unwrap().len() >= 2);
+        got.extend(spilled.take_output());
+        assert!(got == whole, "spilled output differs");
+
+        let mut gone = Session::new(One(mbs), 1000);
+        gone.set_spill(Some(Box::new(|_| false)));
+        gone.receive(script.as_bytes());
+        assert!(gone.is_closed());
+        assert!(!String::from_utf8_lossy(&gone.take_output()).contains("4 OK"));
     }
 
     #[test]

@@ -84,12 +84,20 @@ impl Flags {
 
     /// IMAP flag list contents, e.g. `\Seen \Flagged $Verified`.
     pub fn to_imap(self) -> String {
-        Self::TABLE
-            .iter()
-            .filter(|(f, _, _)| self.contains(*f))
-            .map(|(_, _, n)| *n)
-            .collect::<Vec<_>>()
-            .join(" ")
+        let mut out = Vec::new();
+        self.write_imap(&mut out);
+        String::from_utf8(out).expect("flag names are ASCII")
+    }
+
+    /// Appends [`Flags::to_imap`] to `out` without allocating (one per message of a FETCH).
+    pub fn write_imap(self, out: &mut Vec<u8>) {
+        let names = Self::TABLE.iter().filter(|(f, _, _)| self.contains(*f));
+        for (i, (_, _, n)) in names.enumerate() {
+            if i > 0 {
+                out.push(b' ');
+            }
+            out.extend_from_slice(n.as_bytes());
+        }
     }
 
     /// The keyword of this name (case-insensitive, as IMAP compares flags), if the node

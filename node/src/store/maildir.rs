@@ -23,8 +23,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -38,10 +38,11 @@ use crate::fsutil;
 /// How much of a message file one read of [`MailStore::read_header`] takes.
 const HEADER_BLOCK: usize = 8 * 1024;
 
-/// The most header bytes one mailbox keeps in memory for [`MailStore::read_header`]
-/// (ENVELOPE, header fetches and searches then touch no files): 32 MiB, the headers of some
-/// 30,000 to 100,000 messages. Past it, headers are read from the files each time.
-const HEADER_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// The most bytes of headers ([`MailStore::read_header`]) and rendered envelopes
+/// ([`MailStore::envelope`]) one mailbox keeps in memory (header fetches, searches and
+/// ENVELOPE then touch no files and parse nothing): 32 MiB, the headers and envelopes of
+/// some 20,000 to 60,000 messages. Past it, they are read and rendered each time.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// The log of dedupe keys of expunged messages.
 const DEDUPE_LOG: &str = "dedupe-keys";
@@ -62,8 +63,8 @@ pub struct Usage {
 
 impl Usage {
     /// A pool with this quota (`None`: no limit) and nothing used yet.
-    pub fn new(limit: Option<u64>) -> std::sync::Arc<Usage> {
-        std::sync::Arc::new(Usage {
+    pub fn new(limit: Option<u64>) -> Arc<Usage> {
+        Arc::new(Usage {
             limit,
             used: AtomicU64::new(0),
         })
@@ -96,6 +97,8 @@ struct Entry {
     dedupe: Option<DedupeKey>,
     /// The header, once read (messages never change, so it stays true).
     header: Option<Box<[u8]>>,
+    /// The rendered ENVELOPE, once asked for (likewise).
+    envelope: Option<Arc<[u8]>>,
 }
 
 #[derive(Debug)]
@@ -110,15 +113,15 @@ struct State {
     modseq_reserved: u64,
     messages: BTreeMap<u32, Entry>,
     seen: HashSet<DedupeKey>,
-    /// Bytes of headers kept in the entries (at most [`HEADER_CACHE_BYTES`]).
-    header_bytes: usize,
+    /// Bytes of headers and envelopes kept in the entries (at most [`CACHE_BYTES`]).
+    cached_bytes: usize,
 }
 
 /// One mailbox (INBOX or a folder) in a Maildir.
 #[derive(Debug)]
 pub struct Maildir {
     dir: PathBuf,
-    usage: std::sync::Arc<Usage>,
+    usage: Arc<Usage>,
     state: Mutex<State>,
     changes: watch::Sender<u64>,
 }
@@ -188,11 +191,7 @@ impl Maildir {
 
     /// Opens (creating if needed) the Maildir at `dir`, counting its bytes in `usage`.
     /// A new mailbox gets `uidvalidity`; an existing one keeps the one it has.
-    pub fn open_shared(
-        dir: &Path,
-        usage: std::sync::Arc<Usage>,
-        uidvalidity: u32,
-    ) -> io::Result<Maildir> {
+    pub fn open_shared(dir: &Path, usage: Arc<Usage>, uidvalidity: u32) -> io::Result<Maildir> {
         for sub in ["tmp", "new", "cur"] {
             fsutil::create_dir_mode(&dir.join(sub), 0o700)?;
         }
@@ -253,6 +252,7 @@ impl Maildir {
                             },
                             stem: n.stem,
                             header: None,
+                            envelope: None,
                             dedupe: n.dedupe,
                         },
                     );
@@ -289,6 +289,7 @@ impl Maildir {
                     stem,
                     dedupe: None,
                     header: None,
+                    envelope: None,
                 },
             );
         }
@@ -306,7 +307,7 @@ impl Maildir {
                 modseq_reserved: modseq,
                 messages,
                 seen,
-                header_bytes: 0,
+                cached_bytes: 0,
             }),
             changes: watch::channel(0).0,
         })
@@ -440,6 +441,7 @@ impl MailStore for Maildir {
                 stem,
                 dedupe: opts.dedupe,
                 header: None,
+                envelope: None,
             },
         );
         drop(st);
@@ -473,7 +475,7 @@ impl MailStore for Maildir {
     }
 
     /// From memory if read before; else reads the file in blocks until the empty line that
-    /// ends the header, and keeps it (within [`HEADER_CACHE_BYTES`]).
+    /// ends the header, and keeps it (within [`CACHE_BYTES`]).
     fn read_header(&self, uid: u32) -> Result<Vec<u8>, StoreError> {
         let path = {
             let st = self.lock();
@@ -489,14 +491,40 @@ impl MailStore for Maildir {
         let header = read_header_file(&path)?;
         let mut guard = self.lock();
         let st = &mut *guard;
-        if st.header_bytes + header.len() <= HEADER_CACHE_BYTES
+        if st.cached_bytes + header.len() <= CACHE_BYTES
             && let Some(e) = st.messages.get_mut(&uid)
             && e.header.is_none()
         {
             e.header = Some(header.as_slice().into());
-            st.header_bytes += header.len();
+            st.cached_bytes += header.len();
         }
         Ok(header)
+    }
+
+    /// From memory if rendered before; else rendered from the header and kept (within
+    /// [`CACHE_BYTES`]).
+    fn envelope(&self, uid: u32, render: fn(&[u8]) -> Vec<u8>) -> Result<Arc<[u8]>, StoreError> {
+        {
+            let st = self.lock();
+            let e = st
+                .messages
+                .get(&uid)
+                .ok_or(StoreError::NoSuchMessage(uid))?;
+            if let Some(env) = &e.envelope {
+                return Ok(env.clone());
+            }
+        }
+        let env: Arc<[u8]> = render(&self.read_header(uid)?).into();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if st.cached_bytes + env.len() <= CACHE_BYTES
+            && let Some(e) = st.messages.get_mut(&uid)
+            && e.envelope.is_none()
+        {
+            e.envelope = Some(env.clone());
+            st.cached_bytes += env.len();
+        }
+        Ok(env)
     }
 
     fn set_flags(&self, uid: u32, flags: Flags) -> Result<(), StoreError> {
@@ -565,7 +593,8 @@ impl MailStore for Maildir {
         }
         for uid in uids {
             if let Some(e) = st.messages.remove(uid) {
-                st.header_bytes -= e.header.as_ref().map_or(0, |h| h.len());
+                st.cached_bytes -= e.header.as_ref().map_or(0, |h| h.len())
+                    + e.envelope.as_ref().map_or(0, |v| v.len());
                 fs::remove_file(self.path_of(&e))?;
                 self.usage.release(e.meta.size);
                 removed.push(*uid);
@@ -743,6 +772,32 @@ mod tests {
             md.read_header(99),
             Err(StoreError::NoSuchMessage(99))
         ));
+    }
+
+    #[test]
+    fn envelopes_are_rendered_once_and_kept() {
+        use std::sync::atomic::AtomicUsize;
+        static RENDERS: AtomicUsize = AtomicUsize::new(0);
+        fn render(header: &[u8]) -> Vec<u8> {
+            RENDERS.fetch_add(1, Ordering::SeqCst);
+            [b"env:", header].concat()
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::open(dir.path(), None).unwrap();
+        md.deliver(b"Subject: s\r\n\r\nbody\r\n", DeliverOptions::default())
+            .unwrap();
+        assert_eq!(&*md.envelope(1, render).unwrap(), b"env:Subject: s\r\n\r\n");
+        // The second time from memory: not rendered again.
+        assert_eq!(&*md.envelope(1, render).unwrap(), b"env:Subject: s\r\n\r\n");
+        assert_eq!(RENDERS.load(Ordering::SeqCst), 1);
+        assert!(matches!(
+            md.envelope(2, render),
+            Err(StoreError::NoSuchMessage(2))
+        ));
+        assert!(md.lock().cached_bytes > 0);
+        // Expunging gives the memory back.
+        md.expunge(&[1]).unwrap();
+        assert_eq!(md.lock().cached_bytes, 0);
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod maildir;
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -195,6 +196,13 @@ pub trait MailStore: Send + Sync + fmt::Debug + 'static {
         let mut bytes = self.read(uid)?;
         bytes.truncate(header_len(&bytes));
         Ok(bytes)
+    }
+    /// A message's IMAP ENVELOPE, rendered from its header (see [`MailStore::read_header`])
+    /// by `render`, a pure function of the header. Messages never change, so a store may
+    /// keep the result and answer later calls from memory; the default renders it every
+    /// time. For `FETCH (ENVELOPE)` of a whole mailbox, which clients send on every sync.
+    fn envelope(&self, uid: u32, render: fn(&[u8]) -> Vec<u8>) -> Result<Arc<[u8]>, StoreError> {
+        Ok(render(&self.read_header(uid)?).into())
     }
     /// Replaces a message's flags. Unknown UIDs are ignored.
     fn set_flags(&self, uid: u32, flags: Flags) -> Result<(), StoreError>;

@@ -10,7 +10,8 @@
 //!   the same Maildir ([`imap_suite`]).
 //!
 //! Build and run (as root, with Debian's `postfix`, `dovecot-imapd` and `isync`):
-//! `cargo build --release -p onionpost-node --bins && target/release/node-bench imap`.
+//! `cargo build --release --workspace --features onionpost-devnet/compose-tests --bin onionpost-node
+//! --bin node-bench && $CARGO_TARGET_DIR/release/node-bench imap`.
 //! Set `BENCH_KEEP=1` to keep the work directory.
 
 mod corpus;

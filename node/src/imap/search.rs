@@ -7,7 +7,7 @@ use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use mail_parser::MessageParser;
 
-use crate::message::split_header;
+use crate::message::{HeaderField, split_header};
 use crate::store::{Flags, MessageMeta, header_len};
 
 /// Whether `value` is in `set`, where `*` means `largest`. Never expands ranges.
@@ -77,6 +77,36 @@ pub fn set_indices(set: &SequenceSet, msgs: &[MessageMeta], uid: bool) -> Vec<us
     out
 }
 
+/// Whether the value of the raw header field `raw` (`Name: value`, maybe folded) contains
+/// `needle_lower` (already lowercased), ignoring case. A field on one line is searched in
+/// place, and an ASCII needle without allocating: a header SEARCH over a large mailbox does
+/// this once a message.
+fn field_contains(raw: &[u8], needle_lower: &str) -> bool {
+    let value = raw
+        .iter()
+        .position(|&b| b == b':')
+        .map_or(&raw[raw.len()..], |c| &raw[c + 1..])
+        .trim_ascii();
+    if value.contains(&b'\n') {
+        let unfolded = HeaderField { name: "", raw }.value();
+        return contains_ignoring_case(unfolded.as_bytes(), needle_lower);
+    }
+    contains_ignoring_case(value, needle_lower)
+}
+
+/// Whether `hay` contains `needle_lower`, ignoring case (ASCII byte-wise; otherwise through
+/// Unicode lowercasing).
+fn contains_ignoring_case(hay: &[u8], needle_lower: &str) -> bool {
+    let n = needle_lower.as_bytes();
+    if needle_lower.is_ascii() {
+        // Bytes of multi-byte UTF-8 sequences are >= 0x80 and never equal an ASCII byte.
+        return n.is_empty() || hay.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n));
+    }
+    String::from_utf8_lossy(hay)
+        .to_lowercase()
+        .contains(needle_lower)
+}
+
 /// One message as SEARCH sees it; the header or the whole text is loaded only if a key
 /// needs it.
 pub struct Candidate<'a> {
@@ -119,11 +149,10 @@ impl Candidate<'_> {
             if !f.name.eq_ignore_ascii_case(name) {
                 continue;
             }
-            let value = f.value();
-            if needle.is_empty() || value.to_lowercase().contains(&needle) {
+            if needle.is_empty() || field_contains(f.raw, &needle) {
                 return true;
             }
-            encoded |= value.contains("=?");
+            encoded |= f.raw.windows(2).any(|w| w == b"=?");
         }
         let lname = name.to_ascii_lowercase();
         let address = matches!(lname.as_str(), "from" | "to" | "cc" | "bcc");
@@ -264,6 +293,25 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A header field's value matches ignoring case, across a fold, with non-ASCII text,
+    /// and never by the field's name or beyond its value.
+    #[test]
+    fn header_fields_match_ignoring_case_and_folding() {
+        let one = b"Subject: Quarterly Report\r\n";
+        assert!(field_contains(one, "quarterly"));
+        assert!(field_contains(one, "y r"));
+        assert!(!field_contains(one, "subject"));
+        assert!(!field_contains(one, "report\r"));
+        let folded = b"Subject: the quarterly\r\n report is late\r\n";
+        assert!(field_contains(folded, "quarterly report"));
+        assert!(field_contains(folded, "late"));
+        let utf8 = "Subject: Grüße aus Zürich\r\n".as_bytes();
+        assert!(field_contains(utf8, "zürich"));
+        assert!(field_contains(utf8, "aus z"));
+        assert!(!field_contains(utf8, "zurich"));
+        assert!(contains_ignoring_case(b"anything", ""));
+    }
 
     /// `set_indices` finds exactly what `set_contains` accepts, for UIDs with gaps and for
     /// sequence numbers, with overlapping, reversed and `*` ranges.

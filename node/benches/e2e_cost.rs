@@ -47,29 +47,6 @@ fn submit_many(from: &Node, to: &Node, prefix: &str, count: usize) {
     );
 }
 
-fn name(node: &Node) -> String {
-    node.address.split('@').next().unwrap().to_string()
-}
-
-fn register(node: &Node) {
-    let cfg = node.home.join("node.toml");
-    std::fs::write(&cfg, node.config()).unwrap();
-    let out = node.cli(&[
-        "identity",
-        "register",
-        &name(node),
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("bound: OpenPGP key"),
-        "register {}: {text}\n{}",
-        node.address,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// One round: both nodes started with `e2e` on or off, a warm-up message, then `count`
 /// messages timed until B stored the last; both stopped. Seconds.
 fn round(a: &mut Node, b: &mut Node, ledger: &str, e2e: bool, tag: &str, count: usize) -> f64 {
@@ -88,7 +65,7 @@ fn round(a: &mut Node, b: &mut Node, ledger: &str, e2e: bool, tag: &str, count: 
     wait_for(Duration::from_secs(120), "the warm-up message at B", || {
         b.count_in_maildir(&warm) == 1
     });
-    let inbox = b.home.join("identities").join(name(b)).join("Maildir/cur");
+    let inbox = b.home.join("identities").join(b.name()).join("Maildir/cur");
     let files = || std::fs::read_dir(&inbox).map(|d| d.count()).unwrap_or(0);
     let before = files();
     let subject = format!("Bench {tag}");
@@ -130,13 +107,11 @@ fn main() {
     let ledger = net.ledger_toml();
     for n in [&mut a, &mut b] {
         n.extra = ledger.clone();
-        register(n);
+        n.register();
     }
     // Registration took a while: fresh ports, then the routes.
     for n in [&mut a, &mut b] {
-        n.smtp = support::free_port();
-        n.submission = support::free_port();
-        n.imap = support::free_port();
+        n.fresh_ports();
     }
     a.route_to(&b);
     b.route_to(&a);

@@ -17,38 +17,6 @@ use support::direct::{Node, submit};
 use support::ledger::Devnet;
 use support::{python, wait_for};
 
-/// Sends raw message bytes to `rcpt` on a node's loopback SMTP port; "OK" or the server's
-/// refusal as "CODE text".
-const RAW_SMTP: &str = r#"
-import smtplib, sys
-port, sender, rcpt, path = sys.argv[1:]
-data = open(path, 'rb').read()
-try:
-    with smtplib.SMTP('127.0.0.1', int(port)) as s:
-        s.sendmail(sender, [rcpt], data)
-    print('OK')
-except smtplib.SMTPRecipientsRefused as e:
-    code, msg = list(e.recipients.values())[0]
-    print(code, msg.decode())
-except smtplib.SMTPDataError as e:
-    print(e.smtp_code, e.smtp_error.decode())
-"#;
-
-fn send_raw(to: &Node, sender: &str, rcpt: &str, data: &[u8]) -> String {
-    let path = to.home.join("raw.eml");
-    std::fs::write(&path, data).unwrap();
-    python(
-        RAW_SMTP,
-        &[&to.smtp.to_string(), sender, rcpt, path.to_str().unwrap()],
-    )
-    .trim()
-    .to_string()
-}
-
-fn name(node: &Node) -> String {
-    node.address.split('@').next().unwrap().to_string()
-}
-
 fn cfg_path(node: &Node) -> String {
     node.home.join("node.toml").to_str().unwrap().to_string()
 }
@@ -58,7 +26,7 @@ fn secret_key(node: &Node) -> SecretCert {
     let dir = node
         .home
         .join("identities")
-        .join(name(node))
+        .join(node.name())
         .join("openpgp");
     let fpr = std::fs::read_to_string(dir.join("current")).unwrap();
     SecretCert::from_bytes(&std::fs::read(dir.join(format!("{}.key", fpr.trim()))).unwrap())
@@ -70,7 +38,7 @@ fn signing_key(node: &Node) -> ed25519_consensus::SigningKey {
     let hexkey = std::fs::read_to_string(
         node.home
             .join("identities")
-            .join(name(node))
+            .join(node.name())
             .join("secret.key"),
     )
     .unwrap();
@@ -91,29 +59,10 @@ fn held_copy(from: &Node, host: &Node, to: &Node, m: &[u8]) -> Vec<u8> {
     onionpost_node::hosting::sender::attach(&signing_key(from), &key_of(host), &key_of(to), m)
 }
 
-/// Writes the node's configuration and registers its identity (binding its key) there.
-fn register(node: &Node) {
-    std::fs::write(node.home.join("node.toml"), node.config()).unwrap();
-    let out = node.cli(&[
-        "identity",
-        "register",
-        &name(node),
-        "--config",
-        &cfg_path(node),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && text.contains("registered:") && text.contains("bound: OpenPGP key"),
-        "register {}: {text}\n{}",
-        node.address,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// `identity hosts` on `node` with `args`; its stdout, failing the test on an error.
 fn hosts_cli(node: &Node, args: &[&str]) -> String {
     std::fs::write(node.home.join("node.toml"), node.config()).unwrap();
-    let n = name(node);
+    let n = node.name();
     let cfg = cfg_path(node);
     let mut all = vec!["identity", "hosts", n.as_str(), "--config", cfg.as_str()];
     all.extend_from_slice(args);
@@ -172,14 +121,6 @@ fn log_has(node: &Node, needle: &str) -> bool {
     node.log().contains(needle)
 }
 
-fn fresh_ports(nodes: &mut [&mut Node]) {
-    for n in nodes.iter_mut() {
-        n.smtp = support::free_port();
-        n.submission = support::free_port();
-        n.imap = support::free_port();
-    }
-}
-
 #[test]
 fn mail_for_an_offline_recipient_is_held_by_its_host_and_collected_when_it_returns() {
     let net = Devnet::start(4, "hosts-e2e");
@@ -196,7 +137,7 @@ fn mail_for_an_offline_recipient_is_held_by_its_host_and_collected_when_it_retur
     hal.extra = format!("{ledger}{hosting}");
     carol.extra = format!("{ledger}{hosting}");
     for n in [&alice, &bob, &hal, &carol] {
-        register(n);
+        n.register();
     }
 
     // (a) bob names hal as its mailbox host, signed with bob's key; reading it back.
@@ -210,7 +151,9 @@ fn mail_for_an_offline_recipient_is_held_by_its_host_and_collected_when_it_retur
     assert!(shown.contains(&format!("host: {}", hal.onion())), "{shown}");
     assert!(hosts_cli(&bob, &["--set", hal.onion()]).contains("already"));
 
-    fresh_ports(&mut [&mut alice, &mut bob, &mut hal, &mut carol]);
+    for n in [&mut alice, &mut bob, &mut hal, &mut carol] {
+        n.fresh_ports();
+    }
     alice.routes = vec![
         (bob.onion().to_string(), bob.smtp),
         (hal.onion().to_string(), hal.smtp),
@@ -247,8 +190,7 @@ fn mail_for_an_offline_recipient_is_held_by_its_host_and_collected_when_it_retur
     let a_key = secret_key(&alice);
     let b_key = secret_key(&bob);
     let enc = message(&alice, &bob, "to-carol", &a_key, Some(&b_key));
-    let r = send_raw(
-        &carol,
+    let r = carol.send_raw(
         &alice.address,
         &bob.address,
         &held_copy(&alice, &carol, &bob, &enc),
@@ -258,8 +200,7 @@ fn mail_for_an_offline_recipient_is_held_by_its_host_and_collected_when_it_retur
         "{r}"
     );
     let clear = message(&alice, &bob, "clear", &a_key, None);
-    let r = send_raw(
-        &hal,
+    let r = hal.send_raw(
         &alice.address,
         &bob.address,
         &held_copy(&alice, &hal, &bob, &clear),
@@ -271,16 +212,15 @@ fn mail_for_an_offline_recipient_is_held_by_its_host_and_collected_when_it_retur
     // The sending identity must sign what it hands to the host: unsigned, or signed by
     // another identity than MAIL FROM's, is refused.
     let unsigned = message(&alice, &bob, "unsigned", &a_key, Some(&b_key));
-    let r = send_raw(&hal, &alice.address, &bob.address, &unsigned);
+    let r = hal.send_raw(&alice.address, &bob.address, &unsigned);
     assert!(r.starts_with("550") && r.contains("Onionpost-Hold"), "{r}");
     let forged = held_copy(&carol, &hal, &bob, &unsigned);
-    let r = send_raw(&hal, &alice.address, &bob.address, &forged);
+    let r = hal.send_raw(&alice.address, &bob.address, &forged);
     assert!(
         r.starts_with("550") && r.contains("not the envelope sender"),
         "{r}"
     );
-    let r = send_raw(
-        &hal,
+    let r = hal.send_raw(
         &alice.address,
         &bob.address,
         &held_copy(
@@ -291,8 +231,7 @@ fn mail_for_an_offline_recipient_is_held_by_its_host_and_collected_when_it_retur
         ),
     );
     assert_eq!(r, "OK");
-    let r = send_raw(
-        &hal,
+    let r = hal.send_raw(
         &alice.address,
         &bob.address,
         &held_copy(
@@ -305,7 +244,7 @@ fn mail_for_an_offline_recipient_is_held_by_its_host_and_collected_when_it_retur
     assert!(r.starts_with("452") && r.contains("quota"), "{r}");
     assert_eq!(held_files(&hal).len(), 2);
     // A node that hosts nobody's mail refuses as ever.
-    let r = send_raw(&alice, &alice.address, &bob.address, &enc);
+    let r = alice.send_raw(&alice.address, &bob.address, &enc);
     assert!(r.starts_with("550"), "{r}");
 
     // (d) bob's node returns and collects both, authenticated by its identity key; hal
@@ -368,10 +307,12 @@ fn collection_is_exactly_once_when_the_collector_and_then_the_host_are_killed_mi
     bob.extra = format!("{ledger}[hosting]\ncollect_every_secs = 0.5\n");
     hal.extra = format!("{ledger}[hosting]\nenabled = true\ncollect_every_secs = 0\n");
     for n in [&alice, &bob, &hal] {
-        register(n);
+        n.register();
     }
     hosts_cli(&bob, &["--set", hal.onion()]);
-    fresh_ports(&mut [&mut bob, &mut hal]);
+    for n in [&mut bob, &mut hal] {
+        n.fresh_ports();
+    }
     bob.routes = vec![(hal.onion().to_string(), hal.smtp)];
     hal.start();
 
@@ -445,10 +386,12 @@ fn held_mail_not_collected_in_time_bounces_to_its_sender_from_the_host() {
     bob.extra = ledger.clone();
     hal.extra = format!("{ledger}[hosting]\nenabled = true\nkeep_secs = 2\n");
     for n in [&alice, &bob, &hal] {
-        register(n);
+        n.register();
     }
     hosts_cli(&bob, &["--set", hal.onion()]);
-    fresh_ports(&mut [&mut alice, &mut hal]);
+    for n in [&mut alice, &mut hal] {
+        n.fresh_ports();
+    }
     // bob's node never runs: nothing listens on its port.
     alice.routes = vec![
         (bob.onion().to_string(), support::free_port()),
@@ -511,10 +454,12 @@ pub fn collection_figures() {
     bob.extra = format!("{ledger}[hosting]\ncollect_every_secs = 300\n");
     hal.extra = format!("{ledger}[hosting]\nenabled = true\ncollect_every_secs = 0\n");
     for x in [&alice, &bob, &hal] {
-        register(x);
+        x.register();
     }
     hosts_cli(&bob, &["--set", hal.onion()]);
-    fresh_ports(&mut [&mut bob, &mut hal]);
+    for n in [&mut bob, &mut hal] {
+        n.fresh_ports();
+    }
     bob.routes = vec![(hal.onion().to_string(), hal.smtp)];
     hal.start();
     let (a_key, b_key) = (secret_key(&alice), secret_key(&bob));

@@ -70,33 +70,6 @@ impl Tap {
     }
 }
 
-/// Raw SMTP to a node's loopback port: "OK" or "CODE text".
-const RAW_SMTP: &str = r#"
-import smtplib, sys
-port, sender, rcpt, path = sys.argv[1:]
-data = open(path, 'rb').read()
-try:
-    with smtplib.SMTP('127.0.0.1', int(port)) as s:
-        s.sendmail(sender, [rcpt], data)
-    print('OK')
-except smtplib.SMTPRecipientsRefused as e:
-    code, msg = list(e.recipients.values())[0]
-    print(code, msg.decode())
-except smtplib.SMTPDataError as e:
-    print(e.smtp_code, e.smtp_error.decode())
-"#;
-
-fn send_raw(to: &Node, sender: &str, rcpt: &str, data: &[u8]) -> String {
-    let path = to.home.join("raw.eml");
-    std::fs::write(&path, data).unwrap();
-    python(
-        RAW_SMTP,
-        &[&to.smtp.to_string(), sender, rcpt, path.to_str().unwrap()],
-    )
-    .trim()
-    .to_string()
-}
-
 /// imaplib: per INBOX message one line `SUBJECT|FLAGS|AUTHENTICATION-RESULTS|KEY-CHANGE|BODY`, then
 /// the `SEARCH KEYWORD $Verified` answer.
 const IMAP_FLAGS: &str = r#"
@@ -162,41 +135,16 @@ fn one<'a>(msgs: &'a [Seen], subject: &str) -> &'a Seen {
     found[0]
 }
 
-fn name(node: &Node) -> String {
-    node.address.split('@').next().unwrap().to_string()
-}
-
 /// The identity's current OpenPGP secret key, from its keyring on disk.
 fn secret_key(node: &Node) -> SecretCert {
     let dir = node
         .home
         .join("identities")
-        .join(name(node))
+        .join(node.name())
         .join("openpgp");
     let fpr = std::fs::read_to_string(dir.join("current")).unwrap();
     SecretCert::from_bytes(&std::fs::read(dir.join(format!("{}.key", fpr.trim()))).unwrap())
         .unwrap()
-}
-
-/// Writes the node's configuration and registers its identity (and binds its key) there.
-fn register(node: &Node) -> String {
-    let cfg = node.home.join("node.toml");
-    std::fs::write(&cfg, node.config()).unwrap();
-    let out = node.cli(&[
-        "identity",
-        "register",
-        &name(node),
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && text.contains("registered:") && text.contains("bound: OpenPGP key"),
-        "register {}: {text}\n{}",
-        node.address,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
 }
 
 /// The OpenPGP key bound to `node`'s identity, read from the ledger with a verified proof
@@ -317,13 +265,11 @@ fn pair(net: &Devnet) -> (Node, Node, Tap) {
     for n in [&mut a, &mut b] {
         n.extra = net.ledger_toml();
     }
-    register(&a);
-    register(&b);
+    a.register();
+    b.register();
     // Registration takes a while: fresh ports now, then the routes.
     for n in [&mut a, &mut b] {
-        n.smtp = support::free_port();
-        n.submission = support::free_port();
-        n.imap = support::free_port();
+        n.fresh_ports();
     }
     let tap = Tap::new(b.smtp);
     a.routes = vec![(b.onion().to_string(), tap.port)];
@@ -407,10 +353,7 @@ fn mail_between_bound_keys_is_encrypted_on_the_wire_verified_and_readable() {
         b.address,
         b.onion()
     );
-    assert_eq!(
-        send_raw(&b, &a.address, &b.address, forged.as_bytes()),
-        "OK"
-    );
+    assert_eq!(b.send_raw(&a.address, &b.address, forged.as_bytes()), "OK");
     // Signed by a key that is not A's bound key, claiming A's address.
     let mallory = SecretCert::generate(rand::rngs::OsRng, &a.address).unwrap();
     let fake = onionpost_e2e::sign(
@@ -424,7 +367,7 @@ fn mail_between_bound_keys_is_encrypted_on_the_wire_verified_and_readable() {
         Protect::default(),
     )
     .unwrap();
-    assert_eq!(send_raw(&b, &a.address, &b.address, &fake), "OK");
+    assert_eq!(b.send_raw(&a.address, &b.address, &fake), "OK");
     let (msgs, verified) = inbox(&b);
     for (subject, result) in [("Forged", "pgp=none"), ("Forged signed", "pgp=fail")] {
         let m = one(&msgs, subject);
@@ -473,7 +416,7 @@ fn mail_between_bound_keys_is_encrypted_on_the_wire_verified_and_readable() {
             .fingerprint(),
         new.fingerprint()
     );
-    assert_eq!(send_raw(&b, &a.address, &b.address, &by_old), "OK");
+    assert_eq!(b.send_raw(&a.address, &b.address, &by_old), "OK");
     submit(&a, &b.address, "After the rotation", "new key");
     wait_for(
         Duration::from_secs(60),
@@ -560,7 +503,7 @@ fn mail_between_bound_keys_is_encrypted_on_the_wire_verified_and_readable() {
     b.extra = net.ledger_toml() + "[e2e]\nunverified_from_bound = \"refuse\"\n";
     b.start();
     let again = forged.replace("forged@x", "forged3@x");
-    let r = send_raw(&b, &a.address, &b.address, again.as_bytes());
+    let r = b.send_raw(&a.address, &b.address, again.as_bytes());
     assert!(r.starts_with("550"), "{r}");
     assert!(r.contains("bound on the ledger"), "{r}");
     assert_eq!(b.count_in_maildir("forged3@x"), 0);
@@ -649,12 +592,10 @@ fn trust_paths_key_changes_and_foreign_bindings_are_reported() {
         n.extra = net.ledger_toml() + "[e2e]\nmonitor_interval_secs = 1\n";
     }
     for n in [&r, &s, &m] {
-        register(n);
+        n.register();
     }
     for n in [&mut r, &mut s] {
-        n.smtp = support::free_port();
-        n.submission = support::free_port();
-        n.imap = support::free_port();
+        n.fresh_ports();
     }
     s.route_to(&r);
     r.route_to(&s);
@@ -890,11 +831,9 @@ fn the_node_verifies_and_decrypts_what_gpg_rnp_and_sq_sign_and_encrypt_to_it() {
     for n in [&mut b, &mut g] {
         n.extra = net.ledger_toml() + "[e2e]\nmonitor_interval_secs = 1\n";
     }
-    register(&b);
-    register(&g);
-    b.smtp = support::free_port();
-    b.submission = support::free_port();
-    b.imap = support::free_port();
+    b.register();
+    g.register();
+    b.fresh_ports();
     b.start();
 
     let gpg = Gpg::new();
@@ -979,7 +918,7 @@ fn the_node_verifies_and_decrypts_what_gpg_rnp_and_sq_sign_and_encrypt_to_it() {
     signed.extend_from_slice(b"\r\n--sig--\r\n");
 
     for m in [&sealed, &signed] {
-        assert_eq!(send_raw(&b, &g.address, &b.address, m), "OK");
+        assert_eq!(b.send_raw(&g.address, &b.address, m), "OK");
     }
     let (msgs, _) = inbox(&b);
     let m = one(&msgs, "From GnuPG, sealed");
@@ -1036,7 +975,7 @@ fn the_node_verifies_and_decrypts_what_gpg_rnp_and_sq_sign_and_encrypt_to_it() {
         .expect("rnp must be installed (scripts/test.sh: rnp)");
     assert!(out.status.success(), "rnp: {out:?}");
     let by_rnp = wrap("From RNP", "rnp", &std::fs::read(&rnp_out).unwrap());
-    assert_eq!(send_raw(&b, &g.address, &b.address, &by_rnp), "OK");
+    assert_eq!(b.send_raw(&g.address, &b.address, &by_rnp), "OK");
 
     // Gina's key becomes Sequoia's (RotateKey): sq signs (with a subkey) and encrypts; the
     // node marks the change on this first message after it.
@@ -1081,7 +1020,7 @@ fn the_node_verifies_and_decrypts_what_gpg_rnp_and_sq_sign_and_encrypt_to_it() {
     assert!(out.status.success(), "sq encrypt: {out:?}");
     caught_up(&net, &b);
     let by_sq = wrap("From Sequoia", "sq", &out.stdout);
-    assert_eq!(send_raw(&b, &g.address, &b.address, &by_sq), "OK");
+    assert_eq!(b.send_raw(&g.address, &b.address, &by_sq), "OK");
 
     let (msgs, _) = inbox(&b);
     for (subject, cert, changed) in [

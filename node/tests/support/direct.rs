@@ -8,6 +8,22 @@ use std::time::Duration;
 
 use super::free_port;
 
+/// Raw SMTP to a node's loopback port: "OK" or "CODE text".
+const RAW_SMTP: &str = r#"
+import smtplib, sys
+port, sender, rcpt, path = sys.argv[1:]
+data = open(path, 'rb').read()
+try:
+    with smtplib.SMTP('127.0.0.1', int(port)) as s:
+        s.sendmail(sender, [rcpt], data)
+    print('OK')
+except smtplib.SMTPRecipientsRefused as e:
+    code, msg = list(e.recipients.values())[0]
+    print(code, msg.decode())
+except smtplib.SMTPDataError as e:
+    print(e.smtp_code, e.smtp_error.decode())
+"#;
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_onionpost-node");
 
@@ -188,6 +204,57 @@ impl Node {
     /// mailboxes (INBOX and the folders: list posts are filed in `Lists/<list>`).
     pub fn count_in(&self, name: &str, needle: &str) -> usize {
         super::count_in_mailboxes(&self.home.join("identities").join(name), needle)
+    }
+
+    /// The identity's name (the local part of its address).
+    pub fn name(&self) -> String {
+        self.address.split('@').next().unwrap().to_string()
+    }
+
+    /// Writes the configuration and registers the identity on its `[ledger]`, binding its
+    /// OpenPGP key; fails the test unless both are done. Returns the command's output.
+    pub fn register(&self) -> String {
+        let cfg = self.home.join("node.toml");
+        fs::write(&cfg, self.config()).unwrap();
+        let name = self.name();
+        let out = self.cli(&[
+            "identity",
+            "register",
+            &name,
+            "--config",
+            cfg.to_str().unwrap(),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success()
+                && text.contains("registered:")
+                && text.contains("bound: OpenPGP key"),
+            "register {}: {text}\n{}",
+            self.address,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
+    /// New free ports for the three listeners (ports chosen long before the start may have
+    /// been taken meanwhile); routes that name the old SMTP port must be made again.
+    pub fn fresh_ports(&mut self) {
+        self.smtp = free_port();
+        self.submission = free_port();
+        self.imap = free_port();
+    }
+
+    /// Sends raw message bytes to `rcpt` on this node's SMTP port with Python's smtplib:
+    /// "OK", or the refusal as "CODE text".
+    pub fn send_raw(&self, sender: &str, rcpt: &str, data: &[u8]) -> String {
+        let path = self.home.join("raw.eml");
+        fs::write(&path, data).unwrap();
+        super::python(
+            RAW_SMTP,
+            &[&self.smtp.to_string(), sender, rcpt, path.to_str().unwrap()],
+        )
+        .trim()
+        .to_string()
     }
 
     pub fn log(&self) -> String {

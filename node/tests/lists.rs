@@ -14,40 +14,12 @@ use support::{python, wait_for};
 
 use onionpost_node::lists::post::Post;
 
-/// Sends raw message bytes to `rcpt` on a node's loopback SMTP port; "OK" or the server's
-/// refusal as "CODE text".
-const RAW_SMTP: &str = r#"
-import smtplib, sys
-port, sender, rcpt, path = sys.argv[1:]
-data = open(path, 'rb').read()
-try:
-    with smtplib.SMTP('127.0.0.1', int(port)) as s:
-        s.sendmail(sender, [rcpt], data)
-    print('OK')
-except smtplib.SMTPRecipientsRefused as e:
-    code, msg = list(e.recipients.values())[0]
-    print(code, msg.decode())
-except smtplib.SMTPDataError as e:
-    print(e.smtp_code, e.smtp_error.decode())
-"#;
-
-fn send_raw(to: &Node, sender: &str, rcpt: &str, data: &[u8]) -> String {
-    let path = to.home.join("raw.eml");
-    std::fs::write(&path, data).unwrap();
-    python(
-        RAW_SMTP,
-        &[&to.smtp.to_string(), sender, rcpt, path.to_str().unwrap()],
-    )
-    .trim()
-    .to_string()
-}
-
-/// Like [`send_raw`], again while the node defers (4xx: it has not verified the post's
+/// Like [`Node::send_raw`], again while the node defers (4xx: it has not verified the post's
 /// height yet), up to 30 s.
 fn send_final(to: &Node, sender: &str, rcpt: &str, data: &[u8]) -> String {
     let start = std::time::Instant::now();
     loop {
-        let r = send_raw(to, sender, rcpt, data);
+        let r = to.send_raw(sender, rcpt, data);
         if !r.starts_with('4') || start.elapsed() > Duration::from_secs(30) {
             return r;
         }
@@ -106,21 +78,7 @@ fn member_rcpt(list: &str, node: &Node) -> String {
 /// Registers `node`'s identity (and binds its OpenPGP key) on the ledger of its
 /// configuration file.
 fn register(node: &Node) {
-    let cfg = node.home.join("node.toml");
-    let name = node.address.split('@').next().unwrap().to_string();
-    let out = node.cli(&[
-        "identity",
-        "register",
-        &name,
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("registered:"),
-        "register {name}: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = node.register();
     assert!(text.contains(&hex::encode(onion_key(node))), "{text}");
 }
 
@@ -168,6 +126,10 @@ fn setup(net: &Devnet, n: usize) -> (Vec<Node>, Node) {
             &["add-member", "dev", &m.address],
         );
     }
+    // The state after a block is certified by the next block's commit: a node's latest
+    // verified height can trail the last membership change by one. Two blocks past it,
+    // every node that starts sees the whole list.
+    net.wait_past(net.height() + 1);
     (nodes, mallory)
 }
 
@@ -176,9 +138,7 @@ fn setup(net: &Devnet, n: usize) -> (Vec<Node>, Node) {
 fn fresh_ports(nodes: &mut [Node], mallory: &mut Node) {
     let mut all: Vec<&mut Node> = nodes.iter_mut().chain(std::iter::once(mallory)).collect();
     for node in all.iter_mut() {
-        node.smtp = support::free_port();
-        node.submission = support::free_port();
-        node.imap = support::free_port();
+        node.fresh_ports();
     }
     let routes: Vec<(String, u16)> = all
         .iter()
@@ -213,9 +173,16 @@ fn a_post_reaches_every_member_once_and_forgeries_are_refused_with_their_reason(
     // A post from alice's mail client to the list address.
     submit(&nodes[0], "dev@list.invalid", "Hello list", "First post.");
     for m in &nodes[1..] {
-        wait_for(Duration::from_secs(60), "the post at every member", || {
+        let got = support::wait_until(Duration::from_secs(60), || {
             m.count_in_maildir("Subject: Hello list") == 1
         });
+        assert!(
+            got,
+            "{} never got the post; its log ends:\n{}\nthe author's log ends:\n{}",
+            m.address,
+            m.log_tail(15),
+            nodes[0].log_tail(25)
+        );
     }
     // Relays arrive after the fan-out; give them the relay timeout, then check nothing
     // was delivered twice and the traffic bound.
@@ -332,7 +299,7 @@ M.logout()
     let rcpt = member_rcpt("dev", bob);
     let r = loop {
         // Until bob's node has verified the removal, it may still defer or accept.
-        let r = send_raw(bob, &carol.address, &rcpt, &old.to_wire());
+        let r = bob.send_raw(&carol.address, &rcpt, &old.to_wire());
         if r.starts_with("550") {
             break r;
         }
@@ -380,8 +347,7 @@ fn without_a_ledger_list_mail_is_refused_and_personal_mail_flows() {
     a.route_to(&b);
     b.start();
     a.start();
-    let r = send_raw(
-        &b,
+    let r = b.send_raw(
         &a.address,
         &member_rcpt("dev", &b),
         b"Onionpost-Post: v=1\r\n\r\n",

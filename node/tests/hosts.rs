@@ -243,6 +243,13 @@ fn mail_for_an_offline_recipient_is_held_by_its_host_and_collected_when_it_retur
     );
     assert!(r.starts_with("452") && r.contains("quota"), "{r}");
     assert_eq!(held_files(&hal).len(), 2);
+    // The host's operator sees what it holds, in numbers only.
+    let status = hal.status();
+    assert!(
+        status.contains("mailbox host: 2 message(s),") && status.contains("held for 1 identity"),
+        "{status}"
+    );
+    assert!(!status.contains(&bob.address), "{status}");
     // A node that hosts nobody's mail refuses as ever.
     let r = alice.send_raw(&alice.address, &bob.address, &enc);
     assert!(r.starts_with("550"), "{r}");
@@ -263,6 +270,12 @@ fn mail_for_an_offline_recipient_is_held_by_its_host_and_collected_when_it_retur
         "hal to delete what bob stored",
         || held_files(&hal).is_empty(),
     );
+    let status = hal.status();
+    assert!(
+        status.contains("mailbox host: 0 message(s), 0 bytes, held for 0 identities"),
+        "{status}"
+    );
+    assert!(alice.status().contains("mailbox host: off"));
     assert!(log_has(&hal, "collector authenticated"), "{}", hal.log());
     // More collection rounds bring no second copy.
     wait_for(Duration::from_secs(30), "another collection round", || {

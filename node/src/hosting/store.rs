@@ -63,6 +63,17 @@ struct Entry {
     received: f64,
 }
 
+/// What a host holds in all, as `status` shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldTotals {
+    /// Recipients with at least one message held.
+    pub recipients: usize,
+    /// Messages held.
+    pub messages: usize,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
 /// Held messages by recipient, then by id.
 type Index = HashMap<IdentityKey, BTreeMap<String, Entry>>;
 
@@ -157,6 +168,18 @@ impl HeldStore {
     pub fn recipients(&self) -> usize {
         let index = self.index.lock().expect("held index");
         index.values().filter(|m| !m.is_empty()).count()
+    }
+
+    /// What is held in all: messages, bytes, and for how many recipients (for `status`).
+    pub fn totals(&self) -> HeldTotals {
+        let index = self.index.lock().expect("held index");
+        let mut t = HeldTotals::default();
+        for held in index.values().filter(|m| !m.is_empty()) {
+            t.recipients += 1;
+            t.messages += held.len();
+            t.bytes += held.values().map(|e| e.size).sum::<u64>();
+        }
+        t
     }
 
     fn recipient_dir(&self, who: &IdentityKey) -> PathBuf {

@@ -115,6 +115,7 @@ struct Live {
     listeners: BTreeMap<String, (SocketAddr, ConnectionLimit)>,
     tor: Option<Arc<OnionTransport>>,
     monitor: Arc<Monitor>,
+    hosting: Option<Arc<Hosting>>,
 }
 
 impl Live {
@@ -144,6 +145,7 @@ impl Live {
             queue: self.queue.status(self.clock.now()),
             tor: self.tor.as_ref().map(|t| t.status()),
             alerts: self.monitor.alerts(),
+            held: self.hosting.as_ref().map(|h| h.store().totals()),
         }
     }
 
@@ -320,12 +322,13 @@ pub async fn run(home: &Path, config: Config) -> Result<(), RuntimeError> {
     let lists = Lists::new(ledger.clone(), ctx.clone(), queue.clone(), clock.clone());
     tokio::spawn(lists.clone().run(shutdown.clone()));
     let mut inbound = Inbound::with_lists(ctx.clone(), lists.clone()).with_e2e(e2e.clone());
-    if let Some(h) = open_hosting(home, &cfg, &ledger, &clock)? {
+    let hosting = open_hosting(home, &cfg, &ledger, &clock)?;
+    if let Some(h) = &hosting {
         tokio::spawn(
             h.clone()
                 .sweep(queue.clone(), ctx.clone(), shutdown.clone()),
         );
-        inbound = inbound.with_hosting(h);
+        inbound = inbound.with_hosting(h.clone());
     }
     let fallback = ledger
         .config()
@@ -472,6 +475,7 @@ pub async fn run(home: &Path, config: Config) -> Result<(), RuntimeError> {
         listeners: listeners.clone(),
         tor,
         monitor,
+        hosting,
     });
     let handler: control::Handler = {
         let live = live.clone();

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::hosting::store::HeldTotals;
 use crate::onion::TorStatus;
 use crate::queue::QueueStatus;
 
@@ -38,6 +39,9 @@ pub struct Status {
     /// make.
     #[serde(default)]
     pub alerts: Vec<String>,
+    /// Mail held for others, if this node is a mailbox host (`[hosting] enabled`).
+    #[serde(default)]
+    pub held: Option<HeldTotals>,
 }
 
 /// The text `status` prints for a running node.
@@ -86,6 +90,21 @@ pub fn render(s: &Status) -> String {
         "queue: {} message(s), {} being delivered{next}",
         s.queue.messages, s.queue.in_flight
     );
+    match &s.held {
+        Some(h) => {
+            let _ = writeln!(
+                o,
+                "mailbox host: {} message(s), {} bytes, held for {} identit{}",
+                h.messages,
+                h.bytes,
+                h.recipients,
+                if h.recipients == 1 { "y" } else { "ies" }
+            );
+        }
+        None => {
+            let _ = writeln!(o, "mailbox host: off");
+        }
+    }
     render_alerts(&mut o, &s.alerts);
     o
 }
@@ -139,6 +158,11 @@ mod tests {
                 outbound_failed: 0,
             }),
             alerts: vec!["the ledger binds to a@x.onion a key".into()],
+            held: Some(HeldTotals {
+                recipients: 1,
+                messages: 3,
+                bytes: 4096,
+            }),
         };
         let text = render(&s);
         assert!(
@@ -154,6 +178,12 @@ mod tests {
             text.contains("alerts: 1\n  ALERT: the ledger binds to a@x.onion a key\n"),
             "{text}"
         );
+        assert!(
+            text.contains("mailbox host: 3 message(s), 4096 bytes, held for 1 identity\n"),
+            "{text}"
+        );
+        let off = render(&Status { held: None, ..s });
+        assert!(off.contains("mailbox host: off\n"), "{off}");
         let mut none = String::new();
         render_alerts(&mut none, &[]);
         assert_eq!(none, "alerts: none\n");

@@ -17,53 +17,17 @@ use support::direct::{Node, submit};
 use support::ledger::Devnet;
 use support::{python, wait_for};
 
-fn cfg_path(node: &Node) -> String {
-    node.home.join("node.toml").to_str().unwrap().to_string()
-}
-
-/// The identity's current OpenPGP secret key, from its keyring on disk.
-fn secret_key(node: &Node) -> SecretCert {
-    let dir = node
-        .home
-        .join("identities")
-        .join(node.name())
-        .join("openpgp");
-    let fpr = std::fs::read_to_string(dir.join("current")).unwrap();
-    SecretCert::from_bytes(&std::fs::read(dir.join(format!("{}.key", fpr.trim()))).unwrap())
-        .unwrap()
-}
-
-/// The identity's ed25519 key (its onion address), from its directory.
-fn signing_key(node: &Node) -> ed25519_consensus::SigningKey {
-    let hexkey = std::fs::read_to_string(
-        node.home
-            .join("identities")
-            .join(node.name())
-            .join("secret.key"),
-    )
-    .unwrap();
-    let seed: [u8; 32] = hex::decode(hexkey.trim()).unwrap().try_into().unwrap();
-    ed25519_consensus::SigningKey::from(seed)
-}
-
-fn key_of(node: &Node) -> [u8; 32] {
-    node.onion()
-        .parse::<onionpost_proto::onion::OnionAddress>()
-        .unwrap()
-        .public_key()
-}
-
 /// `m` as `from`'s node hands it to `host` for `to`: with the sender's Onionpost-Hold
 /// signature.
 fn held_copy(from: &Node, host: &Node, to: &Node, m: &[u8]) -> Vec<u8> {
-    onionpost_node::hosting::sender::attach(&signing_key(from), &key_of(host), &key_of(to), m)
+    onionpost_node::hosting::sender::attach(&from.signing_key(), &host.identity_key(), &to.identity_key(), m)
 }
 
 /// `identity hosts` on `node` with `args`; its stdout, failing the test on an error.
 fn hosts_cli(node: &Node, args: &[&str]) -> String {
     std::fs::write(node.home.join("node.toml"), node.config()).unwrap();
     let n = node.name();
-    let cfg = cfg_path(node);
+    let cfg = node.config_path();
     let mut all = vec!["identity", "hosts", n.as_str(), "--config", cfg.as_str()];
     all.extend_from_slice(args);
     let out = node.cli(&all);
@@ -187,8 +151,8 @@ fn mail_for_an_offline_recipient_is_held_by_its_host_and_collected_when_it_retur
     assert_eq!(bob.count_in_maildir("Kept safe"), 0);
 
     // (b) refusals, said as they are: a host bob does not name; cleartext; a full quota.
-    let a_key = secret_key(&alice);
-    let b_key = secret_key(&bob);
+    let a_key = alice.openpgp_secret();
+    let b_key = bob.openpgp_secret();
     let enc = message(&alice, &bob, "to-carol", &a_key, Some(&b_key));
     let r = carol.send_raw(
         &alice.address,
@@ -331,7 +295,7 @@ fn collection_is_exactly_once_when_the_collector_and_then_the_host_are_killed_mi
 
     // Mail for bob, held by hal while bob's node is down.
     let n = 40;
-    let (a_key, b_key) = (secret_key(&alice), secret_key(&bob));
+    let (a_key, b_key) = (alice.openpgp_secret(), bob.openpgp_secret());
     let files: Vec<String> = (0..n)
         .map(|i| {
             let p = hal.home.join(format!("kill{i:02}.eml"));
@@ -475,7 +439,7 @@ pub fn collection_figures() {
     }
     bob.routes = vec![(hal.onion().to_string(), hal.smtp)];
     hal.start();
-    let (a_key, b_key) = (secret_key(&alice), secret_key(&bob));
+    let (a_key, b_key) = (alice.openpgp_secret(), bob.openpgp_secret());
     let body = "x".repeat(1000);
     let files: Vec<String> = (0..n)
         .map(|i| {

@@ -51,15 +51,6 @@ fn onion_key(node: &Node) -> [u8; 32] {
         .public_key()
 }
 
-fn signing_key(node: &Node) -> ed25519_consensus::SigningKey {
-    let name = node.address.split('@').next().unwrap();
-    let hexkey =
-        std::fs::read_to_string(node.home.join("identities").join(name).join("secret.key"))
-            .unwrap();
-    let seed: [u8; 32] = hex::decode(hexkey.trim()).unwrap().try_into().unwrap();
-    ed25519_consensus::SigningKey::from(seed)
-}
-
 /// A post as an author's node would send it, to `list` at `height`.
 fn forge(author: &Node, list: &str, height: u64, subject: &str) -> Post {
     let msg = format!(
@@ -68,7 +59,7 @@ fn forge(author: &Node, list: &str, height: u64, subject: &str) -> Post {
         author.address,
         author.onion()
     );
-    Post::sign(&signing_key(author), list, height, msg.into_bytes()).unwrap()
+    Post::sign(&author.signing_key(), list, height, msg.into_bytes()).unwrap()
 }
 
 fn member_rcpt(list: &str, node: &Node) -> String {

@@ -135,18 +135,6 @@ fn one<'a>(msgs: &'a [Seen], subject: &str) -> &'a Seen {
     found[0]
 }
 
-/// The identity's current OpenPGP secret key, from its keyring on disk.
-fn secret_key(node: &Node) -> SecretCert {
-    let dir = node
-        .home
-        .join("identities")
-        .join(node.name())
-        .join("openpgp");
-    let fpr = std::fs::read_to_string(dir.join("current")).unwrap();
-    SecretCert::from_bytes(&std::fs::read(dir.join(format!("{}.key", fpr.trim()))).unwrap())
-        .unwrap()
-}
-
 /// The OpenPGP key bound to `node`'s identity, read from the ledger with a verified proof
 /// (certified by the validators of genesis).
 fn key_from_ledger(net: &Devnet, node: &Node) -> Vec<u8> {
@@ -301,7 +289,7 @@ fn mail_between_bound_keys_is_encrypted_on_the_wire_verified_and_readable() {
         "the Subject went in clear: {wire}"
     );
 
-    let a_key = secret_key(&a);
+    let a_key = a.openpgp_secret();
     let (msgs, verified) = inbox(&b);
     let m = one(&msgs, "Encrypted hello");
     assert_eq!(m.body, "Attack at dawn");
@@ -333,7 +321,7 @@ fn mail_between_bound_keys_is_encrypted_on_the_wire_verified_and_readable() {
     );
     let gpg = Gpg::new();
     gpg.import(&bound);
-    gpg.import(&secret_key(&b).to_bytes().unwrap());
+    gpg.import(&b.openpgp_secret().to_bytes().unwrap());
     let msg = b.home.join("wire.asc");
     std::fs::write(&msg, last_pgp_message(&wire)).unwrap();
     let (ok, plain, status) = gpg.run(&["--decrypt"], &msg);
@@ -408,7 +396,7 @@ fn mail_between_bound_keys_is_encrypted_on_the_wire_verified_and_readable() {
         out.status.success() && text.contains("rotated:"),
         "{text}{out:?}"
     );
-    let new = secret_key(&a);
+    let new = a.openpgp_secret();
     assert_ne!(new.fingerprint(), old.fingerprint());
     assert_eq!(
         onionpost_e2e::PublicCert::from_bytes(&key_from_ledger(&net, &a))
@@ -494,7 +482,7 @@ fn mail_between_bound_keys_is_encrypted_on_the_wire_verified_and_readable() {
     assert!(m.flags.contains("$Verified"), "{m:?}");
     assert!(
         m.results
-            .contains(&format!("policy.cert={}", secret_key(&a).fingerprint())),
+            .contains(&format!("policy.cert={}", a.openpgp_secret().fingerprint())),
         "{m:?}"
     );
 
@@ -671,7 +659,7 @@ fn trust_paths_key_changes_and_foreign_bindings_are_reported() {
         cfg.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{out:?}");
-    let new = secret_key(&s);
+    let new = s.openpgp_secret();
     caught_up(&net, &r);
     // Sam's node made that binding itself: no alert there.
     caught_up(&net, &s);

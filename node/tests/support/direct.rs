@@ -211,6 +211,45 @@ impl Node {
         self.address.split('@').next().unwrap().to_string()
     }
 
+    /// The configuration file `register` writes.
+    pub fn config_path(&self) -> String {
+        self.home.join("node.toml").to_str().unwrap().to_string()
+    }
+
+    /// The identity's ed25519 signing key (its onion address's key), from its directory.
+    pub fn signing_key(&self) -> ed25519_consensus::SigningKey {
+        let path = self
+            .home
+            .join("identities")
+            .join(self.name())
+            .join("secret.key");
+        let hexkey = fs::read_to_string(&path).unwrap();
+        let seed: [u8; 32] = hex::decode(hexkey.trim()).unwrap().try_into().unwrap();
+        ed25519_consensus::SigningKey::from(seed)
+    }
+
+    /// The identity's public key: the 32 bytes its onion address encodes.
+    pub fn identity_key(&self) -> [u8; 32] {
+        self.onion()
+            .parse::<onionpost_proto::onion::OnionAddress>()
+            .unwrap()
+            .public_key()
+    }
+
+    /// The identity's current OpenPGP secret key, from its keyring on disk.
+    pub fn openpgp_secret(&self) -> onionpost_e2e::SecretCert {
+        let dir = self
+            .home
+            .join("identities")
+            .join(self.name())
+            .join("openpgp");
+        let fpr = fs::read_to_string(dir.join("current")).unwrap();
+        onionpost_e2e::SecretCert::from_bytes(
+            &fs::read(dir.join(format!("{}.key", fpr.trim()))).unwrap(),
+        )
+        .unwrap()
+    }
+
     /// Writes the configuration and registers the identity on its `[ledger]`, binding its
     /// OpenPGP key; fails the test unless both are done. Returns the command's output.
     pub fn register(&self) -> String {

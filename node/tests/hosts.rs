@@ -20,7 +20,12 @@ use support::{python, wait_for};
 /// `m` as `from`'s node hands it to `host` for `to`: with the sender's Onionpost-Hold
 /// signature.
 fn held_copy(from: &Node, host: &Node, to: &Node, m: &[u8]) -> Vec<u8> {
-    onionpost_node::hosting::sender::attach(&from.signing_key(), &host.identity_key(), &to.identity_key(), m)
+    onionpost_node::hosting::sender::attach(
+        &from.signing_key(),
+        &host.identity_key(),
+        &to.identity_key(),
+        m,
+    )
 }
 
 /// `identity hosts` on `node` with `args`; its stdout, failing the test on an error.

@@ -223,6 +223,73 @@ pub enum RegisterError {
 /// The ledger's rejection code for "identity already registered".
 const ALREADY_REGISTERED: u32 = 8;
 
+/// What one look at verified state says about a transaction being waited for.
+enum Look<T> {
+    /// It is applied: the caller's result.
+    Done(T),
+    /// The identity's nonce moved past the transaction's, but its effect is not there: it was
+    /// included and refused by the state machine (the ledger's log says why).
+    NotApplied(String),
+    /// Not yet.
+    Pending,
+}
+
+/// How waiting for a transaction ended, when it did not succeed.
+enum Unseen {
+    /// Included but not applied: what the last look saw.
+    NotApplied(String),
+    /// Not in verified state within the time limit.
+    TimedOut,
+    /// No verified answer that waiting can fix.
+    Ledger(LedgerError),
+}
+
+/// Waits until `look` at the identity `who`'s verified record (at the latest certified
+/// height) says `tx` is done, up to `wait` from `start`. A transaction that is not included
+/// after 5 s is handed to the next server too (the same signed transaction: its nonce makes it
+/// apply once), so one server that took it and died does not stall it.
+async fn await_applied<T>(
+    ledger: &NodeLedger,
+    who: &IdentityKey,
+    tx: &pb::SignedTx,
+    start: Instant,
+    wait: Duration,
+    mut look: impl FnMut(&Verified<Option<onionpost_ledger_client::Identity>>) -> Look<T>,
+) -> Result<T, Unseen> {
+    let client = ledger.client().map_err(Unseen::Ledger)?;
+    let mut resubmitted = Instant::now();
+    let mut next_endpoint = 1;
+    loop {
+        if resubmitted.elapsed() > Duration::from_secs(5) {
+            resubmitted = Instant::now();
+            match ledger.submit_from(tx.clone(), next_endpoint).await {
+                Ok(a) => tracing::info!(code = a.code, "transaction resubmitted"),
+                Err(e) => tracing::warn!("resubmitting the transaction: {e}"),
+            }
+            next_endpoint += 1;
+        }
+        match client.identity(who, At::Latest).await {
+            Ok(v) => match look(&v) {
+                Look::Done(t) => return Ok(t),
+                Look::NotApplied(why) => return Err(Unseen::NotApplied(why)),
+                Look::Pending => {}
+            },
+            Err(e) if e.is_transient() => {}
+            Err(e) => return Err(Unseen::Ledger(e.into())),
+        }
+        if start.elapsed() > wait {
+            return Err(Unseen::TimedOut);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether `id`'s nonce shows that the transaction with `nonce` was included (and so, if its
+/// effect is absent, refused).
+fn nonce_spent(id: &onionpost_ledger_client::Identity, nonce: u64) -> bool {
+    id.record.next_nonce > nonce
+}
+
 /// Registers the identity of `key` on the ledger under `display_name` (its first
 /// transaction, nonce 0) and waits, up to `wait`, until verified state shows it. An identity
 /// registered already (at genesis, or before) is left alone.
@@ -257,7 +324,7 @@ pub async fn register(
             display_name: display_name.to_string(),
         }),
     );
-    let ans = ledger.submit(tx).await?;
+    let ans = ledger.submit(tx.clone()).await?;
     match ans.code {
         0 => {}
         ALREADY_REGISTERED => {}
@@ -265,24 +332,17 @@ pub async fn register(
             return Err(RegisterError::Refused { code, log: ans.log });
         }
     }
-    loop {
-        match client.identity(&who, At::Latest).await {
-            Ok(v) if v.value.is_some() => {
-                return Ok(if ans.code == 0 {
-                    Registration::Registered(v.height)
-                } else {
-                    Registration::Already(v.height)
-                });
-            }
-            Ok(_) => {}
-            Err(e) if e.is_transient() => {}
-            Err(e) => return Err(LedgerError::from(e).into()),
-        }
-        if start.elapsed() > wait {
-            return Err(RegisterError::NotCommitted(wait));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let fresh = ans.code == 0;
+    await_applied(ledger, &who, &tx, start, wait, |v| match &v.value {
+        Some(_) if fresh => Look::Done(Registration::Registered(v.height)),
+        Some(_) => Look::Done(Registration::Already(v.height)),
+        None => Look::Pending,
+    })
+    .await
+    .map_err(|e| match e {
+        Unseen::Ledger(e) => RegisterError::Ledger(e),
+        Unseen::TimedOut | Unseen::NotApplied(_) => RegisterError::NotCommitted(wait),
+    })
 }
 
 /// What [`bind_key`] found or did.
@@ -381,55 +441,36 @@ pub async fn bind_key(
         });
     }
     let nonce = id.record.next_nonce;
-    let mut resubmitted = Instant::now();
-    let mut next_endpoint = 1;
-    loop {
-        // Not included after a while: hand the same transaction to the next server too.
-        if resubmitted.elapsed() > Duration::from_secs(5) {
-            resubmitted = Instant::now();
-            match ledger.submit_from(tx.clone(), next_endpoint).await {
-                Ok(a) => tracing::info!(code = a.code, "binding resubmitted"),
-                Err(e) => tracing::warn!("resubmitting the binding: {e}"),
+    await_applied(ledger, &who, &tx, start, wait, |v| match &v.value {
+        Some(id) if id.active_key().is_some_and(|k| k.public_key == cert) => {
+            Look::Done(if rotate {
+                Binding::Rotated(v.height)
+            } else {
+                Binding::Bound(v.height)
+            })
+        }
+        Some(id) if nonce_spent(id, nonce) => Look::NotApplied(format!(
+            "included by height {} but not applied (the ledger's log says why; history has {} entries, active key {})",
+            v.height,
+            id.key_history.len(),
+            if id.active_key().is_some() {
+                "another one"
+            } else {
+                "none"
             }
-            next_endpoint += 1;
-        }
-        match client.identity(&who, At::Latest).await {
-            Ok(v) => {
-                if let Some(id) = &v.value
-                    && id.active_key().is_some_and(|k| k.public_key == cert)
-                {
-                    return Ok(if rotate {
-                        Binding::Rotated(v.height)
-                    } else {
-                        Binding::Bound(v.height)
-                    });
-                }
-                if let Some(id) = &v.value
-                    && id.record.next_nonce > nonce
-                {
-                    // Included, but the state machine did not apply it (the nonce is spent).
-                    return Err(BindError::Refused {
-                        code: 0,
-                        log: format!(
-                            "included by height {} but not applied (the ledger's log says why; history has {} entries, active key {})",
-                            v.height,
-                            id.key_history.len(),
-                            if id.active_key().is_some() {
-                                "another one"
-                            } else {
-                                "none"
-                            }
-                        ),
-                    });
-                }
-            }
-            Err(e) if e.is_transient() => {}
-            Err(e) => return Err(LedgerError::from(e).into()),
-        }
-        if start.elapsed() > wait {
-            return Err(BindError::NotCommitted(wait));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        )),
+        _ => Look::Pending,
+    })
+    .await
+    .map_err(|e| bind_unseen(e, wait))
+}
+
+/// A [`BindError`] for a binding or revocation that did not show.
+fn bind_unseen(e: Unseen, wait: Duration) -> BindError {
+    match e {
+        Unseen::Ledger(e) => BindError::Ledger(e),
+        Unseen::NotApplied(log) => BindError::Refused { code: 0, log },
+        Unseen::TimedOut => BindError::NotCommitted(wait),
     }
 }
 
@@ -463,27 +504,24 @@ pub async fn revoke_key(
             reason: reason.to_string(),
         }),
     );
-    let ans = ledger.submit(tx).await?;
+    let ans = ledger.submit(tx.clone()).await?;
     if ans.code != 0 {
         return Err(BindError::Refused {
             code: ans.code,
             log: ans.log,
         });
     }
-    loop {
-        match client.identity(&who, At::Latest).await {
-            Ok(v) if v.value.as_ref().is_some_and(|i| i.active_key().is_none()) => {
-                return Ok(Some(v.height));
-            }
-            Ok(_) => {}
-            Err(e) if e.is_transient() => {}
-            Err(e) => return Err(LedgerError::from(e).into()),
-        }
-        if start.elapsed() > wait {
-            return Err(BindError::NotCommitted(wait));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let nonce = id.record.next_nonce;
+    await_applied(ledger, &who, &tx, start, wait, |v| match &v.value {
+        Some(id) if id.active_key().is_none() => Look::Done(Some(v.height)),
+        Some(id) if nonce_spent(id, nonce) => Look::NotApplied(format!(
+            "included by height {} but not applied: a key is still active (the ledger's log says why)",
+            v.height
+        )),
+        _ => Look::Pending,
+    })
+    .await
+    .map_err(|e| bind_unseen(e, wait))
 }
 
 /// Why [`set_mailbox_hosts`] failed.
@@ -549,39 +587,27 @@ pub async fn set_mailbox_hosts(
             hosts: hosts.iter().map(|h| h.to_vec()).collect(),
         }),
     );
-    let ans = ledger.submit(tx).await?;
+    let ans = ledger.submit(tx.clone()).await?;
     if ans.code != 0 {
         return Err(HostsError::Refused {
             code: ans.code,
             log: ans.log,
         });
     }
-    loop {
-        match client.identity(&who, At::Latest).await {
-            Ok(v) => {
-                if let Some(id) = &v.value {
-                    if id.mailbox_hosts == hosts {
-                        return Ok(HostsOutcome::Set(v.height));
-                    }
-                    if id.record.next_nonce > nonce {
-                        return Err(HostsError::Refused {
-                            code: 0,
-                            log: format!(
-                                "included by height {} but not applied (the ledger's log says why)",
-                                v.height
-                            ),
-                        });
-                    }
-                }
-            }
-            Err(e) if e.is_transient() => {}
-            Err(e) => return Err(LedgerError::from(e).into()),
-        }
-        if start.elapsed() > wait {
-            return Err(HostsError::NotCommitted(wait));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    await_applied(ledger, &who, &tx, start, wait, |v| match &v.value {
+        Some(id) if id.mailbox_hosts == hosts => Look::Done(HostsOutcome::Set(v.height)),
+        Some(id) if nonce_spent(id, nonce) => Look::NotApplied(format!(
+            "included by height {} but not applied (the ledger's log says why)",
+            v.height
+        )),
+        _ => Look::Pending,
+    })
+    .await
+    .map_err(|e| match e {
+        Unseen::Ledger(e) => HostsError::Ledger(e),
+        Unseen::NotApplied(log) => HostsError::Refused { code: 0, log },
+        Unseen::TimedOut => HostsError::NotCommitted(wait),
+    })
 }
 
 /// The mailbox hosts the ledger names for the identity of `who`, as verified at the latest

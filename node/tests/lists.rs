@@ -202,6 +202,30 @@ fn a_post_reaches_every_member_once_and_forgeries_are_refused_with_their_reason(
             1,
             "the verification result travels with the post"
         );
+        // Every member has a key bound on the ledger, so the post was one ciphertext for
+        // all: decrypted here, signed by the author's bound key, with the keywords.
+        let files = support::files_in_mailboxes(
+            &m.home.join("identities").join(m.name()),
+            "Subject: Hello list",
+        );
+        let text = std::fs::read_to_string(&files[0]).unwrap();
+        assert!(
+            text.contains("pgp=pass")
+                && text.contains("policy.encrypted=yes")
+                && text.contains("First post."),
+            "{text}"
+        );
+        let info = files[0]
+            .to_string_lossy()
+            .rsplit_once(":2,")
+            .unwrap()
+            .1
+            .to_string();
+        assert!(
+            info.contains('a') && info.contains('c'),
+            "$Verified and $Encrypted: {}",
+            files[0].display()
+        );
     }
     assert_eq!(nodes[0].count_in_maildir("Hello list"), 0);
     assert_eq!(mallory.count_in_maildir("Hello list"), 0, "not a member");
@@ -329,6 +353,52 @@ M.logout()
             assert_eq!(m.count_in_maildir(s), 0, "{s} delivered to {}", m.address);
         }
     }
+
+    // Dave revokes his key: a member without one gets no ciphertext it cannot read, so the
+    // next post goes signed only (still verified), to every member still on the list.
+    let dave = &nodes[3];
+    let out = dave.cli(&[
+        "identity",
+        "revoke-key",
+        "dave",
+        "--config",
+        &dave.config_path(),
+        "--reason",
+        "test",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    net.wait_past(net.height() + 1);
+    submit(
+        &nodes[0],
+        "dev@list.invalid",
+        "Signed only",
+        "Dave has no key.",
+    );
+    for m in nodes[1..].iter().filter(|m| m.name() != "carol") {
+        wait_for(Duration::from_secs(60), "the signed-only post", || {
+            m.count_in_maildir("Subject: Signed only") == 1
+        });
+        let files = support::files_in_mailboxes(
+            &m.home.join("identities").join(m.name()),
+            "Subject: Signed only",
+        );
+        let text = std::fs::read_to_string(&files[0]).unwrap();
+        assert!(
+            text.contains("pgp=pass") && text.contains("policy.encrypted=no"),
+            "{text}"
+        );
+        let info = files[0]
+            .to_string_lossy()
+            .rsplit_once(":2,")
+            .unwrap()
+            .1
+            .to_string();
+        assert!(
+            info.contains('a') && !info.contains('c'),
+            "$Verified, not $Encrypted: {}",
+            files[0].display()
+        );
+    }
 }
 
 #[test]
@@ -375,6 +445,18 @@ fn members_relay_when_the_author_dies_and_an_offline_member_gets_it_on_return() 
         nodes[1].count_in_maildir("Subject: Relayed post") == 1
     });
     nodes[0].kill9();
+    // What waits in the dead author's spool for the others is the ciphertext only.
+    let spooled: Vec<String> = support::texts_under(&nodes[0].home.join("spool"))
+        .into_iter()
+        .filter(|t| t.contains("Onionpost-Post:"))
+        .collect();
+    assert!(!spooled.is_empty(), "the author's undelivered copies");
+    for t in &spooled {
+        assert!(
+            t.contains("-----BEGIN PGP MESSAGE-----") && !t.contains("The author dies."),
+            "a list copy in clear: {t}"
+        );
+    }
     for m in &nodes[2..4] {
         wait_for(
             Duration::from_secs(60),

@@ -22,7 +22,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use onionpost_e2e::SecretCert;
+use onionpost_e2e::{PublicCert, SecretCert};
+use onionpost_ledger_client::{At, Ledger};
+use onionpost_proto::onion::OnionAddress;
 
 use crate::config::{E2eConfig, UnverifiedPolicy};
 use crate::delivery::inbound::SenderKeys;
@@ -31,7 +33,7 @@ use crate::identity::Identity;
 use crate::ledger::{LedgerError, NodeLedger};
 use crate::lists::address::parse_member_address;
 use crate::smtp::reply::{Reply, reply};
-use directory::bound_keys;
+use directory::{bound_keys, identity_of};
 use keyring::{Keyring, KeyringError};
 use onionpost_ledger_client::IdentityKey;
 use trust::{Trust, trust_in};
@@ -167,8 +169,79 @@ impl E2e {
         for r in recipients {
             keys.push(self.recipient_key(r).await);
         }
+        tracing::debug!(rcpts = ?recipients, "protecting a copy");
+        self.seal(sender, keys, data).await
+    }
+
+    /// What the ledger binds to the list member `who`, known by its identity key rather than
+    /// an address: its active key, usable only if one of its User IDs is at the member's
+    /// onion.
+    pub async fn member_key(&self, who: &IdentityKey) -> RecipientKey {
+        let Ok(client) = self.ledger.client() else {
+            return RecipientKey::Unbound;
+        };
+        let onion = OnionAddress::from_public_key(*who).hostname();
+        let v = match client.identity(who, At::Latest).await {
+            Ok(v) => v,
+            Err(e) => {
+                return RecipientKey::Unusable(format!(
+                    "no verified answer from the ledger about the key of list member {onion}: {e}"
+                ));
+            }
+        };
+        let Some(bound) = v.value.as_ref().and_then(|id| id.active_key()) else {
+            return RecipientKey::Unbound;
+        };
+        match PublicCert::from_bytes(&bound.public_key) {
+            Ok(c) if c.addresses().iter().any(|a| identity_of(a) == Some(*who)) => {
+                RecipientKey::Bound(Box::new(c))
+            }
+            Ok(c) => RecipientKey::Unusable(format!(
+                "the key bound to list member {onion} ({}) has no User ID at that onion",
+                c.fingerprint()
+            )),
+            Err(e) => RecipientKey::Unusable(format!(
+                "the key bound to list member {onion} does not parse: {e}"
+            )),
+        }
+    }
+
+    /// A list post from `sender` to `members` (the list's members at the post's height) as
+    /// it goes to all of them: one signed message, encrypted to every member when each has a
+    /// bound key (with `Autocrypt-Gossip` inside, so members learn each other's keys), signed
+    /// only when some member has none; `Err` (a 4xx, no post) when some member's key is
+    /// unusable: never sent in clear to a member that has a key. As submitted with
+    /// `[e2e] enabled = false`.
+    pub async fn protect_post(
+        self: &Arc<Self>,
+        sender: &Identity,
+        members: &[IdentityKey],
+        data: &[u8],
+    ) -> Result<Vec<u8>, Reply> {
+        if !self.config.enabled {
+            return Ok(data.to_vec());
+        }
+        let me = sender.onion.public_key();
+        let keys = futures::future::join_all(
+            members
+                .iter()
+                .filter(|m| **m != me)
+                .map(|m| self.member_key(m)),
+        )
+        .await;
+        self.seal(sender, keys, data).await
+    }
+
+    /// Signs (and encrypts, as [`protection`] decides for `keys`) `data` with `sender`'s
+    /// current key, off the async workers.
+    async fn seal(
+        self: &Arc<Self>,
+        sender: &Identity,
+        keys: Vec<RecipientKey>,
+        data: &[u8],
+    ) -> Result<Vec<u8>, Reply> {
         if let crate::delivery::outbound::Protection::Defer(why) = protection(&keys) {
-            tracing::warn!(rcpts = ?recipients, "not sending: {why}");
+            tracing::warn!("not sending: {why}");
             return Err(deferred(&why));
         }
         let (e2e, sender, data) = (self.clone(), sender.clone(), data.to_vec());

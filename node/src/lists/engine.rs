@@ -28,7 +28,10 @@ use super::folder::open_list_folder;
 use super::post::Post;
 use crate::clock::Clock;
 use crate::context::{Context, Hosted};
-use crate::delivery::inbound::store;
+use crate::delivery::inbound::{
+    Annotations, SenderKeys, Verdict, authenticate_with, store_flagged,
+};
+use crate::e2e::E2e;
 use crate::ledger::{LedgerError, NodeLedger};
 use crate::queue::Queue;
 use crate::smtp::reply::{Reply, reply};
@@ -84,6 +87,15 @@ impl Copies {
     }
 }
 
+/// What a member's copy of a post is opened with: the list checks' field, the post's
+/// message (perhaps encrypted), and what the end-to-end stage needs to verify it.
+struct Opening {
+    verified: String,
+    message: Vec<u8>,
+    sender: Arc<SenderKeys>,
+    notes: Annotations,
+}
+
 /// What the engine keeps of a post while its relay may still send copies.
 #[derive(Debug, Clone)]
 struct Held {
@@ -97,6 +109,7 @@ pub struct Lists {
     ctx: Arc<Context>,
     queue: Arc<Queue>,
     clock: Arc<dyn Clock>,
+    e2e: Arc<E2e>,
     core: Mutex<Broadcast>,
     copies: Mutex<Copies>,
     held: Mutex<HashMap<PostId, Held>>,
@@ -159,12 +172,14 @@ fn with_list_headers(message: &[u8], list: &str) -> Vec<u8> {
 }
 
 impl Lists {
-    /// The engine for the identities of `ctx`, queueing into `queue`.
+    /// The engine for the identities of `ctx`, queueing into `queue`, protecting posts and
+    /// opening them with `e2e`.
     pub fn new(
         ledger: NodeLedger,
         ctx: Arc<Context>,
         queue: Arc<Queue>,
         clock: Arc<dyn Clock>,
+        e2e: Arc<E2e>,
     ) -> Arc<Self> {
         let timeout = ledger.config().map_or(30.0, |c| c.relay_timeout_secs);
         Arc::new(Self {
@@ -172,6 +187,7 @@ impl Lists {
             ctx,
             queue,
             clock,
+            e2e,
             core: Mutex::new(Broadcast::new(timeout)),
             copies: Mutex::new(Copies::default()),
             held: Mutex::new(HashMap::new()),
@@ -198,7 +214,19 @@ impl Lists {
         let message = with_list_headers(message, list);
         check::may_post(list, at_h.value.as_ref(), height, &me, message.len())
             .map_err(|r| r.reply(list))?;
-        let members = at_h.value.map(|l| l.members).unwrap_or_default();
+        let members = at_h
+            .value
+            .as_ref()
+            .map(|l| l.members.clone())
+            .unwrap_or_default();
+        // One ciphertext for every member (or signed only, if one has no key); the size
+        // limit applies to what goes on the wire.
+        let message = self
+            .e2e
+            .protect_post(&sender.identity, &members, &message)
+            .await?;
+        check::may_post(list, at_h.value.as_ref(), height, &me, message.len())
+            .map_err(|r| r.reply(list))?;
         let key = sender
             .identity
             .signing_key()
@@ -269,6 +297,14 @@ impl Lists {
                 return all(ledger_reply(&e.into()));
             }
         };
+        // The author's OpenPGP keys, to verify (and decrypt) the post for each member here.
+        let sender = match self.e2e.sender_keys(&post.message).await {
+            Ok(s) => Arc::new(s),
+            Err(r) => {
+                tracing::warn!(list = %post.list, "deferring a post: {}", r.message);
+                return all(r);
+            }
+        };
         let id = post.id();
         let wire = Arc::new(data.to_vec());
         let mut results = Vec::with_capacity(recipients.len());
@@ -321,9 +357,23 @@ impl Lists {
                 self.clock.now(),
             );
             tracing::info!(%list, %to, height = post.height, latest, post = %hex::encode(&id[..8]), "list post verified");
-            let stamped = self.stamp(&post, latest, data);
+            let trust = match &*sender {
+                SenderKeys::Ledger(k) if !k.history.is_empty() => {
+                    Some(self.e2e.trust(&me, &k.identity, k.height).await)
+                }
+                _ => None,
+            };
+            let opening = Opening {
+                verified: self.stamp(&post, latest),
+                message: post.message.clone(),
+                sender: sender.clone(),
+                notes: Annotations {
+                    trust,
+                    key_change: None,
+                },
+            };
             let r = self
-                .execute_for(out, hosted.clone(), list, stamped, id)
+                .execute_for(out, hosted.clone(), list, opening, id)
                 .await;
             results.push(r);
         }
@@ -331,17 +381,14 @@ impl Lists {
         results
     }
 
-    /// The stored form of a post: what was verified, then the post as it came.
-    fn stamp(&self, post: &Post, latest: u64, wire: &[u8]) -> Vec<u8> {
-        let mut out = format!(
+    /// The field that says what the list checks verified about a post.
+    fn stamp(&self, post: &Post, latest: u64) -> String {
+        format!(
             "{VERIFIED_HEADER}: list={}; author={}; height={}; still-member-at={latest}; signature=ok\r\n",
             post.list,
             OnionAddress::from_public_key(post.author).hostname(),
             post.height
         )
-        .into_bytes();
-        out.extend_from_slice(wire);
-        out
     }
 
     /// Runs outputs for a received post: the delivery to `hosted` and any sends.
@@ -350,7 +397,7 @@ impl Lists {
         out: Vec<Output>,
         hosted: Arc<Hosted>,
         list: &str,
-        stamped: Vec<u8>,
+        opening: Opening,
         id: PostId,
     ) -> Result<(), Reply> {
         let (deliver, sends): (Vec<Output>, Vec<Output>) = out
@@ -366,11 +413,29 @@ impl Lists {
         }
         let key = DedupeKey(id[..16].try_into().expect("16 bytes"));
         let list = list.to_owned();
-        // Filed in the list's own folder (created with its first post), off the async workers.
+        let e2e = self.e2e.clone();
+        // Opened (decrypted, verified) for this member and filed in the list's own folder
+        // (created with its first post), off the async workers.
         let stored = tokio::task::spawn_blocking(move || {
+            let secrets = e2e
+                .secrets(&hosted.identity)
+                .map_err(|e| local_error(&format!("reading the member's OpenPGP keys: {e}")))?;
+            let opened = authenticate_with(
+                &opening.message,
+                &secrets,
+                &opening.sender,
+                e2e.policy(),
+                &hosted.identity.onion.hostname(),
+                &opening.notes,
+            );
+            if let Verdict::Refuse(r) | Verdict::Defer(r) = opened.verdict {
+                tracing::info!(%list, "list post refused by the end-to-end policy: {}", r.message);
+                return Err(r);
+            }
             let folder = open_list_folder(&*hosted.mailboxes, &list)
                 .map_err(|e| local_error(&format!("opening the folder of list {list}: {e}")))?;
-            store(&*folder, &stamped, Some(key))
+            let stored = [opening.verified.as_bytes(), &opened.message].concat();
+            store_flagged(&*folder, &stored, Some(key), opened.flags)
         });
         match stored.await {
             Ok(r) => r,

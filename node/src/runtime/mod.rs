@@ -319,7 +319,13 @@ pub async fn run(home: &Path, config: Config) -> Result<(), RuntimeError> {
         .expect("reading the ledger watch state")
     };
     tokio::spawn(monitor.clone().run(shutdown.clone()));
-    let lists = Lists::new(ledger.clone(), ctx.clone(), queue.clone(), clock.clone());
+    let lists = Lists::new(
+        ledger.clone(),
+        ctx.clone(),
+        queue.clone(),
+        clock.clone(),
+        e2e.clone(),
+    );
     tokio::spawn(lists.clone().run(shutdown.clone()));
     let mut inbound = Inbound::with_lists(ctx.clone(), lists.clone()).with_e2e(e2e.clone());
     let hosting = open_hosting(home, &cfg, &ledger, &clock)?;

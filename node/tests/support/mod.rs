@@ -133,6 +133,12 @@ pub fn imap_read(port: u16, user: &str, password: &str) -> String {
 /// contain `needle`, in any of its mailboxes: INBOX (`Maildir/`) and the folders (list posts
 /// are filed in `Lists/<list>`).
 pub fn count_in_mailboxes(id_dir: &std::path::Path, needle: &str) -> usize {
+    files_in_mailboxes(id_dir, needle).len()
+}
+
+/// The stored messages (Maildir files of INBOX and every folder) of the identity directory
+/// `id_dir` that contain `needle`.
+pub fn files_in_mailboxes(id_dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
     let folders = std::fs::read_dir(id_dir.join("folders"))
         .into_iter()
         .flatten()
@@ -142,10 +148,32 @@ pub fn count_in_mailboxes(id_dir: &std::path::Path, needle: &str) -> usize {
         .chain(folders)
         .flat_map(|cur| std::fs::read_dir(cur).into_iter().flatten())
         .filter_map(Result::ok)
-        .filter(|e| {
-            std::fs::read(e.path())
+        .map(|e| e.path())
+        .filter(|p| {
+            std::fs::read(p)
                 .map(|b| String::from_utf8_lossy(&b).contains(needle))
                 .unwrap_or(false)
         })
-        .count()
+        .collect()
+}
+
+/// Every file under `dir`, recursively, as text (lossy).
+pub fn texts_under(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+        {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if let Ok(b) = std::fs::read(&p) {
+                out.push(String::from_utf8_lossy(&b).into_owned());
+            }
+        }
+    }
+    out
 }

@@ -82,9 +82,9 @@ swaks --silent 1 --server "127.0.0.1:${SUB[alice]}" --auth PLAIN --auth-user "${
   --auth-password "${PW[alice]}" --from "${ADDR[alice]}" --to demo@list.invalid \
   --header "Subject: first post to a list with no server" \
   --body "Every member's node checked my membership on the ledger before delivering this." \
-  && echo "accepted by alice's node: membership checked, post signed, sent to every member"
+  && echo "accepted by alice's node: membership checked, post signed and encrypted to every member's bound key, sent to every member"
 
-say "bob and carol read it over IMAP (Python imaplib) in folder Lists/demo: list headers and what their node verified"
+say "bob and carol read it over IMAP (Python imaplib) in folder Lists/demo: list headers, and what their node verified and decrypted"
 for who in bob carol; do
   echo "--- $who's Lists/demo"
   python3 - "${IMAP[$who]}" "${ADDR[$who]}" "${PW[$who]}" <<'PY'
@@ -102,7 +102,7 @@ while True:
     time.sleep(0.2)
 typ, msg = M.fetch(data[0].split()[-1], '(RFC822)')
 m = email.message_from_bytes(msg[0][1], policy=email.policy.default)
-for h in ('Onionpost-List-Verified', 'From', 'To', 'Subject', 'List-Id', 'List-Post'):
+for h in ('Onionpost-List-Verified', 'Authentication-Results', 'From', 'To', 'Subject', 'List-Id', 'List-Post'):
     print(f"{h}: {m[h]}")
 print(); print(m.get_content().strip())
 M.logout()

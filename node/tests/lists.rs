@@ -367,6 +367,16 @@ M.logout()
         "test",
     ]);
     assert!(out.status.success(), "{out:?}");
+    // And alice rotates hers: members see the change marked on her next post.
+    let alice = &nodes[0];
+    let out = alice.cli(&[
+        "identity",
+        "rotate-key",
+        "alice",
+        "--config",
+        &alice.config_path(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
     net.wait_past(net.height() + 1);
     submit(
         &nodes[0],
@@ -394,9 +404,14 @@ M.logout()
             .1
             .to_string();
         assert!(
-            info.contains('a') && !info.contains('c'),
-            "$Verified, not $Encrypted: {}",
+            info.contains('a') && !info.contains('c') && info.contains('d'),
+            "$Verified $KeyChanged, not $Encrypted: {}",
             files[0].display()
+        );
+        assert!(
+            text.contains("Onionpost-Key-Change:")
+                && text.contains(&alice.openpgp_secret().fingerprint().to_string()),
+            "{text}"
         );
     }
 }

@@ -579,6 +579,43 @@ fn deliver_one(
     };
     let span = tracing::info_span!("store", to = %recipient);
     let _e = span.enter();
+    open_and_store(
+        &h,
+        &Filing {
+            mailbox: &*h.mailbox,
+            prefix: b"",
+            dedupe: None,
+        },
+        message,
+        sender,
+        trust,
+        e2e,
+    )
+}
+
+/// Where [`open_and_store`] files a message, and how.
+pub struct Filing<'a> {
+    /// The mailbox (INBOX, or a list's folder).
+    pub mailbox: &'a dyn MailStore,
+    /// Header fields put before the node's `Authentication-Results` (a list's verification
+    /// field), raw with CRLFs.
+    pub prefix: &'a [u8],
+    /// The dedupe key to store under (None: the readable message's own).
+    pub dedupe: Option<DedupeKey>,
+}
+
+/// The end-to-end stage and the store for hosted recipient `h`: opens `message` with its
+/// keys, verifies it against `sender`'s, marks a change of the sender's keys since its
+/// previous message here (`$KeyChanged`, remembered once stored), and files it as `filing`
+/// says, or refuses it as the policy says. Blocks on the disk.
+pub fn open_and_store(
+    h: &Hosted,
+    filing: &Filing<'_>,
+    message: &[u8],
+    sender: &SenderKeys,
+    trust: Option<Trust>,
+    e2e: &E2e,
+) -> Result<(), Reply> {
     let secrets = e2e.secrets(&h.identity).map_err(|e| {
         tracing::error!("reading the recipient's OpenPGP keys: {e}");
         local_error()
@@ -591,7 +628,7 @@ fn deliver_one(
     // onion address in From, and the state must not grow with them.
     let keys = match sender {
         SenderKeys::Ledger(keys) if !keys.events.is_empty() => keys,
-        _ => return judge_and_store(&h, message, &secrets, sender, &notes, e2e),
+        _ => return judge_and_store(h, filing, message, &secrets, sender, &notes, e2e),
     };
     // The sender's key history against what its previous message here was checked
     // against: marked once, remembered only once the message is stored.
@@ -609,7 +646,7 @@ fn deliver_one(
             }),
             ..notes.clone()
         };
-        judge_and_store(&h, message, &secrets, sender, &notes, e2e)?;
+        judge_and_store(h, filing, message, &secrets, sender, &notes, e2e)?;
         st.correspondents.insert(who.clone(), seen);
         Ok(())
     });
@@ -631,9 +668,10 @@ fn local_error() -> Reply {
     )
 }
 
-/// [`authenticate_with`], then the policy's refusal or [`store_flagged`].
+/// [`authenticate_with`], then the policy's refusal or [`store_flagged`] as `filing` says.
 fn judge_and_store(
     h: &Hosted,
+    filing: &Filing<'_>,
     message: &[u8],
     secrets: &[SecretCert],
     sender: &SenderKeys,
@@ -658,7 +696,8 @@ fn judge_and_store(
     if a.flags.contains(Flags::KEY_CHANGED) {
         tracing::info!(from = %crate::message::header_value(message, "From").unwrap_or_default(), "the sender's keys changed since its previous message: marked $KeyChanged");
     }
-    store_flagged(&*h.mailbox, &a.message, a.dedupe, a.flags)
+    let stored = [filing.prefix, &a.message].concat();
+    store_flagged(filing.mailbox, &stored, filing.dedupe.or(a.dedupe), a.flags)
 }
 
 /// The inbound stages, bound to the node's context.

@@ -28,10 +28,9 @@ use super::folder::open_list_folder;
 use super::post::Post;
 use crate::clock::Clock;
 use crate::context::{Context, Hosted};
-use crate::delivery::inbound::{
-    Annotations, SenderKeys, Verdict, authenticate_with, store_flagged,
-};
+use crate::delivery::inbound::{Filing, SenderKeys, open_and_store};
 use crate::e2e::E2e;
+use crate::e2e::trust::Trust;
 use crate::ledger::{LedgerError, NodeLedger};
 use crate::queue::Queue;
 use crate::smtp::reply::{Reply, reply};
@@ -93,7 +92,7 @@ struct Opening {
     verified: String,
     message: Vec<u8>,
     sender: Arc<SenderKeys>,
-    notes: Annotations,
+    trust: Option<Trust>,
 }
 
 /// What the engine keeps of a post while its relay may still send copies.
@@ -367,10 +366,7 @@ impl Lists {
                 verified: self.stamp(&post, latest),
                 message: post.message.clone(),
                 sender: sender.clone(),
-                notes: Annotations {
-                    trust,
-                    key_change: None,
-                },
+                trust,
             };
             let r = self
                 .execute_for(out, hosted.clone(), list, opening, id)
@@ -417,25 +413,21 @@ impl Lists {
         // Opened (decrypted, verified) for this member and filed in the list's own folder
         // (created with its first post), off the async workers.
         let stored = tokio::task::spawn_blocking(move || {
-            let secrets = e2e
-                .secrets(&hosted.identity)
-                .map_err(|e| local_error(&format!("reading the member's OpenPGP keys: {e}")))?;
-            let opened = authenticate_with(
-                &opening.message,
-                &secrets,
-                &opening.sender,
-                e2e.policy(),
-                &hosted.identity.onion.hostname(),
-                &opening.notes,
-            );
-            if let Verdict::Refuse(r) | Verdict::Defer(r) = opened.verdict {
-                tracing::info!(%list, "list post refused by the end-to-end policy: {}", r.message);
-                return Err(r);
-            }
             let folder = open_list_folder(&*hosted.mailboxes, &list)
                 .map_err(|e| local_error(&format!("opening the folder of list {list}: {e}")))?;
-            let stored = [opening.verified.as_bytes(), &opened.message].concat();
-            store_flagged(&*folder, &stored, Some(key), opened.flags)
+            let filing = Filing {
+                mailbox: &*folder,
+                prefix: opening.verified.as_bytes(),
+                dedupe: Some(key),
+            };
+            open_and_store(
+                &hosted,
+                &filing,
+                &opening.message,
+                &opening.sender,
+                opening.trust,
+                &e2e,
+            )
         });
         match stored.await {
             Ok(r) => r,

@@ -51,6 +51,19 @@ pub trait Policy {
     fn collection(&self) -> bool {
         false
     }
+    /// Submission: whether ordinary addresses (outside `.onion`) are accepted as recipients
+    /// (the node has a gateway configured). Default: no.
+    fn external(&self) -> bool {
+        false
+    }
+    /// Inbound: the reply to a recipient that [`Policy::accepts`] refused. Default: the one
+    /// `550 5.1.1` every unknown address gets.
+    fn refusal(&self, _address: &str) -> Option<Reply> {
+        None
+    }
+    /// Told the client's EHLO or HELO name (a gateway checks SPF against it). Default:
+    /// nothing.
+    fn greeted(&self, _helo: &str) {}
 }
 
 /// A complete message ready to be stored or queued.
@@ -533,8 +546,12 @@ impl<P: Policy> Session<P> {
             }
         };
         match req {
-            Request::Ehlo { .. } => self.ehlo(),
-            Request::Helo { .. } => {
+            Request::Ehlo { host } => {
+                self.policy.greeted(&host);
+                self.ehlo()
+            }
+            Request::Helo { host } => {
+                self.policy.greeted(&host);
                 self.reset_transaction();
                 self.greeted = true;
                 self.state = State::Ready;
@@ -646,19 +663,28 @@ impl<P: Policy> Session<P> {
                     || address.rsplit_once('@').is_some_and(|(l, d)| {
                         !l.is_empty() && d.parse::<onionpost_proto::onion::OnionAddress>().is_ok()
                     })
+                    || (self.policy.external() && crate::delivery::route::is_external(&address))
             }
         };
         if !ok {
             let r = match self.cfg.mode {
-                Mode::Inbound => reply(
+                Mode::Inbound => self.policy.refusal(&address).unwrap_or_else(|| {
+                    reply(
+                        550,
+                        [5, 1, 1],
+                        "Error: recipient address rejected: no such mailbox here (no relaying)",
+                    )
+                }),
+                Mode::Submission if self.policy.external() => reply(
                     550,
-                    [5, 1, 1],
-                    "Error: recipient address rejected: no such mailbox here (no relaying)",
+                    [5, 1, 2],
+                    "Error: recipient must be name@<v3 onion address>, <list>@list.invalid or an ordinary address name@domain",
                 ),
                 Mode::Submission => reply(
                     550,
                     [5, 1, 2],
-                    "Error: recipient must be name@<v3 onion address> or <list>@list.invalid",
+                    "Error: recipient must be name@<v3 onion address> or <list>@list.invalid \
+                     (ordinary addresses need a [gateway] in the node's configuration)",
                 ),
             };
             return vec![self.error(r)];

@@ -1,0 +1,111 @@
+//! Opportunistic STARTTLS towards MX hosts (RFC 3207, RFC 7435).
+//!
+//! Without DANE or MTA-STS nothing tells the gateway which certificate an MX host should
+//! have (the MX record itself comes from unauthenticated DNS), so, as most MTAs do, the
+//! gateway encrypts whenever the server offers STARTTLS and does not check the certificate:
+//! this defeats passive eavesdropping, not an active attacker. The handshake's signatures are
+//! still verified (the server must hold the key of the certificate it shows).
+
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use tokio_rustls::rustls::crypto::{
+    CryptoProvider, verify_tls12_signature, verify_tls13_signature,
+};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::rustls::{ClientConfig, DigitallySignedStruct, Error, SignatureScheme};
+
+/// Accepts any certificate, verifies handshake signatures.
+#[derive(Debug)]
+struct Opportunistic(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for Opportunistic {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The TLS client of the relay.
+#[derive(Clone)]
+pub struct StartTls(TlsConnector);
+
+impl std::fmt::Debug for StartTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StartTls(opportunistic)")
+    }
+}
+
+impl Default for StartTls {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StartTls {
+    /// An opportunistic client (ring, TLS 1.2 and 1.3).
+    pub fn new() -> Self {
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Opportunistic(provider)))
+            .with_no_client_auth();
+        StartTls(TlsConnector::from(Arc::new(config)))
+    }
+
+    /// The TLS handshake with the MX host `host` over `tcp` (after its 220 to STARTTLS).
+    pub async fn handshake(
+        &self,
+        host: &str,
+        tcp: TcpStream,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let name = ServerName::try_from(host.trim_end_matches('.').to_string())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        self.0.connect(name, tcp).await
+    }
+}

@@ -1,0 +1,392 @@
+//! The gateway to ordinary e-mail with real processes: `onionpost-gateway run` and
+//! `onionpost-node run` on the direct transport (loopback), clients in Python's smtplib.
+//!
+//! Every way of getting the gateway to relay for someone it does not serve is tried and
+//! must be refused: outside to outside, a participant it does not serve (valid signature),
+//! loopback and "onion" connections with no signature (connections are never trusted),
+//! header From / envelope sender mismatch, a forged, a redirected and a replayed signature,
+//! oversized mail and the rate limit.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[path = "support/mod.rs"]
+mod support;
+use onionpost_proto::onion::OnionAddress;
+use support::direct::Node;
+use support::{free_port, python};
+
+/// The binary under test.
+const GATEWAY: &str = env!("CARGO_BIN_EXE_onionpost-gateway");
+
+/// A gateway process with its home, key and ports.
+struct Gateway {
+    _dir: tempfile::TempDir,
+    home: PathBuf,
+    onion: String,
+    participants: u16,
+    public: u16,
+    /// Configuration appended verbatim (tables of its own: `[limits]`, `[relay]`, ...).
+    extra: String,
+    /// The `[[participant]]` entries: (name, identity address).
+    served: Vec<(String, String)>,
+    /// Participants' onion -> their node's loopback SMTP port.
+    routes: Vec<(String, u16)>,
+    child: Option<Child>,
+}
+
+impl Gateway {
+    fn new() -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("gw");
+        let out = Command::new(GATEWAY)
+            .args(["--home", home.to_str().unwrap(), "init"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "init: {out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let onion = text
+            .lines()
+            .find_map(|l| l.strip_prefix("onion: "))
+            .unwrap_or_else(|| panic!("no onion in {text}"))
+            .trim()
+            .to_string();
+        Gateway {
+            _dir: dir,
+            home,
+            onion,
+            participants: free_port(),
+            public: free_port(),
+            extra: String::new(),
+            served: Vec::new(),
+            routes: Vec::new(),
+            child: None,
+        }
+    }
+
+    fn serve(&mut self, name: &str, node: &Node) {
+        self.served.push((name.into(), node.address.clone()));
+        self.routes.push((node.onion().into(), node.smtp));
+    }
+
+    fn config(&self) -> String {
+        let mut c = format!(
+            "domain = \"gw.test\"\nhostname = \"mx.gw.test\"\n\
+             [public]\nlisten = \"127.0.0.1:{}\"\n[participants]\nlisten = \"127.0.0.1:{}\"\n",
+            self.public, self.participants
+        );
+        for (name, address) in &self.served {
+            c += &format!("[[participant]]\nname = \"{name}\"\naddress = \"{address}\"\n");
+        }
+        c += "[queue]\nretry_base_secs = 0.2\nretry_max_secs = 0.5\n";
+        c += &self.extra;
+        c += "\n[transport]\nkind = \"direct\"\n[transport.direct]\n";
+        for (onion, port) in &self.routes {
+            c += &format!("\"{onion}\" = \"127.0.0.1:{port}\"\n");
+        }
+        c
+    }
+
+    fn start(&mut self) {
+        let cfg = self.home.join("gateway.toml");
+        fs::write(&cfg, self.config()).unwrap();
+        let log = fs::File::create(self.home.join("gateway.log")).unwrap();
+        self.child = Some(
+            Command::new(GATEWAY)
+                .args(["--home", self.home.to_str().unwrap(), "run", "--config"])
+                .arg(&cfg)
+                .env("RUST_LOG", "debug")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.participants)).is_err()
+            || std::net::TcpStream::connect(("127.0.0.1", self.public)).is_err()
+        {
+            let exited = self.child.as_mut().unwrap().try_wait().unwrap();
+            assert!(
+                exited.is_none() && std::time::Instant::now() < deadline,
+                "gateway not listening ({exited:?}); log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.home.join("gateway.log")).unwrap_or_default()
+    }
+
+    fn queued(&self) -> usize {
+        fs::read_dir(self.home.join("spool"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    fn key(&self) -> [u8; 32] {
+        self.onion.parse::<OnionAddress>().unwrap().public_key()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One SMTP transaction with smtplib, replies of each step: `MAIL <code>`, `RCPT <code>`
+/// per recipient, `DATA <code> <text>` (or `DATA skipped`).
+const TRANSACTION: &str = r#"
+import smtplib, sys
+port, sender, rcpts, path = sys.argv[1:]
+data = open(path, 'rb').read()
+s = smtplib.SMTP('127.0.0.1', int(port))
+s.ehlo('client.example')
+code, msg = s.mail(sender)
+print('MAIL', code, msg.decode())
+ok = False
+for r in rcpts.split(','):
+    code, msg = s.rcpt(r)
+    print('RCPT', code, msg.decode())
+    ok = ok or code == 250
+if ok:
+    try:
+        code, msg = s.data(data)
+        print('DATA', code, msg.decode())
+    except smtplib.SMTPDataError as e:
+        print('DATA', e.smtp_code, e.smtp_error.decode())
+else:
+    print('DATA skipped')
+s.quit()
+"#;
+
+fn transaction(port: u16, sender: &str, rcpts: &[&str], data: &[u8]) -> String {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    fs::write(file.path(), data).unwrap();
+    python(
+        TRANSACTION,
+        &[
+            &port.to_string(),
+            sender,
+            &rcpts.join(","),
+            file.path().to_str().unwrap(),
+        ],
+    )
+}
+
+/// The identity's ed25519 key, from its directory.
+fn signing_key(node: &Node) -> ed25519_consensus::SigningKey {
+    let hexkey = fs::read_to_string(
+        node.home
+            .join("identities")
+            .join(node.name())
+            .join("secret.key"),
+    )
+    .unwrap();
+    let seed: [u8; 32] = hex::decode(hexkey.trim()).unwrap().try_into().unwrap();
+    ed25519_consensus::SigningKey::from(seed)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn letter(from: &str, to: &str, id: &str) -> Vec<u8> {
+    format!(
+        "From: <{from}>\r\nTo: <{to}>\r\nSubject: test {id}\r\nMessage-ID: <{id}@x.onion>\r\n\r\nbody {id}\r\n"
+    )
+    .into_bytes()
+}
+
+fn signed(node: &Node, gw: &Gateway, rcpts: &[&str], t: u64, m: &[u8]) -> Vec<u8> {
+    let rcpts: Vec<String> = rcpts.iter().map(|r| r.to_string()).collect();
+    onionpost_node::gateway::auth::attach(&signing_key(node), &gw.key(), &rcpts, t, m)
+}
+
+#[test]
+fn the_participants_listener_relays_for_nobody_it_cannot_verify() {
+    let alice = Node::new("alice");
+    let carol = Node::new("carol"); // an identity the gateway does not serve
+    let mut gw = Gateway::new();
+    gw.serve("alice", &alice);
+    gw.extra = "[limits]\nburst = 2\nmessages_per_hour = 1\nmax_message_size = 20000\n\
+                [relay]\nsmarthost = \"127.0.0.1:9\"\n"
+        .into();
+    gw.start();
+    let p = gw.participants;
+    let bob = "bob@example.com";
+    let m = letter(&alice.address, bob, "m1");
+    let data_reply = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with("DATA"))
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    // Outside to outside, from loopback: an open relay would take it.
+    let out = transaction(
+        p,
+        "spammer@example.net",
+        &[bob],
+        b"From: spammer@example.net\r\n\r\nbuy\r\n",
+    );
+    assert!(data_reply(&out).starts_with("DATA 550 5.7.1"), "{out}");
+    // The participant's own address, unsigned, from 127.0.0.1: loopback proves nothing.
+    let out = transaction(p, &alice.address, &[bob], &m);
+    assert!(data_reply(&out).starts_with("DATA 530 5.7.0"), "{out}");
+    assert!(out.contains("authentication required"), "{out}");
+    // Forged: signed by carol's key but claiming alice.
+    let forged = onionpost_node::gateway::auth::attach(
+        &signing_key(&carol),
+        &gw.key(),
+        &[bob.to_string()],
+        now(),
+        &m,
+    );
+    let out = transaction(p, &alice.address, &[bob], &forged);
+    assert!(data_reply(&out).starts_with("DATA 535 5.7.8"), "{out}");
+    // Signed for bob, sent to eve too: the envelope is part of what is signed.
+    let for_bob = signed(&alice, &gw, &[bob], now(), &m);
+    let out = transaction(p, &alice.address, &[bob, "eve@example.org"], &for_bob);
+    assert!(data_reply(&out).starts_with("DATA 535 5.7.8"), "{out}");
+    // Replayed an hour later (the window is 600 s).
+    let old = signed(&alice, &gw, &[bob], now() - 3600, &m);
+    let out = transaction(p, &alice.address, &[bob], &old);
+    assert!(data_reply(&out).starts_with("DATA 535 5.7.8"), "{out}");
+    assert!(out.contains("outside this gateway's window"), "{out}");
+    // Signed for another gateway.
+    let elsewhere = onionpost_node::gateway::auth::attach(
+        &signing_key(&alice),
+        &[7; 32],
+        &[bob.to_string()],
+        now(),
+        &m,
+    );
+    let out = transaction(p, &alice.address, &[bob], &elsewhere);
+    assert!(data_reply(&out).starts_with("DATA 535 5.7.8"), "{out}");
+    // A valid signature of an identity the gateway does not serve.
+    let cm = letter(&carol.address, bob, "c1");
+    let out = transaction(
+        p,
+        &carol.address,
+        &[bob],
+        &signed(&carol, &gw, &[bob], now(), &cm),
+    );
+    assert!(data_reply(&out).starts_with("DATA 550 5.7.1"), "{out}");
+    assert!(
+        out.contains("not a participant this gateway serves"),
+        "{out}"
+    );
+    // Header From is someone else than the (verified) envelope sender.
+    let spoof = letter("ceo@example.com", bob, "s1");
+    let out = transaction(
+        p,
+        &alice.address,
+        &[bob],
+        &signed(&alice, &gw, &[bob], now(), &spoof),
+    );
+    assert!(data_reply(&out).starts_with("DATA 550 5.7.1"), "{out}");
+    assert!(
+        out.contains("header From must be exactly the envelope sender"),
+        "{out}"
+    );
+    // Onion recipients are not the gateway's business.
+    let out = transaction(p, &alice.address, &[&carol.address], &m);
+    assert!(
+        out.contains("RCPT 550 5.1.2") && out.contains("DATA skipped"),
+        "{out}"
+    );
+    // Oversized (the limit is 20000 bytes): refused whatever the signature.
+    let mut big = letter(&alice.address, bob, "big");
+    big.extend(std::iter::repeat_n(b'x', 30_000));
+    big.extend_from_slice(b"\r\n");
+    let out = transaction(
+        p,
+        &alice.address,
+        &[bob],
+        &signed(&alice, &gw, &[bob], now(), &big),
+    );
+    assert!(data_reply(&out).starts_with("DATA 552 5.3.4"), "{out}");
+    assert_eq!(gw.queued(), 0, "nothing refused was queued");
+
+    // The rate limit: a burst of 2, then 451 4.7.1 (temporary: the node retries later).
+    for i in 0..2 {
+        let mi = letter(&alice.address, bob, &format!("r{i}"));
+        let out = transaction(
+            p,
+            &alice.address,
+            &[bob],
+            &signed(&alice, &gw, &[bob], now(), &mi),
+        );
+        assert!(
+            data_reply(&out).starts_with("DATA 250"),
+            "{out}\n{}",
+            gw.log()
+        );
+    }
+    // The same message again (a replay within the window, or a retry after a lost 250):
+    // 250 and not queued twice; it costs no token.
+    let again = letter(&alice.address, bob, "r0");
+    let out = transaction(
+        p,
+        &alice.address,
+        &[bob],
+        &signed(&alice, &gw, &[bob], now(), &again),
+    );
+    assert!(data_reply(&out).starts_with("DATA 250"), "{out}");
+    let mi = letter(&alice.address, bob, "r2");
+    let out = transaction(
+        p,
+        &alice.address,
+        &[bob],
+        &signed(&alice, &gw, &[bob], now(), &mi),
+    );
+    assert!(data_reply(&out).starts_with("DATA 451 4.7.1"), "{out}");
+    assert!(out.contains("rate limit"), "{out}");
+    assert_eq!(
+        gw.queued(),
+        2,
+        "exactly the two messages within the rate:\n{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn the_public_listener_takes_mail_for_served_names_of_its_domain_only() {
+    let alice = Node::new("alice");
+    let mut gw = Gateway::new();
+    gw.serve("alice", &alice);
+    gw.extra = "[dns]\nnameservers = [\"127.0.0.1:9\"]\n".into();
+    gw.start();
+    let m = b"From: <x@example.net>\r\nSubject: hi\r\n\r\nhi\r\n";
+    // From loopback, which Postfix's default mynetworks would trust.
+    for (rcpt, want) in [
+        ("bob@example.com", "RCPT 554 5.7.1"),
+        (alice.address.as_str(), "RCPT 554 5.7.1"),
+        ("nobody@gw.test", "RCPT 550 5.1.1"),
+        ("alice@gw.test.evil.example", "RCPT 554 5.7.1"),
+    ] {
+        let out = transaction(gw.public, "x@example.net", &[rcpt], m);
+        assert!(
+            out.contains(want) && out.contains("DATA skipped"),
+            "{rcpt}: {out}"
+        );
+    }
+    let out = transaction(gw.public, "x@example.net", &["bob@example.com"], m);
+    assert!(out.contains("relaying denied"), "{out}");
+    assert_eq!(gw.queued(), 0);
+}

@@ -154,6 +154,13 @@ async fn postfix_outbound(args: &Args, work: &Path) -> anyhow::Result<f64> {
     .await
 }
 
+/// The 1-, 5- and 15-minute load averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 /// One row of the report.
 struct Row {
     what: String,
@@ -167,6 +174,7 @@ pub async fn run(args: &Args, work: &Path) -> anyhow::Result<String> {
         "{} x {} B, {} conns",
         args.messages, args.size, args.connections
     );
+    let load_start = loadavg();
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     let gateway = if args.no_gateway {
@@ -230,6 +238,11 @@ pub async fn run(args: &Args, work: &Path) -> anyhow::Result<String> {
             None => writeln!(report, "| {} | - | {:.0} | - |", r.what, r.postfix)?,
         }
     }
+    writeln!(
+        report,
+        "\nload average (/proc/loadavg) at the start: {load_start}; at the end: {}",
+        loadavg()
+    )?;
     for n in notes {
         writeln!(report, "\n{n}")?;
     }

@@ -162,6 +162,7 @@ fn postfix_relays_the_gateway_domain_to_a_loopback_port() {
     let sink = SmtpSink::start();
     let pf = PostfixConfig::new("mx.outside.test")
         .relay("gw.test", sink.port())
+        .source_address(Ipv4Addr::new(127, 0, 0, 3))
         .start();
     let msg = message(
         "carol@outside.test",
@@ -181,6 +182,7 @@ fn postfix_relays_the_gateway_domain_to_a_loopback_port() {
     for r in &got {
         assert_eq!(r.mail_from, "carol@outside.test");
         assert_eq!(r.helo, "mx.outside.test");
+        assert_eq!(r.peer, "127.0.0.3");
         let text = String::from_utf8_lossy(&r.data);
         assert!(text.contains("Subject: inbound to the gateway"), "{text}");
         assert!(text.contains("relayed body"), "{text}");

@@ -264,6 +264,13 @@ impl PostfixConfig {
         self
     }
 
+    /// Connects out from `address` (`smtp_bind_address`; any of 127.0.0.0/8 is local), so
+    /// that the relay's destination sees that client address: with
+    /// [`Zone::spf`] allowing or not allowing it, SPF passes or fails on purpose.
+    pub fn source_address(self, address: Ipv4Addr) -> PostfixConfig {
+        self.main_cf(&format!("smtp_bind_address = {address}"))
+    }
+
     /// Appends `line` to `main.cf` (later settings win).
     pub fn main_cf(mut self, line: &str) -> PostfixConfig {
         self.extra += line;
@@ -536,6 +543,8 @@ pub struct Received {
     pub rcpt_tos: Vec<String>,
     /// The EHLO/HELO name the client gave.
     pub helo: String,
+    /// The client's IP address.
+    pub peer: String,
     /// The message bytes as received (CRLF line ends).
     pub data: Vec<u8>,
 }
@@ -604,6 +613,7 @@ impl SmtpSink {
                         })
                         .unwrap_or_default(),
                     helo: s("helo"),
+                    peer: meta["peer"][0].as_str().unwrap_or_default().to_string(),
                     data: fs::read(dir.join(format!("{n}.eml"))).ok()?,
                 })
             })

@@ -390,3 +390,210 @@ fn the_public_listener_takes_mail_for_served_names_of_its_domain_only() {
     assert!(out.contains("relaying denied"), "{out}");
     assert_eq!(gw.queued(), 0);
 }
+
+// ---------------------------------------------------------------------------------------
+// With the outside world: Postfix, dnsmasq and dkimpy (support/outside.rs).
+
+use support::outside::{DkimAlgorithm, DkimKey, Dns, PostfixConfig, Zone, dkim_sign, dkim_verify};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// alice's node and a gateway serving her, wired to `dns` and the outside MX on `mx_port`,
+/// signing with `key`.
+fn world(dns: &Dns, mx_port: u16, key: &DkimKey, starttls: bool) -> (Node, Gateway) {
+    let mut alice = Node::new("alice");
+    let mut gw = Gateway::new();
+    let pem = gw.home.join("dkim.pem");
+    fs::create_dir_all(&gw.home).unwrap();
+    fs::write(&pem, &key.pkcs8_pem).unwrap();
+    gw.serve("alice", &alice);
+    gw.extra = format!(
+        "[dkim]\nselector = \"{}\"\nkey = \"{}\"\n[dns]\nnameservers = [\"127.0.0.1:{}\"]\n\
+         [relay]\nmx_port = {mx_port}\nstarttls = \"{}\"\n",
+        key.selector,
+        pem.display(),
+        dns.port(),
+        if starttls { "opportunistic" } else { "never" }
+    );
+    alice.extra = format!("[gateway]\nonion = \"{}\"\n", gw.onion);
+    alice.routes.push((gw.onion.clone(), gw.participants));
+    gw.start();
+    alice.start();
+    (alice, gw)
+}
+
+fn gateway_zone(key: &DkimKey) -> Zone {
+    Zone::new()
+        .mail_domain("outside.test")
+        .mail_domain("gw.test")
+        .spf("gw.test", "ip4:127.0.0.1 -all")
+        .dkim(key)
+        .dmarc("gw.test", "p=reject")
+}
+
+#[test]
+fn a_participant_writes_to_postfix_through_the_gateway_signed_and_scrubbed() {
+    let key = DkimKey::generate(DkimAlgorithm::Rsa, "gw.test", "og");
+    let dns = Dns::start(&gateway_zone(&key));
+    let postfix = PostfixConfig::new("mx.outside.test")
+        .mailbox("bob@outside.test")
+        .tls()
+        .start();
+    let (alice, gw) = world(&dns, postfix.port(), &key, true);
+
+    // Through alice's own node: submission (with a leaky client), queue, gateway.
+    support::direct::submit(
+        &alice,
+        "bob@outside.test",
+        "hello outside",
+        "written on an onion",
+    );
+    let got = postfix.wait_for_message("bob@outside.test", "hello outside", LIMIT);
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.contains("From: <alice@gw.test>"), "{text}");
+    assert!(text.contains("Return-Path: <alice@gw.test>"), "{text}");
+    assert!(text.contains("written on an onion"), "{text}");
+    for leak in [
+        ".onion",
+        alice.onion(),
+        "LeakyClient",
+        "192.0.2.7",
+        "my-laptop",
+        "Onionpost",
+        "Autocrypt",
+    ] {
+        assert!(!text.contains(leak), "{leak} leaked:\n{text}");
+    }
+    assert!(
+        text.contains("with ESMTPS"),
+        "STARTTLS was offered and used:\n{text}"
+    );
+    let v = dkim_verify(&got, &dns);
+    assert!(v.pass, "dkimpy: {v:?}\n{text}");
+    assert_eq!(v.domain.as_deref(), Some("gw.test"));
+    assert_eq!(gw.queued(), 0, "delivered and removed:\n{}", gw.log());
+}
+
+#[test]
+fn a_permanent_refusal_outside_comes_back_to_the_participant_as_a_dsn() {
+    let key = DkimKey::generate(DkimAlgorithm::Ed25519, "gw.test", "og");
+    let dns = Dns::start(&gateway_zone(&key));
+    let postfix = PostfixConfig::new("mx.outside.test")
+        .mailbox("bob@outside.test")
+        .start();
+    let (alice, gw) = world(&dns, postfix.port(), &key, false);
+    support::direct::submit(&alice, "nobody@outside.test", "lost letter", "to nobody");
+    support::wait_for(LIMIT, "the DSN in alice's INBOX", || {
+        alice.count_in_maildir("Undelivered Mail Returned to Sender") == 1
+    });
+    let dsn = stored_text(&alice, "Undelivered Mail Returned to Sender");
+    assert!(dsn.contains("nobody@outside.test"), "{dsn}");
+    assert!(
+        dsn.contains("5.1.1"),
+        "Postfix's refusal is reported:\n{dsn}"
+    );
+    assert!(!gw.log().contains("no longer served"), "{}", gw.log());
+}
+
+#[test]
+fn postfix_delivers_to_a_participant_through_the_gateway_with_its_checks_recorded() {
+    let gw_key = DkimKey::generate(DkimAlgorithm::Rsa, "gw.test", "og");
+    let out_key = DkimKey::generate(DkimAlgorithm::Rsa, "outside.test", "s1");
+    let zone = gateway_zone(&gw_key)
+        .spf("outside.test", "ip4:127.0.0.1 -all")
+        .dkim(&out_key)
+        .dmarc("outside.test", "p=reject")
+        .spf("spoof.test", "ip4:192.0.2.1 -all")
+        .dmarc("spoof.test", "p=reject");
+    let dns = Dns::start(&zone);
+    let gw_public = free_port();
+    // Postfix is the outside sender's MTA: it relays gw.test to the gateway's public port.
+    let postfix = PostfixConfig::new("mx.outside.test")
+        .mailbox("carol@outside.test")
+        .relay("gw.test", gw_public)
+        .start();
+    let mut alice = Node::new("alice");
+    let mut gw = Gateway::new();
+    gw.public = gw_public;
+    gw.serve("alice", &alice);
+    gw.extra = format!("[dns]\nnameservers = [\"127.0.0.1:{}\"]\n", dns.port());
+    alice.extra = format!("[gateway]\nonion = \"{}\"\n", gw.onion);
+    alice.routes.push((gw.onion.clone(), gw.participants));
+    gw.start();
+    alice.start();
+
+    let m = b"From: Carol <carol@outside.test>\r\nTo: alice@gw.test\r\nSubject: from the internet\r\n\
+              Message-ID: <c1@outside.test>\r\nAuthentication-Results: mx.gw.test; dmarc=pass\r\n\r\nhello alice\r\n";
+    let signed = dkim_sign(m, &out_key, &["From", "To", "Subject", "Message-ID"]);
+    assert_eq!(
+        postfix.send("carol@outside.test", &["alice@gw.test"], &signed),
+        "OK"
+    );
+    support::wait_for(LIMIT, "carol's message in alice's INBOX", || {
+        alice.count_in_maildir("from the internet") == 1
+    });
+    let stored = stored_text(&alice, "from the internet");
+    assert!(stored.contains("hello alice"), "{stored}");
+    let ar = gateway_results(&stored);
+    assert!(ar.contains("mx.gw.test"), "{stored}");
+    assert!(ar.contains("spf=pass"), "{ar}");
+    assert!(ar.contains("dkim=pass"), "{ar}");
+    assert!(ar.contains("dmarc=pass"), "{ar}");
+    assert!(
+        !stored.contains("Authentication-Results: mx.gw.test; dmarc=pass"),
+        "the field the sender forged is gone:\n{stored}"
+    );
+    assert_eq!(
+        stored.matches("Authentication-Results: mx.gw.test").count(),
+        1
+    );
+
+    // A spoofed domain from an address its SPF does not allow, unsigned: recorded as failing.
+    let spoof =
+        b"From: <ceo@spoof.test>\r\nTo: alice@gw.test\r\nSubject: urgent wire\r\n\r\npay\r\n";
+    assert_eq!(
+        postfix.send("ceo@spoof.test", &["alice@gw.test"], spoof),
+        "OK"
+    );
+    support::wait_for(LIMIT, "the spoof in alice's INBOX", || {
+        alice.count_in_maildir("urgent wire") == 1
+    });
+    let ar = gateway_results(&stored_text(&alice, "urgent wire"));
+    assert!(ar.contains("spf=fail") && ar.contains("dmarc=fail"), "{ar}");
+    // An unknown name: the gateway refuses it to Postfix, which bounces to carol.
+    assert_eq!(
+        postfix.send("carol@outside.test", &["nobody@gw.test"], m),
+        "OK"
+    );
+    let bounce = postfix.wait_for_message("carol@outside.test", "Undelivered Mail", LIMIT);
+    let bounce = String::from_utf8_lossy(&bounce);
+    assert!(
+        bounce.contains("nobody@gw.test") && bounce.contains("550 5.1.1"),
+        "{bounce}"
+    );
+}
+
+fn stored_text(node: &Node, needle: &str) -> String {
+    let cur = node
+        .home
+        .join("identities")
+        .join(node.name())
+        .join("Maildir/cur");
+    fs::read_dir(cur)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| fs::read_to_string(e.path()).unwrap_or_default())
+        .find(|t| t.contains(needle))
+        .unwrap_or_else(|| panic!("no stored message with {needle}"))
+}
+
+/// The gateway's Authentication-Results field of a stored message (unfolded).
+fn gateway_results(stored: &str) -> String {
+    let head = stored.split("\r\n\r\n").next().unwrap_or_default();
+    let unfolded = head.replace("\r\n\t", " ").replace("\r\n ", " ");
+    unfolded
+        .lines()
+        .find(|l| l.starts_with("Authentication-Results: mx.gw.test"))
+        .unwrap_or_else(|| panic!("no gateway Authentication-Results in\n{stored}"))
+        .to_string()
+}

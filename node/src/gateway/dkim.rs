@@ -116,20 +116,22 @@ impl Dkim {
             (Key::Rsa(s), public)
         };
         let (key, public) = match &der {
-            PrivateKeyDer::Pkcs8(p) => match Ed25519Key::from_pkcs8_der(p.secret_pkcs8_der()) {
-                Ok(k) => {
-                    let public = k.public_key();
-                    let s = DkimSigner::from_key(k)
-                        .domain(domain)
-                        .selector(selector)
-                        .headers(SIGNED);
-                    (Key::Ed25519(s), public)
+            PrivateKeyDer::Pkcs8(p) => {
+                match Ed25519Key::from_pkcs8_maybe_unchecked_der(p.secret_pkcs8_der()) {
+                    Ok(k) => {
+                        let public = k.public_key();
+                        let s = DkimSigner::from_key(k)
+                            .domain(domain)
+                            .selector(selector)
+                            .headers(SIGNED);
+                        (Key::Ed25519(s), public)
+                    }
+                    Err(_) => rsa(RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs8(
+                        p.clone_key(),
+                    ))
+                    .map_err(|e| bad(e.to_string()))?),
                 }
-                Err(_) => rsa(
-                    RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs8(p.clone_key()))
-                        .map_err(|e| bad(e.to_string()))?,
-                ),
-            },
+            }
             other => rsa(RsaKey::<Sha256>::from_key_der(other.clone_key())
                 .map_err(|e| bad(e.to_string()))?),
         };

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::spf::verify::SpfParameters;
-use mail_auth::{AuthenticatedMessage, AuthenticationResults};
+use mail_auth::{AuthenticatedMessage, AuthenticationResults, DmarcResult};
 
 use super::config::GatewayConfig;
 use super::{Gateway, INBOUND, scrub};
@@ -110,10 +110,20 @@ pub async fn check(g: &Gateway, ip: IpAddr, helo: &str, mail_from: &str, message
         .rsplit_once('@')
         .map_or(helo, |(_, d)| d)
         .to_string();
-    let dmarc = g
+    let mut dmarc = g
         .dns
         .verify_dmarc(DmarcParameters::new(&msg, &dkim, &mail_from_domain, &spf))
         .await;
+    // mail-auth leaves both results unset when neither SPF nor DKIM passed; with a policy
+    // published that is a DMARC failure (RFC 7489 6.6.2), and says so.
+    if dmarc.dmarc_record().is_some()
+        && *dmarc.spf_result() == DmarcResult::None
+        && *dmarc.dkim_result() == DmarcResult::None
+    {
+        dmarc = dmarc
+            .with_spf_result(DmarcResult::Fail(mail_auth::Error::NotAligned))
+            .with_dkim_result(DmarcResult::Fail(mail_auth::Error::NotAligned));
+    }
     let mut results = AuthenticationResults::new(host).with_dkim_results(&dkim, msg.from());
     results = if mail_from.is_empty() {
         results.with_spf_ehlo_result(&spf, ip, helo)

@@ -552,6 +552,17 @@ mod tests {
         assert!(d.ledger.is_none(), "no ledger unless configured");
         assert!(d.e2e.enabled);
         assert_eq!(d.e2e.unverified_from_bound, UnverifiedPolicy::Mark);
+        assert!(d.gateway.is_none(), "no gateway unless configured");
+        let onion = OnionAddress::from_public_key([2; 32]).hostname();
+        let g = Config::parse(&format!("[gateway]\nonion = \"{onion}\"\n")).unwrap();
+        assert_eq!(
+            g.gateway.unwrap().address(),
+            Some(OnionAddress::from_public_key([2; 32]))
+        );
+        assert!(matches!(
+            Config::parse("[gateway]\nonion = \"gw.example.com\"\n"),
+            Err(ConfigError::Gateway(_))
+        ));
         let e = Config::parse("[e2e]\nunverified_from_bound = \"refuse\"\n").unwrap();
         assert_eq!(e.e2e.unverified_from_bound, UnverifiedPolicy::Refuse);
         assert!(Config::parse("[e2e]\nunverified_from_bound = \"maybe\"\n").is_err());

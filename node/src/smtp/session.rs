@@ -988,6 +988,58 @@ mod tests {
         );
     }
 
+    /// A submission policy with a gateway configured, that remembers the HELO name.
+    #[derive(Default)]
+    struct WithGateway(std::cell::RefCell<String>);
+    impl Policy for WithGateway {
+        fn accepts(&self, _: &str) -> bool {
+            false
+        }
+        fn authenticate(&self, u: &str, p: &str) -> Option<String> {
+            (u == "alice" && p == "pw").then(|| "alice@x.onion".to_string())
+        }
+        fn external(&self) -> bool {
+            true
+        }
+        fn greeted(&self, helo: &str) {
+            *self.0.borrow_mut() = helo.to_string();
+        }
+    }
+
+    #[test]
+    fn ordinary_recipients_only_with_a_gateway_and_the_helo_name_is_told() {
+        let auth = "AUTH PLAIN AGFsaWNlAHB3\r\nMAIL FROM:<alice@x.onion>\r\n";
+        let mut plain = session(Mode::Submission);
+        codes(&mut plain, "EHLO c\r\n");
+        codes(&mut plain, auth);
+        let out = plain.receive(b"RCPT TO:<bob@example.com>\r\n");
+        assert!(
+            matches!(&out[..], [Output::Reply(r)] if r.code == 550 && r.message.contains("[gateway]")),
+            "{out:?}"
+        );
+        let mut gw = Session::new(
+            SessionConfig {
+                mode: Mode::Submission,
+                hostname: "me.onion".into(),
+                max_message_size: 100,
+                max_recipients: 5,
+                max_line_length: 128,
+            },
+            WithGateway::default(),
+        );
+        codes(&mut gw, "EHLO client.example\r\n");
+        assert_eq!(*gw.policy.0.borrow(), "client.example");
+        codes(&mut gw, auth);
+        assert_eq!(codes(&mut gw, "RCPT TO:<bob@example.com>\r\n"), ["250"]);
+        for bad in ["x@bad.onion", "x@localhost", "x@list.invalid.example.onion"] {
+            assert_eq!(
+                codes(&mut gw, &format!("RCPT TO:<{bad}>\r\n")),
+                ["550"],
+                "{bad}"
+            );
+        }
+    }
+
     #[test]
     fn submission_requires_auth_plain() {
         let mut s = session(Mode::Submission);

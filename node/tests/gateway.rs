@@ -597,3 +597,112 @@ fn gateway_results(stored: &str) -> String {
         .unwrap_or_else(|| panic!("no gateway Authentication-Results in\n{stored}"))
         .to_string()
 }
+
+#[test]
+fn queued_mail_survives_a_killed_gateway_and_leaves_when_the_mx_answers() {
+    let key = DkimKey::generate(DkimAlgorithm::Rsa, "gw.test", "og");
+    let dns = Dns::start(&gateway_zone(&key));
+    let mx_port = free_port(); // nothing listens there yet: the MX is down
+    let (alice, mut gw) = world(&dns, mx_port, &key, false);
+    support::direct::submit(
+        &alice,
+        "bob@outside.test",
+        "patience",
+        "kept through a crash",
+    );
+    support::wait_for(LIMIT, "the message in the gateway's queue", || {
+        gw.queued() == 1
+    });
+    support::wait_for(LIMIT, "a failed attempt", || {
+        gw.log().contains("rescheduled") || gw.log().contains("mail host failed")
+    });
+    // SIGKILL: no chance to flush anything that was not already durable.
+    let mut child = gw.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(gw.queued(), 1);
+    let postfix = PostfixConfig::new("mx.outside.test")
+        .mailbox("bob@outside.test")
+        .start_on(mx_port);
+    gw.start();
+    let got = postfix.wait_for_message("bob@outside.test", "patience", LIMIT);
+    assert!(String::from_utf8_lossy(&got).contains("kept through a crash"));
+    support::wait_for(LIMIT, "the queue to empty", || gw.queued() == 0);
+    assert_eq!(
+        postfix.messages("bob@outside.test").len(),
+        1,
+        "exactly once"
+    );
+}
+
+/// The header field names of a message, in order.
+fn field_names(m: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(m);
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    head.lines()
+        .filter(|l| !l.starts_with([' ', '\t']))
+        .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_ascii_lowercase()))
+        .collect()
+}
+
+#[test]
+fn two_identities_of_one_node_leave_the_gateway_unlinked() {
+    let key = DkimKey::generate(DkimAlgorithm::Ed25519, "gw.test", "og");
+    let dns = Dns::start(&gateway_zone(&key));
+    let postfix = PostfixConfig::new("mx.outside.test")
+        .mailbox("bob@outside.test")
+        .start();
+    let mut alice = Node::new("alice");
+    let out = alice.cli(&["identity", "new", "zoe"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| panic!("no {k} in {text}"))
+    };
+    let (zoe, zoe_pw) = (field("address:"), field("password:"));
+    let zoe_onion = zoe.split_once('@').unwrap().1.to_string();
+    let mut gw = Gateway::new();
+    let pem = gw.home.join("dkim.pem");
+    fs::write(&pem, &key.pkcs8_pem).unwrap();
+    gw.serve("alice", &alice);
+    gw.served.push(("zoe".into(), zoe.clone()));
+    gw.routes.push((zoe_onion.clone(), alice.smtp));
+    gw.extra = format!(
+        "[dkim]\nselector = \"og\"\nkey = \"{}\"\n[dns]\nnameservers = [\"127.0.0.1:{}\"]\n\
+         [relay]\nmx_port = {}\nstarttls = \"never\"\n",
+        pem.display(),
+        dns.port(),
+        postfix.port()
+    );
+    alice.extra = format!("[gateway]\nonion = \"{}\"\n", gw.onion);
+    alice.routes.push((gw.onion.clone(), gw.participants));
+    gw.start();
+    alice.start();
+    support::direct::submit(&alice, "bob@outside.test", "from alice", "one");
+    support::submit(
+        alice.submission,
+        &zoe,
+        &zoe_pw,
+        "bob@outside.test",
+        "from zoe",
+        "two",
+    );
+    let a = postfix.wait_for_message("bob@outside.test", "from alice", LIMIT);
+    let z = postfix.wait_for_message("bob@outside.test", "from zoe", LIMIT);
+    let (ta, tz) = (String::from_utf8_lossy(&a), String::from_utf8_lossy(&z));
+    assert!(ta.contains("From: <alice@gw.test>") && tz.contains("From: <zoe@gw.test>"));
+    for (t, other) in [(&ta, "zoe"), (&tz, "alice")] {
+        assert!(!t.contains(".onion"), "{t}");
+        assert!(!t.contains(&format!("{other}@")), "names {other}:\n{t}");
+    }
+    // The same fields in the same order: nothing in the shape of one tells it apart.
+    assert_eq!(field_names(&a), field_names(&z));
+    for v in [&a, &z] {
+        assert!(dkim_verify(v, &dns).pass);
+    }
+}

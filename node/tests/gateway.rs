@@ -34,6 +34,9 @@ struct Gateway {
     served: Vec<(String, String)>,
     /// Participants' onion -> their node's loopback SMTP port.
     routes: Vec<(String, u16)>,
+    /// The onion transport's `[transport.onion.private]` table instead of the direct
+    /// transport: participants reach the gateway's onion service, and it theirs.
+    tor: Option<String>,
     child: Option<Child>,
 }
 
@@ -62,6 +65,7 @@ impl Gateway {
             extra: String::new(),
             served: Vec::new(),
             routes: Vec::new(),
+            tor: None,
             child: None,
         }
     }
@@ -74,14 +78,19 @@ impl Gateway {
     fn config(&self) -> String {
         let mut c = format!(
             "domain = \"gw.test\"\nhostname = \"mx.gw.test\"\n\
-             [public]\nlisten = \"127.0.0.1:{}\"\n[participants]\nlisten = \"127.0.0.1:{}\"\n",
-            self.public, self.participants
+             [public]\nlisten = \"127.0.0.1:{}\"\n[participants]\nlisten = \"127.0.0.1:{}\"\nonion = {}\n",
+            self.public,
+            self.participants,
+            self.tor.is_some()
         );
         for (name, address) in &self.served {
             c += &format!("[[participant]]\nname = \"{name}\"\naddress = \"{address}\"\n");
         }
         c += "[queue]\nretry_base_secs = 0.2\nretry_max_secs = 0.5\n";
         c += &self.extra;
+        if let Some(tor) = &self.tor {
+            return c + "\n[transport]\nkind = \"onion\"\n" + tor;
+        }
         c += "\n[transport]\nkind = \"direct\"\n[transport.direct]\n";
         for (onion, port) in &self.routes {
             c += &format!("\"{onion}\" = \"127.0.0.1:{port}\"\n");
@@ -705,4 +714,111 @@ fn two_identities_of_one_node_leave_the_gateway_unlinked() {
     for v in [&a, &z] {
         assert!(dkim_verify(v, &dns).pass);
     }
+}
+
+/// Kills a process when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `node` with the onion transport on `net` and `gateway` as its gateway; waits until
+/// its submission port answers.
+fn run_over_tor(node: &Node, tor: &str, gateway: &str) -> Running {
+    let cfg = format!(
+        "[submission]\nlisten = \"127.0.0.1:{}\"\n[imap]\nlisten = \"127.0.0.1:{}\"\n\
+         [queue]\nretry_base_secs = 1.0\nretry_max_secs = 4.0\n\
+         [gateway]\nonion = \"{gateway}\"\n[transport]\nkind = \"onion\"\n{tor}",
+        node.submission, node.imap
+    );
+    let path = node.home.join("node.toml");
+    fs::write(&path, cfg).unwrap();
+    let log = fs::File::create(node.home.join("node.log")).unwrap();
+    let child = Command::new(support::direct::BIN)
+        .args(["--home", node.home.to_str().unwrap(), "run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info,onionpost_node=debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let running = Running(child);
+    support::wait_for(
+        Duration::from_secs(20),
+        "the node's submission port",
+        || std::net::TcpStream::connect(("127.0.0.1", node.submission)).is_ok(),
+    );
+    running
+}
+
+#[test]
+fn over_onion_services_both_ways_and_only_for_served_identities() {
+    let net = onionpost_devnet::tor::TorNetwork::shared();
+    let tor = net.node_config_toml();
+    let key = DkimKey::generate(DkimAlgorithm::Rsa, "gw.test", "og");
+    let zone = gateway_zone(&key)
+        .spf("outside.test", "ip4:127.0.0.1 -all")
+        .dmarc("outside.test", "p=none");
+    let dns = Dns::start(&zone);
+    let gw_public = free_port();
+    let postfix = PostfixConfig::new("mx.outside.test")
+        .mailbox("bob@outside.test")
+        .relay("gw.test", gw_public)
+        .start();
+    let alice = Node::new("alice");
+    let carol = Node::new("carol"); // has the gateway configured, but is not served by it
+    let mut gw = Gateway::new();
+    gw.public = gw_public;
+    let pem = gw.home.join("dkim.pem");
+    fs::write(&pem, &key.pkcs8_pem).unwrap();
+    gw.serve("alice", &alice);
+    gw.tor = Some(tor.clone());
+    gw.extra = format!(
+        "[dkim]\nselector = \"og\"\nkey = \"{}\"\n[dns]\nnameservers = [\"127.0.0.1:{}\"]\n\
+         [relay]\nmx_port = {}\nstarttls = \"never\"\n",
+        pem.display(),
+        dns.port(),
+        postfix.port()
+    );
+    gw.start();
+    let _a = run_over_tor(&alice, &tor, &gw.onion);
+    let _c = run_over_tor(&carol, &tor, &gw.onion);
+    let slow = Duration::from_secs(240);
+
+    // alice -> her node -> Tor -> the gateway's onion service -> Postfix.
+    support::direct::submit(&alice, "bob@outside.test", "over tor", "via the onion");
+    let got = postfix.wait_for_message("bob@outside.test", "over tor", slow);
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(
+        text.contains("From: <alice@gw.test>") && !text.contains(".onion"),
+        "{text}"
+    );
+    assert!(dkim_verify(&got, &dns).pass, "{text}");
+    // carol signs as well as alice does, over the same onion service, but is not served:
+    // refused (550 5.7.1), so her node bounces it to her.
+    support::direct::submit(&carol, "bob@outside.test", "not served", "let me out");
+    support::wait_for(slow, "carol's bounce", || {
+        carol.count_in_maildir("not a participant this gateway serves") == 1
+    });
+    // The internet -> Postfix -> the gateway -> Tor -> alice's onion service.
+    let m =
+        b"From: <dan@outside.test>\r\nTo: <alice@gw.test>\r\nSubject: reply over tor\r\n\r\nhi\r\n";
+    assert_eq!(
+        postfix.send("dan@outside.test", &["alice@gw.test"], m),
+        "OK"
+    );
+    support::wait_for(slow, "dan's message in alice's INBOX", || {
+        alice.count_in_maildir("reply over tor") == 1
+    });
+    let stored = stored_text(&alice, "reply over tor");
+    assert!(gateway_results(&stored).contains("spf=pass"), "{stored}");
+    assert_eq!(
+        postfix.messages("bob@outside.test").len(),
+        1,
+        "carol's never left"
+    );
 }

@@ -821,4 +821,73 @@ fn over_onion_services_both_ways_and_only_for_served_identities() {
         1,
         "carol's never left"
     );
+
+    // A Tor client of the test's own, unsigned, claiming to be alice: an onion connection
+    // proves nothing either.
+    let m = letter(&alice.address, "bob@outside.test", "u1");
+    let replies = unsigned_over_tor(&tor, &gw.onion, &alice.address, &m);
+    assert!(
+        replies.last().unwrap().starts_with("530 5.7.0"),
+        "{replies:?}"
+    );
+    assert_eq!(postfix.messages("bob@outside.test").len(), 1);
+}
+
+/// One unsigned transaction to `onion`'s port 25 through a Tor client of the test's own on
+/// the network of `tor` (its `[transport.onion.private]` table): the reply of every step.
+fn unsigned_over_tor(tor: &str, onion: &str, from: &str, data: &[u8]) -> Vec<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let cfg =
+        onionpost_node::config::Config::parse(&format!("[transport]\nkind = \"onion\"\n{tor}"))
+            .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let arti = onionpost_node::onion::arti::arti_config(
+        state.path(),
+        cfg.transport.onion.private.as_ref(),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = arti_client::TorClient::create_bootstrapped(arti)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let stream = loop {
+            match client.connect((onion, 25)).await {
+                Ok(s) => break s,
+                Err(e) if started.elapsed() < Duration::from_secs(120) => {
+                    eprintln!("{onion}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                Err(e) => panic!("{onion} unreachable: {e}"),
+            }
+        };
+        let mut s = BufReader::new(stream);
+        let mut body = data.to_vec();
+        body.extend_from_slice(b".\r\n");
+        let steps: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"EHLO probe\r\n".to_vec(),
+            format!("MAIL FROM:<{from}>\r\n").into_bytes(),
+            b"RCPT TO:<bob@outside.test>\r\n".to_vec(),
+            b"DATA\r\n".to_vec(),
+            body,
+        ];
+        let mut replies = Vec::new();
+        for bytes in steps {
+            if !bytes.is_empty() {
+                s.get_mut().write_all(&bytes).await.unwrap();
+                s.get_mut().flush().await.unwrap();
+            }
+            loop {
+                let mut l = String::new();
+                s.read_line(&mut l).await.unwrap();
+                if l.as_bytes().get(3) != Some(&b'-') {
+                    replies.push(l.trim_end().to_string());
+                    break;
+                }
+            }
+        }
+        replies
+    })
 }

@@ -891,3 +891,28 @@ fn unsigned_over_tor(tor: &str, onion: &str, from: &str, data: &[u8]) -> Vec<Str
         replies
     })
 }
+
+#[test]
+fn a_domain_without_mx_gets_its_address_and_a_missing_domain_bounces_at_once() {
+    let key = DkimKey::generate(DkimAlgorithm::Rsa, "gw.test", "og");
+    // plain.test has an address record and no MX (RFC 5321 5.1: it is its own mail host);
+    // nowhere.test does not exist (dnsmasq answers NXDOMAIN for names it does not hold).
+    let zone = gateway_zone(&key).a("plain.test", std::net::Ipv4Addr::LOCALHOST);
+    let dns = Dns::start(&zone);
+    let postfix = PostfixConfig::new("mx.outside.test")
+        .mailbox("bob@plain.test")
+        .start();
+    let (alice, gw) = world(&dns, postfix.port(), &key, false);
+    support::direct::submit(&alice, "bob@plain.test", "no mx here", "still arrives");
+    postfix.wait_for_message("bob@plain.test", "no mx here", LIMIT);
+    support::direct::submit(&alice, "x@nowhere.test", "into the void", "no such domain");
+    support::wait_for(LIMIT, "the DSN for nowhere.test", || {
+        alice.count_in_maildir("does not exist") == 1
+    });
+    let dsn = stored_text(&alice, "does not exist");
+    assert!(
+        dsn.contains("x@nowhere.test") && dsn.contains("5.1.2"),
+        "{dsn}"
+    );
+    support::wait_for(LIMIT, "the gateway's queue to empty", || gw.queued() == 0);
+}

@@ -37,6 +37,8 @@ struct Gateway {
     /// The onion transport's `[transport.onion.private]` table instead of the direct
     /// transport: participants reach the gateway's onion service, and it theirs.
     tor: Option<String>,
+    /// `[public]` lines besides `listen` (its STARTTLS certificate).
+    public_extra: String,
     child: Option<Child>,
 }
 
@@ -66,6 +68,7 @@ impl Gateway {
             served: Vec::new(),
             routes: Vec::new(),
             tor: None,
+            public_extra: String::new(),
             child: None,
         }
     }
@@ -78,8 +81,9 @@ impl Gateway {
     fn config(&self) -> String {
         let mut c = format!(
             "domain = \"gw.test\"\nhostname = \"mx.gw.test\"\n\
-             [public]\nlisten = \"127.0.0.1:{}\"\n[participants]\nlisten = \"127.0.0.1:{}\"\nonion = {}\n",
+             [public]\nlisten = \"127.0.0.1:{}\"\n{}[participants]\nlisten = \"127.0.0.1:{}\"\nonion = {}\n",
             self.public,
+            self.public_extra,
             self.participants,
             self.tor.is_some()
         );
@@ -915,4 +919,70 @@ fn a_domain_without_mx_gets_its_address_and_a_missing_domain_bounces_at_once() {
         "{dsn}"
     );
     support::wait_for(LIMIT, "the gateway's queue to empty", || gw.queued() == 0);
+}
+
+#[test]
+fn the_public_listener_offers_starttls_and_records_it() {
+    let mut alice = Node::new("alice");
+    let mut gw = Gateway::new();
+    let (cert, key) = (gw.home.join("cert.pem"), gw.home.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+        ])
+        .arg("/CN=mx.gw.test")
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{out:?}");
+    gw.public_extra = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    gw.serve("alice", &alice);
+    let dns = Dns::start(&Zone::new().spf("outside.test", "ip4:127.0.0.1 -all"));
+    gw.extra = format!("[dns]\nnameservers = [\"127.0.0.1:{}\"]\n", dns.port());
+    alice.extra = format!("[gateway]\nonion = \"{}\"\n", gw.onion);
+    alice.routes.push((gw.onion.clone(), gw.participants));
+    gw.start();
+    alice.start();
+    let m = |s: &str| {
+        format!("From: <dan@outside.test>\r\nTo: <alice@gw.test>\r\nSubject: {s}\r\n\r\nhi\r\n")
+    };
+    let sent = support::outside::smtp_send(
+        gw.public,
+        true,
+        "dan@outside.test",
+        &["alice@gw.test"],
+        m("over tls").as_bytes(),
+    );
+    assert_eq!(sent, "OK");
+    let plain = support::outside::smtp_send(
+        gw.public,
+        false,
+        "dan@outside.test",
+        &["alice@gw.test"],
+        m("in clear").as_bytes(),
+    );
+    assert_eq!(plain, "OK");
+    support::wait_for(LIMIT, "both in alice's INBOX", || {
+        alice.count_in_maildir("over tls") == 1 && alice.count_in_maildir("in clear") == 1
+    });
+    let tls = stored_text(&alice, "over tls");
+    assert!(tls.contains("by mx.gw.test with ESMTPS;"), "{tls}");
+    let clear = stored_text(&alice, "in clear");
+    assert!(clear.contains("by mx.gw.test with ESMTP;"), "{clear}");
+    // Relaying is refused over TLS as well.
+    let relay = support::outside::smtp_send(
+        gw.public,
+        true,
+        "dan@outside.test",
+        &["bob@example.com"],
+        m("relay").as_bytes(),
+    );
+    assert!(relay.starts_with("554"), "{relay}");
 }

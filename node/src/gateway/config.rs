@@ -6,6 +6,8 @@
 //!
 //! [public]                           # SMTP from the internet (the domain's MX points here)
 //! listen = "0.0.0.0:25"
+//! tls_cert = "/etc/onionpost-gateway/cert.pem"   # optional: STARTTLS offered with this chain
+//! tls_key = "/etc/onionpost-gateway/key.pem"
 //!
 //! [participants]                     # SMTP from participants' nodes
 //! onion = true                       # on the gateway's own onion service (needs kind = "onion")
@@ -106,12 +108,16 @@ pub struct GatewayConfig {
     pub transport: TransportConfig,
 }
 
-/// One optional listener.
+/// The public listener.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listen {
     /// Socket address to bind; absent: no listener.
     pub listen: Option<SocketAddr>,
+    /// The certificate chain (PEM) for STARTTLS; with `tls_key`, STARTTLS is offered.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Where participants' nodes connect.
@@ -281,6 +287,9 @@ impl GatewayConfig {
             if names.insert(p.name.clone(), ()).is_some() {
                 return bad(format!("[[participant]] name {:?} appears twice", p.name));
             }
+        }
+        if cfg.public.tls_cert.is_some() != cfg.public.tls_key.is_some() {
+            return bad("[public] tls_cert and tls_key go together".into());
         }
         if cfg.participants.onion && cfg.transport.kind != TransportKind::Onion {
             return bad("[participants] onion = true needs [transport] kind = \"onion\"".into());

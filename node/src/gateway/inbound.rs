@@ -21,8 +21,10 @@ use mail_auth::{AuthenticatedMessage, AuthenticationResults, DmarcResult};
 use super::config::GatewayConfig;
 use super::{Gateway, INBOUND, scrub};
 use crate::smtp::reply::{Reply, reply};
-use crate::smtp::server::Service;
-use crate::smtp::session::{Envelope, Policy};
+use tokio_util::sync::CancellationToken;
+
+use crate::smtp::server::{Service, Timing};
+use crate::smtp::session::{Envelope, Policy, SessionConfig};
 
 /// Which recipients the public listener takes, and how it refuses the others. Pure.
 pub fn recipient(cfg: &GatewayConfig, address: &str) -> Result<String, Reply> {
@@ -47,6 +49,7 @@ pub fn recipient(cfg: &GatewayConfig, address: &str) -> Result<String, Reply> {
 pub struct PublicPolicy {
     g: Arc<Gateway>,
     helo: Arc<Mutex<String>>,
+    starttls: bool,
 }
 
 impl Policy for PublicPolicy {
@@ -65,24 +68,80 @@ impl Policy for PublicPolicy {
     fn greeted(&self, helo: &str) {
         *self.helo.lock().expect("helo lock") = helo.to_string();
     }
+
+    fn starttls(&self) -> bool {
+        self.starttls
+    }
 }
 
+/// The public listener's STARTTLS: the configured certificate.
+pub type Tls = tokio_rustls::TlsAcceptor;
+
 /// The public listener, for one connection from `peer`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PublicService {
     g: Arc<Gateway>,
     peer: IpAddr,
     helo: Arc<Mutex<String>>,
+    /// STARTTLS, until it has been done.
+    tls: Option<Tls>,
+    /// The connection is over TLS.
+    secure: bool,
+}
+
+impl std::fmt::Debug for PublicService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublicService")
+            .field("peer", &self.peer)
+            .field("starttls", &self.tls.is_some())
+            .field("secure", &self.secure)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PublicService {
-    /// The service of one connection from `peer`.
-    pub fn new(g: Arc<Gateway>, peer: IpAddr) -> Self {
+    /// The service of one connection from `peer`; with `tls`, STARTTLS is offered.
+    pub fn new(g: Arc<Gateway>, peer: IpAddr, tls: Option<Tls>) -> Self {
         PublicService {
             g,
             peer,
             helo: Arc::new(Mutex::new(String::new())),
+            tls,
+            secure: false,
         }
+    }
+
+    /// Runs the connection: the session, and after STARTTLS the handshake and a fresh
+    /// session over TLS (RFC 3207: the client says EHLO again, and nothing from before the
+    /// handshake is kept).
+    pub async fn serve(
+        self,
+        stream: tokio::net::TcpStream,
+        session: SessionConfig,
+        timing: Timing,
+        shutdown: &CancellationToken,
+    ) -> std::io::Result<()> {
+        let Some(tls) = self.tls.clone() else {
+            return crate::smtp::server::handle(stream, &self, session, timing, shutdown).await;
+        };
+        let started = crate::smtp::server::handle_until_starttls(
+            stream,
+            &self,
+            session.clone(),
+            timing,
+            shutdown,
+        )
+        .await?;
+        let Some(tcp) = started else {
+            return Ok(());
+        };
+        let secured = tls.accept(tcp).await?;
+        tracing::debug!(peer = %self.peer, "STARTTLS");
+        let after = PublicService {
+            secure: true,
+            ..self
+        };
+        crate::smtp::server::resume(secured, &after, session, timing, shutdown).await
     }
 }
 
@@ -140,6 +199,7 @@ impl Service for PublicService {
         PublicPolicy {
             g: self.g.clone(),
             helo: self.helo.clone(),
+            starttls: self.tls.is_some() && !self.secure,
         }
     }
 
@@ -151,7 +211,15 @@ impl Service for PublicService {
         }
         let helo = self.helo.lock().expect("helo lock").clone();
         let results = check(g, self.peer, &helo, &env.from, &env.data).await;
-        let message = scrub::inbound(&env.data, &results);
+        let received = format!(
+            "Received: from {} ([{}])\r\n\tby {} with ESMTP{}; {}\r\n",
+            if helo.is_empty() { "unknown" } else { &helo },
+            self.peer,
+            g.config.hostname(),
+            if self.secure { "S" } else { "" },
+            crate::message::rfc5322_date(chrono::Utc::now())
+        );
+        let message = scrub::inbound(&env.data, &format!("{results}{received}"));
         let now = g.clock.now();
         let q = g.queue.clone();
         let from = env.from.clone();

@@ -1,4 +1,5 @@
-//! Opportunistic STARTTLS towards MX hosts (RFC 3207, RFC 7435).
+//! STARTTLS: opportunistic towards MX hosts (RFC 3207, RFC 7435), and offered on the public
+//! listener when a certificate is configured ([`server_config`]).
 //!
 //! Without DANE or MTA-STS nothing tells the gateway which certificate an MX host should
 //! have (the MX record itself comes from unauthenticated DNS), so, as most MTAs do, the
@@ -108,4 +109,40 @@ impl StartTls {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         self.0.connect(name, tcp).await
     }
+}
+
+/// Why the public listener's certificate cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("the STARTTLS certificate {cert} / key {key}: {why}")]
+pub struct CertError {
+    cert: String,
+    key: String,
+    why: String,
+}
+
+/// The TLS acceptor of the public listener, from PEM files.
+pub fn server_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, CertError> {
+    use tokio_rustls::rustls::pki_types::PrivateKeyDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let err = |why: String| CertError {
+        cert: cert.display().to_string(),
+        key: key.display().to_string(),
+        why,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| err(e.to_string()))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| err(e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

@@ -64,6 +64,12 @@ pub trait Policy {
     /// Told the client's EHLO or HELO name (a gateway checks SPF against it). Default:
     /// nothing.
     fn greeted(&self, _helo: &str) {}
+    /// Inbound: whether STARTTLS is offered (RFC 3207); the edge's
+    /// [`Service::handover`](super::server::Service::handover) then does the handshake.
+    /// Default: no (onion services and loopback need no TLS).
+    fn starttls(&self) -> bool {
+        false
+    }
 }
 
 /// A complete message ready to be stored or queued.
@@ -88,8 +94,10 @@ pub enum Output {
     Deliver(Envelope),
     /// Close the connection (after sending earlier replies).
     Close,
-    /// Hand the connection (after sending earlier replies) to the collection protocol of
-    /// mailbox hosts, with the bytes the client sent after `XHELD`; the session is over.
+    /// Hand the connection (after sending earlier replies) to another protocol: the
+    /// collection protocol of mailbox hosts after `XHELD`, with the bytes the client sent
+    /// after it; or TLS after `STARTTLS`, with none (whatever the client pipelined after
+    /// STARTTLS is dropped, RFC 3207 section 6). The session is over.
     Handover(Vec<u8>),
 }
 
@@ -484,6 +492,9 @@ impl<P: Policy> Session<P> {
         if self.cfg.mode == Mode::Submission {
             lines.push("AUTH PLAIN".into());
         }
+        if self.cfg.mode == Mode::Inbound && self.policy.starttls() {
+            lines.push("STARTTLS".into());
+        }
         lines.push("SMTPUTF8".into());
         out(reply(250, [0, 0, 0], lines.join("\n")))
     }
@@ -583,6 +594,21 @@ impl<P: Policy> Session<P> {
                 mechanism,
                 initial_response,
             } => self.auth(mechanism, initial_response),
+            Request::StartTls if self.cfg.mode == Mode::Inbound && self.policy.starttls() => {
+                if !matches!(self.state, State::Ready) {
+                    return vec![self.error(reply(
+                        503,
+                        [5, 5, 1],
+                        "Error: send EHLO first, and STARTTLS outside a transaction",
+                    ))];
+                }
+                self.state = State::Closed;
+                self.buf.clear();
+                vec![
+                    Output::Reply(reply(220, [2, 0, 0], "Ready to start TLS")),
+                    Output::Handover(Vec::new()),
+                ]
+            }
             Request::StartTls => vec![self.error(reply(
                 502,
                 [5, 5, 1],
@@ -1038,6 +1064,53 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    struct Tls;
+    impl Policy for Tls {
+        fn accepts(&self, _: &str) -> bool {
+            true
+        }
+        fn authenticate(&self, _: &str, _: &str) -> Option<String> {
+            None
+        }
+        fn starttls(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn starttls_when_offered_hands_over_and_drops_what_was_pipelined() {
+        let cfg = SessionConfig {
+            mode: Mode::Inbound,
+            hostname: "mx.gw.test".into(),
+            max_message_size: 100,
+            max_recipients: 2,
+            max_line_length: 128,
+        };
+        let mut s = Session::new(cfg.clone(), Tls);
+        let ehlo = s.receive(b"EHLO c\r\n");
+        assert!(matches!(&ehlo[..], [Output::Reply(r)] if r.message.contains("STARTTLS")));
+        assert_eq!(
+            codes(&mut s, "MAIL FROM:<a@b.c>\r\nSTARTTLS\r\n"),
+            ["250", "503"],
+            "not inside a transaction"
+        );
+        codes(&mut s, "RSET\r\n");
+        let out = s.receive(b"STARTTLS\r\nMAIL FROM:<injected@x>\r\n");
+        assert_eq!(
+            out,
+            [
+                Output::Reply(reply(220, [2, 0, 0], "Ready to start TLS")),
+                Output::Handover(Vec::new()),
+            ]
+        );
+        assert!(s.is_closed());
+        // Not offered: as before.
+        let mut plain = session(Mode::Inbound);
+        let ehlo = plain.receive(b"EHLO c\r\n");
+        assert!(matches!(&ehlo[..], [Output::Reply(r)] if !r.message.contains("STARTTLS")));
+        assert_eq!(codes(&mut plain, "STARTTLS\r\n"), ["502"]);
     }
 
     #[test]

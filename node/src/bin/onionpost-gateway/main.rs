@@ -17,6 +17,7 @@ use onionpost_node::gateway::dkim::Dkim;
 use onionpost_node::gateway::inbound::PublicService;
 use onionpost_node::gateway::outbound::ParticipantService;
 use onionpost_node::gateway::relay::Relay;
+use onionpost_node::gateway::tls;
 use onionpost_node::identity::{Identity, IdentityStore};
 use onionpost_node::listener::{self, ConnectionLimit, ListenerSpec};
 use onionpost_node::onion::{OnionTransport, StreamHandler};
@@ -194,6 +195,10 @@ async fn run(home: &Path, cfg: GatewayConfig) -> anyhow::Result<()> {
             shutdown.clone(),
             session(&cfg, cfg.hostname().to_string()),
         );
+        let tls = match (&cfg.public.tls_cert, &cfg.public.tls_key) {
+            (Some(c), Some(k)) => Some(tls::server_config(c, k)?),
+            _ => None,
+        };
         tokio::spawn(listener::serve(
             l,
             ListenerSpec {
@@ -204,16 +209,16 @@ async fn run(home: &Path, cfg: GatewayConfig) -> anyhow::Result<()> {
             shutdown.clone(),
             tasks.clone(),
             move |stream, peer| {
-                let svc = PublicService::new(g2.clone(), peer.ip());
+                let svc = PublicService::new(g2.clone(), peer.ip(), tls.clone());
                 let (stop, sc) = (stop.clone(), sc.clone());
                 async move {
-                    if let Err(e) = server::handle(stream, &svc, sc, timing, &stop).await {
+                    if let Err(e) = svc.serve(stream, sc, timing, &stop).await {
                         tracing::debug!(%peer, "public session ended: {e}");
                     }
                 }
             },
         ));
-        tracing::info!(%addr, domain = %cfg.domain, "public listener");
+        tracing::info!(%addr, domain = %cfg.domain, starttls = cfg.public.tls_cert.is_some(), "public listener");
     }
     // Towards participants the gateway names only its onion, never its public host name.
     let participant_session = session(&cfg, id.onion.hostname());

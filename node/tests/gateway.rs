@@ -1,5 +1,7 @@
 //! The gateway to ordinary e-mail with real processes: `onionpost-gateway run` and
-//! `onionpost-node run` on the direct transport (loopback), clients in Python's smtplib.
+//! `onionpost-node run` on the direct transport (loopback) and, in one test, on onion
+//! services of the private Tor network; clients in Python's smtplib; the outside world of
+//! `support/outside.rs` (Postfix, dnsmasq, dkimpy).
 //!
 //! Every way of getting the gateway to relay for someone it does not serve is tried and
 //! must be refused: outside to outside, a participant it does not serve (valid signature),

@@ -13,13 +13,19 @@ for pkg_bin in "libclang-dev:/usr/lib/llvm-14/lib/libclang.so" "clang:/usr/bin/c
                "tor:/usr/bin/tor" "swaks:/usr/bin/swaks" "fetchmail:/usr/bin/fetchmail" \
                "mutt:/usr/bin/mutt" "python3:/usr/bin/python3" "isync:/usr/bin/mbsync" \
                "gnupg:/usr/bin/gpg" "rnp:/usr/bin/rnp" "sq:/usr/bin/sq" \
-               "neomutt:/usr/bin/neomutt" "offlineimap3:/usr/bin/offlineimap" "tmux:/usr/bin/tmux"; do
+               "neomutt:/usr/bin/neomutt" "offlineimap3:/usr/bin/offlineimap" "tmux:/usr/bin/tmux" \
+               "postfix:/usr/sbin/postfix" "dnsmasq-base:/usr/sbin/dnsmasq" "bind9-dnsutils:/usr/bin/dig" \
+               "openssl:/usr/bin/openssl"; do
   pkg=${pkg_bin%%:*}; path=${pkg_bin#*:}
   [ -e "$path" ] || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # The gateway's tests run their own Postfix instances (node/tests/support/outside.rs):
+  # the package must configure no system instance. dnsmasq-base is dnsmasq without the
+  # system service that would take port 53.
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
@@ -27,6 +33,13 @@ fi
 if ! python3 -c "import imapclient" >/dev/null 2>&1; then
   echo "==> installing imapclient"
   python3 -m pip install --quiet imapclient || python3 -m pip install --quiet --break-system-packages imapclient
+fi
+# dkimpy (with pynacl for ed25519), dnspython and aiosmtpd for the gateway's outside world
+# (node/tests/support/outside.rs: DKIM signing and verification, an SMTP sink).
+if ! python3 -c "import dkim, nacl, dns.resolver, aiosmtpd" >/dev/null 2>&1; then
+  echo "==> installing dkimpy pynacl dnspython aiosmtpd"
+  python3 -m pip install --quiet dkimpy pynacl dnspython aiosmtpd ||
+    python3 -m pip install --quiet --break-system-packages dkimpy pynacl dnspython aiosmtpd
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"

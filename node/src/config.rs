@@ -30,6 +30,8 @@
 //! max_bytes_per_sender = 67108864
 //! keep_secs = 1209600
 //! collect_every_secs = 300    # our identities collect from their hosts (0: never)
+//! [gateway]                   # mail to ordinary addresses (docs/gateway.md)
+//! onion = "abc...xyz.onion"   # the gateway's onion host name (its ed25519 key)
 //! [transport]
 //! kind = "direct"             # tests only; the default is "onion"
 //! [transport.direct]          # onion host -> loopback socket address
@@ -85,6 +87,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use onionpost_proto::onion::OnionAddress;
 use serde::Deserialize;
 
 /// Errors loading the configuration.
@@ -105,6 +108,9 @@ pub enum ConfigError {
     /// An `[e2e]` table that cannot work.
     #[error("[e2e]: {0}")]
     E2e(String),
+    /// A `[gateway]` table that cannot work.
+    #[error("[gateway]: {0}")]
+    Gateway(String),
 }
 
 /// The whole configuration.
@@ -140,6 +146,29 @@ pub struct Config {
     /// their hosts, and collecting this node's identities' mail from their hosts.
     #[serde(default)]
     pub hosting: HostingConfig,
+    /// The gateway to ordinary e-mail that serves this node's identities (absent: mail to
+    /// addresses outside `.onion` is refused at submission).
+    #[serde(default)]
+    pub gateway: Option<GatewayRoute>,
+}
+
+/// The gateway this node's identities send ordinary e-mail through (the `[gateway]` table;
+/// see docs/gateway.md). Mail for an address outside `.onion` goes to the gateway's onion
+/// service, signed by the sending identity (`gateway::auth`); the gateway relays it only for
+/// the identities its operator configured.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayRoute {
+    /// The gateway's onion host name, `<56 characters>.onion`: its ed25519 key, which the
+    /// sending identity's signature names so that it is valid for this gateway alone.
+    pub onion: String,
+}
+
+impl GatewayRoute {
+    /// The gateway's onion address (checked by [`Config::parse`]).
+    pub fn address(&self) -> Option<OnionAddress> {
+        self.onion.parse().ok()
+    }
 }
 
 /// Mailbox hosting (the `[hosting]` table; see `hosting` and docs/hosting.md).
@@ -472,6 +501,14 @@ impl Config {
                 cfg.e2e.trust_depth
             )));
         }
+        if let Some(g) = &cfg.gateway
+            && g.address().is_none()
+        {
+            return Err(ConfigError::Gateway(format!(
+                "onion = {:?} is not a v3 onion host name (<56 characters>.onion)",
+                g.onion
+            )));
+        }
         if cfg.e2e.monitor_interval_secs == 0 {
             return Err(ConfigError::E2e(
                 "monitor_interval_secs must be at least 1".into(),
@@ -515,6 +552,17 @@ mod tests {
         assert!(d.ledger.is_none(), "no ledger unless configured");
         assert!(d.e2e.enabled);
         assert_eq!(d.e2e.unverified_from_bound, UnverifiedPolicy::Mark);
+        assert!(d.gateway.is_none(), "no gateway unless configured");
+        let onion = OnionAddress::from_public_key([2; 32]).hostname();
+        let g = Config::parse(&format!("[gateway]\nonion = \"{onion}\"\n")).unwrap();
+        assert_eq!(
+            g.gateway.unwrap().address(),
+            Some(OnionAddress::from_public_key([2; 32]))
+        );
+        assert!(matches!(
+            Config::parse("[gateway]\nonion = \"gw.example.com\"\n"),
+            Err(ConfigError::Gateway(_))
+        ));
         let e = Config::parse("[e2e]\nunverified_from_bound = \"refuse\"\n").unwrap();
         assert_eq!(e.e2e.unverified_from_bound, UnverifiedPolicy::Refuse);
         assert!(Config::parse("[e2e]\nunverified_from_bound = \"maybe\"\n").is_err());

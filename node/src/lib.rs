@@ -12,6 +12,8 @@
 //! * [`e2e`]: end-to-end OpenPGP: identities' keyrings and the ledger's key bindings;
 //! * [`hosting`]: mailbox hosts: holding mail for others, going to a recipient's hosts, and
 //!   collecting our identities' held mail;
+//! * [`gateway`]: the gateway to ordinary e-mail, run by its own binary
+//!   (`onionpost-gateway`), never inside a participant's node;
 //! * edges: [`smtp::server`], [`imap::server`], [`onion`], [`listener`], [`queue::runner`];
 //! * [`runtime`]: wires it all, runs it, and shuts it down; only `main` imports it.
 
@@ -21,6 +23,7 @@ pub mod context;
 pub mod delivery;
 pub mod e2e;
 pub mod fsutil;
+pub mod gateway;
 pub mod hosting;
 pub mod identity;
 pub mod imap;

@@ -153,6 +153,59 @@ pub struct Annotations {
     /// The sender's key changes since its previous message here, in words (None: none, or
     /// its first message).
     pub key_change: Option<String>,
+    /// The configured gateway's `Authentication-Results` (SPF, DKIM, DMARC of mail from
+    /// the internet), kept after the node's own because the gateway signed the copy
+    /// ([`gateway_copy`]); CRLF-terminated fields.
+    pub gateway: Option<String>,
+}
+
+/// A copy that may come from the node's configured gateway (`[gateway]`): when it starts
+/// with the gateway's `Onionpost-Gateway` signature for these recipients (their onion's key)
+/// and it verifies (within an hour of `now`, Unix seconds), the copy without the field and
+/// the gateway's `Authentication-Results` fields; otherwise the message without any such
+/// field and `None` (anybody can write `Authentication-Results`). Pure.
+pub fn gateway_copy(
+    gateway: Option<&OnionAddress>,
+    recipients: &[String],
+    message: Vec<u8>,
+    now: u64,
+) -> (Vec<u8>, Option<String>) {
+    use crate::gateway::auth::{FIELD, verify_forward};
+    let starts = message.len() > FIELD.len()
+        && message[..FIELD.len()].eq_ignore_ascii_case(FIELD.as_bytes());
+    if !starts {
+        return (message, None);
+    }
+    let target = recipients.first().and_then(|r| {
+        crate::queue::schedule::domain_of(r)
+            .parse::<OnionAddress>()
+            .ok()
+    });
+    let verified = match (gateway, target) {
+        (Some(g), Some(t)) => verify_forward(
+            &t.public_key(),
+            &g.public_key(),
+            recipients,
+            &message,
+            now,
+            3600,
+        )
+        .ok(),
+        _ => None,
+    };
+    match verified {
+        Some(v) => {
+            let (fields, _) = split_header(&v.copy);
+            let results: Vec<u8> = fields
+                .iter()
+                .filter(|f| f.name.eq_ignore_ascii_case("Authentication-Results"))
+                .flat_map(|f| f.raw.iter().copied())
+                .collect();
+            let results = String::from_utf8_lossy(&results).into_owned();
+            (v.copy, (!results.is_empty()).then_some(results))
+        }
+        None => (strip_fields(&message, FIELD), None),
+    }
 }
 
 /// The RFC 8601 result of the `pgp` method.
@@ -429,10 +482,11 @@ pub fn authenticate_with(
             let result = PgpResult::Fail(chain(&e));
             let field = results_field(authserv, &result, from.as_deref(), height, false, None);
             let change = change.unwrap_or_default();
+            let gw = notes.gateway.as_deref().unwrap_or_default();
             return Authenticated {
                 verdict: Verdict::Accept,
                 dedupe: dedupe_key(&message),
-                message: [field.as_bytes(), change.as_bytes(), &message].concat(),
+                message: [field.as_bytes(), gw.as_bytes(), change.as_bytes(), &message].concat(),
                 flags: Flags::UNVERIFIED.with(change_flag),
             };
         }
@@ -479,10 +533,17 @@ pub fn authenticate_with(
         KEY_CHANGE_FIELD,
     );
     let change = change.unwrap_or_default();
+    let gw = notes.gateway.as_deref().unwrap_or_default();
     Authenticated {
         verdict,
         dedupe: dedupe_key(&readable),
-        message: [field.as_bytes(), change.as_bytes(), &readable].concat(),
+        message: [
+            field.as_bytes(),
+            gw.as_bytes(),
+            change.as_bytes(),
+            &readable,
+        ]
+        .concat(),
         flags,
     }
 }
@@ -566,7 +627,7 @@ fn deliver_one(
     recipient: &str,
     message: &[u8],
     sender: &SenderKeys,
-    trust: Option<Trust>,
+    (trust, gateway): (Option<Trust>, Option<String>),
     e2e: &E2e,
 ) -> Result<(), Reply> {
     let class = classify(ids, scope, recipient);
@@ -588,7 +649,11 @@ fn deliver_one(
         },
         message,
         sender,
-        trust,
+        Annotations {
+            trust,
+            key_change: None,
+            gateway,
+        },
         e2e,
     )
 }
@@ -605,25 +670,22 @@ pub struct Filing<'a> {
 }
 
 /// The end-to-end stage and the store for hosted recipient `h`: opens `message` with its
-/// keys, verifies it against `sender`'s, marks a change of the sender's keys since its
-/// previous message here (`$KeyChanged`, remembered once stored), and files it as `filing`
-/// says, or refuses it as the policy says. Blocks on the disk.
+/// keys, verifies it against `sender`'s, reports what `notes` says (the trust path, the
+/// gateway's results), marks a change of the sender's keys since its previous message here
+/// (`$KeyChanged`, remembered once stored), and files it as `filing` says, or refuses it as
+/// the policy says. Blocks on the disk.
 pub fn open_and_store(
     h: &Hosted,
     filing: &Filing<'_>,
     message: &[u8],
     sender: &SenderKeys,
-    trust: Option<Trust>,
+    notes: Annotations,
     e2e: &E2e,
 ) -> Result<(), Reply> {
     let secrets = e2e.secrets(&h.identity).map_err(|e| {
         tracing::error!("reading the recipient's OpenPGP keys: {e}");
         local_error()
     })?;
-    let notes = Annotations {
-        trust,
-        key_change: None,
-    };
     // Only identities that have bound a key are remembered: anyone can put an unbound
     // onion address in From, and the state must not grow with them.
     let keys = match sender {
@@ -896,6 +958,11 @@ impl Inbound {
     ) -> Vec<Result<(), Reply>> {
         let ids = self.ctx.identities();
         let n = recipients.len();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let gateway = self.ctx.config().gateway.as_ref().and_then(|g| g.address());
+        let (message, via_gateway) = gateway_copy(gateway.as_ref(), &recipients, message, now);
         let sender = match self.e2e.sender_keys(&message).await {
             Ok(s) => s,
             Err(r) => {
@@ -912,7 +979,10 @@ impl Inbound {
             recipients
                 .iter()
                 .zip(trust)
-                .map(|(r, t)| deliver_one(&ids, scope, r, &message, &sender, t, &e2e))
+                .map(|(r, t)| {
+                    let notes = (t, via_gateway.clone());
+                    deliver_one(&ids, scope, r, &message, &sender, notes, &e2e)
+                })
                 .collect()
         })
         .await
@@ -988,6 +1058,41 @@ impl Policy for InboundPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_configured_gateway_signature_keeps_the_gateway_results() {
+        use crate::gateway::auth::attach_forward;
+        let gw_key = ed25519_consensus::SigningKey::new(rand_core::OsRng);
+        let gw = OnionAddress::from_public_key(gw_key.verification_key().to_bytes());
+        let me = OnionAddress::from_public_key([5; 32]);
+        let rcpts = vec![format!("alice@{}", me.hostname())];
+        let copy = b"Authentication-Results: mx.gw.test;\r\n\tspf=pass\r\nFrom: <x@example.com>\r\n\r\nhi\r\n";
+        let signed = attach_forward(&gw_key, &me.public_key(), &rcpts, 1000, copy);
+        let (m, ar) = gateway_copy(Some(&gw), &rcpts, signed.clone(), 1000);
+        assert_eq!(m, copy);
+        assert_eq!(
+            ar.as_deref(),
+            Some("Authentication-Results: mx.gw.test;\r\n\tspf=pass\r\n")
+        );
+        // Another gateway's signature, none configured, too old, or for someone else: the
+        // field goes and the results are not kept.
+        let other = OnionAddress::from_public_key([6; 32]);
+        for (g, r, now) in [
+            (Some(&other), &rcpts, 1000),
+            (None, &rcpts, 1000),
+            (Some(&gw), &rcpts, 1000 + 7200),
+            (Some(&gw), &vec![format!("bob@{}", other.hostname())], 1000),
+        ] {
+            let (m, ar) = gateway_copy(g, r, signed.clone(), now);
+            assert_eq!(ar, None);
+            assert!(!String::from_utf8_lossy(&m).contains("Onionpost-Gateway"));
+        }
+        let plain = b"From: <x@example.com>\r\n\r\nhi\r\n".to_vec();
+        assert_eq!(
+            gateway_copy(Some(&gw), &rcpts, plain.clone(), 1000),
+            (plain, None)
+        );
+    }
     use crate::config::Config;
     use crate::identity::IdentityStore;
 
@@ -1384,6 +1489,7 @@ mod tests {
                     hops: vec![hop(5, Level::Full), hop(1, Level::Marginal)],
                 }),
                 key_change: Some("alice: key X replaced key Y (RotateKey) at height 9; key X revoked (RevokeKey) at height 12".into()),
+                gateway: None,
             };
             let got = authenticate_with(
                 &signed,
@@ -1435,6 +1541,7 @@ mod tests {
                 let notes = Annotations {
                     trust: Some(trust),
                     key_change: None,
+                    gateway: None,
                 };
                 let got = authenticate_with(
                     &signed,
@@ -1500,7 +1607,16 @@ mod tests {
                     Protect::default(),
                 )
                 .unwrap();
-                deliver_one(&ids, Scope::AllHosted, &alice, &msg, sender, None, e2e).unwrap();
+                deliver_one(
+                    &ids,
+                    Scope::AllHosted,
+                    &alice,
+                    &msg,
+                    sender,
+                    (None, None),
+                    e2e,
+                )
+                .unwrap();
             };
             let flags = || -> Vec<bool> {
                 let mb = ctx.identities().by_address(&alice).unwrap().mailbox.clone();

@@ -200,6 +200,7 @@ impl Submission {
     pub fn policy(&self) -> SubmissionPolicy {
         SubmissionPolicy {
             ids: self.ctx.identities(),
+            external: self.ctx.config().gateway.is_some(),
         }
     }
 
@@ -282,15 +283,21 @@ impl Submission {
     }
 }
 
-/// The session policy of submission: AUTH PLAIN against the hosted identities.
+/// The session policy of submission: AUTH PLAIN against the hosted identities; ordinary
+/// addresses as recipients only with a `[gateway]` configured.
 #[derive(Debug)]
 pub struct SubmissionPolicy {
     ids: Arc<Identities>,
+    external: bool,
 }
 
 impl Policy for SubmissionPolicy {
     fn accepts(&self, _address: &str) -> bool {
         false
+    }
+
+    fn external(&self) -> bool {
+        self.external
     }
 
     fn authenticate(&self, user: &str, password: &str) -> Option<String> {

@@ -28,7 +28,7 @@ use super::folder::open_list_folder;
 use super::post::Post;
 use crate::clock::Clock;
 use crate::context::{Context, Hosted};
-use crate::delivery::inbound::{Filing, SenderKeys, open_and_store};
+use crate::delivery::inbound::{Annotations, Filing, SenderKeys, open_and_store};
 use crate::e2e::E2e;
 use crate::e2e::trust::Trust;
 use crate::ledger::{LedgerError, NodeLedger};
@@ -425,7 +425,11 @@ impl Lists {
                 &filing,
                 &opening.message,
                 &opening.sender,
-                opening.trust,
+                Annotations {
+                    trust: opening.trust,
+                    key_change: None,
+                    gateway: None,
+                },
                 &e2e,
             )
         });

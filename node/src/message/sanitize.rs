@@ -124,7 +124,7 @@ pub fn sanitize_submission(
 }
 
 /// Whether a From value names exactly one mailbox, `address` (case-insensitive).
-fn from_is_only(value: &[u8], address: &str) -> bool {
+pub fn from_is_only(value: &[u8], address: &str) -> bool {
     let mut raw = b"From: ".to_vec();
     raw.extend_from_slice(value);
     raw.extend_from_slice(b"\r\n\r\n");
@@ -147,7 +147,7 @@ fn from_is_only(value: &[u8], address: &str) -> bool {
 
 /// The value of a raw field (after the colon), unfolded (line breaks removed, the white
 /// space after them kept) and trimmed.
-fn unfold(raw: &[u8]) -> Vec<u8> {
+pub fn unfold(raw: &[u8]) -> Vec<u8> {
     let colon = raw.iter().position(|&b| b == b':').map_or(0, |i| i + 1);
     let v: Vec<u8> = raw[colon..]
         .iter()
@@ -159,7 +159,7 @@ fn unfold(raw: &[u8]) -> Vec<u8> {
 
 /// Writes `Name: value` CRLF, folding before white space so lines stay within [`FOLD_AT`]
 /// where the value allows. Unfolding the result gives back `value` exactly.
-fn fold(name: &str, value: &[u8], out: &mut Vec<u8>) {
+pub fn fold(name: &str, value: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
     let mut col = name.len() + 2;

@@ -336,6 +336,42 @@ impl<T: Transport> Runner<T> {
         Some(fallback::not_taken(onion, &answers, rcpts.len()))
     }
 
+    /// Ordinary e-mail: the copy goes to the configured gateway's onion, signed by the
+    /// sending identity for that gateway and these recipients (`gateway::auth`). It is not
+    /// protected end to end: the OpenPGP key is bound to the onion identity and a signature
+    /// by it would tell the outside world which identity is behind the public address.
+    async fn to_gateway(
+        &self,
+        m: &QueuedMessage,
+        (gateway, sender): (&OnionAddress, &OnionAddress),
+        rcpts: &[String],
+        data: &[u8],
+    ) -> Vec<RcptOutcome> {
+        let key = match self.signing_key(m).await {
+            Ok(k) => k,
+            Err(why) => return vec![RcptOutcome::Unreachable(why); rcpts.len()],
+        };
+        let now = self.clock.now().max(0.0) as u64;
+        let mut out = Vec::with_capacity(rcpts.len());
+        // One signed transaction per chunk: the signature names its envelope recipients,
+        // and a gateway takes at least this many in one transaction.
+        for chunk in rcpts.chunks(crate::gateway::auth::RECIPIENTS_PER_COPY) {
+            let copy = crate::gateway::auth::attach(&key, &gateway.public_key(), chunk, now, data);
+            out.extend(match self.connect(gateway, sender).await {
+                Ok(mut c) => {
+                    let o = c
+                        .send(&m.from, chunk, &copy)
+                        .await
+                        .unwrap_or_else(|e| vec![e.outcome(); chunk.len()]);
+                    c.quit().await;
+                    o
+                }
+                Err(e) => vec![e.outcome(); chunk.len()],
+            });
+        }
+        out
+    }
+
     /// One connection for a route: sends `messages`, then whatever else becomes due for the
     /// same route, until nothing is left (or the connection breaks, or has carried
     /// [`MAX_PER_CONNECTION`] messages, or the node shuts down).
@@ -474,10 +510,14 @@ impl<T: Transport> Runner<T> {
             return;
         };
         let ids = self.ctx.identities();
+        let gateway = self.ctx.config().gateway.as_ref().and_then(|g| g.address());
         let mut groups: BTreeMap<Route, Vec<usize>> = BTreeMap::new();
         for (i, r) in m.recipients.iter().enumerate() {
             if !r.done {
-                groups.entry(route(&r.address, &ids)).or_default().push(i);
+                groups
+                    .entry(route(&r.address, &ids, gateway.as_ref()))
+                    .or_default()
+                    .push(i);
             }
         }
         let mut results = Vec::new();
@@ -500,6 +540,7 @@ impl<T: Transport> Runner<T> {
                     }
                     out
                 }
+                Route::Gateway(gw) => self.to_gateway(&m, (&gw, &sender), &rcpts, &data).await,
                 Route::Onion(onion) => match self.protect(&m, &rcpts, &data).await {
                     Err(o) => vec![o; rcpts.len()],
                     Ok(wire) => match self.connect(&onion, &sender).await {

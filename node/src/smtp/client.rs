@@ -116,6 +116,7 @@ pub struct Client<S> {
     timeout: Duration,
     pipelining: bool,
     chunking: bool,
+    starttls: bool,
     /// A transaction was started and not finished: send RSET before the next one.
     dirty: bool,
 }
@@ -147,23 +148,42 @@ fn crlf(data: &[u8]) -> Vec<u8> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
-    /// Reads the greeting and introduces itself as `helo` (EHLO, falling back to HELO).
-    /// `timeout` bounds every read and write.
-    pub async fn connect(stream: S, helo: &str, timeout: Duration) -> Result<Self, ConnectError> {
-        let mut c = Client {
+    fn over(stream: S, timeout: Duration) -> Self {
+        Client {
             stream,
             rbuf: Vec::new(),
             receiver: ResponseReceiver::default(),
             timeout,
             pipelining: false,
             chunking: false,
+            starttls: false,
             dirty: false,
-        };
+        }
+    }
+
+    /// Reads the greeting and introduces itself as `helo` (EHLO, falling back to HELO).
+    /// `timeout` bounds every read and write.
+    pub async fn connect(stream: S, helo: &str, timeout: Duration) -> Result<Self, ConnectError> {
+        let mut c = Self::over(stream, timeout);
         let greeting = c.read_reply().await?;
         if greeting.code != 220 {
             return Err(ConnectError::Refused(greeting));
         }
-        let mut r = c.command(&format!("EHLO {helo}")).await?;
+        c.hello(helo).await?;
+        Ok(c)
+    }
+
+    /// Continues on `stream` after a TLS handshake that followed [`Client::starttls`]: no
+    /// greeting comes, and the client says EHLO again (RFC 3207 4.2: what the server offered
+    /// before TLS no longer holds).
+    pub async fn resume(stream: S, helo: &str, timeout: Duration) -> Result<Self, ConnectError> {
+        let mut c = Self::over(stream, timeout);
+        c.hello(helo).await?;
+        Ok(c)
+    }
+
+    async fn hello(&mut self, helo: &str) -> Result<(), ConnectError> {
+        let mut r = self.command(&format!("EHLO {helo}")).await?;
         if r.is_positive() {
             let offers = |ext: &str| {
                 r.message.lines().skip(1).any(|l| {
@@ -172,15 +192,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                         .is_some_and(|k| k.eq_ignore_ascii_case(ext))
                 })
             };
-            c.pipelining = offers("PIPELINING");
-            c.chunking = offers("CHUNKING");
+            self.pipelining = offers("PIPELINING");
+            self.chunking = offers("CHUNKING");
+            self.starttls = offers("STARTTLS");
         } else {
-            r = c.command(&format!("HELO {helo}")).await?;
+            r = self.command(&format!("HELO {helo}")).await?;
             if !r.is_positive() {
                 return Err(ConnectError::Refused(r));
             }
         }
-        Ok(c)
+        Ok(())
+    }
+
+    /// Whether the server offered STARTTLS (RFC 3207).
+    pub fn starttls_offered(&self) -> bool {
+        self.starttls
+    }
+
+    /// Says STARTTLS; on the server's 220, hands back the stream for the TLS handshake
+    /// (continue with [`Client::resume`] over the TLS stream).
+    pub async fn starttls(mut self) -> Result<S, ConnectError> {
+        let r = self.command("STARTTLS").await?;
+        if r.code != 220 {
+            return Err(ConnectError::Refused(r));
+        }
+        if !self.rbuf.is_empty() {
+            // Bytes sent before the handshake must not be read as if they came over TLS.
+            return Err(ConnectError::Client(ClientError::Protocol(
+                "the server sent more after its STARTTLS reply".into(),
+            )));
+        }
+        Ok(self.stream)
     }
 
     /// Whether the server offered PIPELINING.

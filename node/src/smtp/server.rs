@@ -50,7 +50,7 @@ pub const BUSY: &[u8] = b"421 4.7.0 Too many connections, try again later\r\n";
 /// Runs one SMTP session over any byte stream (a TCP connection, or an onion-service stream
 /// whose greeting names the identity's own onion in `cfg.hostname`).
 pub async fn handle<S, V>(
-    mut stream: S,
+    stream: S,
     service: &V,
     cfg: SessionConfig,
     timing: Timing,
@@ -60,9 +60,90 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     V: Service,
 {
-    let mut session = Session::new(cfg, service.policy());
+    let session = Session::new(cfg, service.policy());
+    let greeting = session.greeting();
+    run(
+        stream,
+        service,
+        session,
+        vec![greeting],
+        timing,
+        shutdown,
+        false,
+    )
+    .await
+    .map(drop)
+}
+
+/// Like [`handle`], but a session that hands over (after STARTTLS: the only handover a
+/// policy that offers STARTTLS and no collection can make) gives the stream back, for the
+/// caller's TLS handshake and then [`resume`].
+pub async fn handle_until_starttls<S, V>(
+    stream: S,
+    service: &V,
+    cfg: SessionConfig,
+    timing: Timing,
+    shutdown: &CancellationToken,
+) -> std::io::Result<Option<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    V: Service,
+{
+    let session = Session::new(cfg, service.policy());
+    let greeting = session.greeting();
+    run(
+        stream,
+        service,
+        session,
+        vec![greeting],
+        timing,
+        shutdown,
+        true,
+    )
+    .await
+}
+
+/// Runs a fresh SMTP session over a stream that just became TLS after STARTTLS: no
+/// greeting, the client says EHLO again (RFC 3207 4.2).
+pub async fn resume<S, V>(
+    stream: S,
+    service: &V,
+    cfg: SessionConfig,
+    timing: Timing,
+    shutdown: &CancellationToken,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    V: Service,
+{
+    let session = Session::new(cfg, service.policy());
+    run(
+        stream,
+        service,
+        session,
+        Vec::new(),
+        timing,
+        shutdown,
+        false,
+    )
+    .await
+    .map(drop)
+}
+
+async fn run<S, V>(
+    mut stream: S,
+    service: &V,
+    mut session: Session<V::Policy>,
+    mut pending: Vec<Output>,
+    timing: Timing,
+    shutdown: &CancellationToken,
+    give_back: bool,
+) -> std::io::Result<Option<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    V: Service,
+{
     let deadline = tokio::time::Instant::now() + timing.deadline;
-    let mut pending = vec![session.greeting()];
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // Perform effects until only replies are left.
@@ -74,12 +155,15 @@ where
                     Output::Close => {
                         stream.write_all(&out).await?;
                         stream.flush().await?;
-                        return Ok(());
+                        return Ok(None);
                     }
                     Output::Handover(rest) => {
                         stream.write_all(&out).await?;
                         stream.flush().await?;
-                        return service.handover(stream, rest).await;
+                        if give_back {
+                            return Ok(Some(stream));
+                        }
+                        return service.handover(stream, rest).await.map(|()| None);
                     }
                     Output::Deliver(env) => {
                         stream.write_all(&out).await?;
@@ -113,7 +197,7 @@ where
             }
         };
         if n == 0 {
-            return Ok(());
+            return Ok(None);
         }
         pending = session.receive(&buf[..n]);
     }

@@ -51,6 +51,25 @@ pub trait Policy {
     fn collection(&self) -> bool {
         false
     }
+    /// Submission: whether ordinary addresses (outside `.onion`) are accepted as recipients
+    /// (the node has a gateway configured). Default: no.
+    fn external(&self) -> bool {
+        false
+    }
+    /// Inbound: the reply to a recipient that [`Policy::accepts`] refused. Default: the one
+    /// `550 5.1.1` every unknown address gets.
+    fn refusal(&self, _address: &str) -> Option<Reply> {
+        None
+    }
+    /// Told the client's EHLO or HELO name (a gateway checks SPF against it). Default:
+    /// nothing.
+    fn greeted(&self, _helo: &str) {}
+    /// Inbound: whether STARTTLS is offered (RFC 3207); the edge's
+    /// [`Service::handover`](super::server::Service::handover) then does the handshake.
+    /// Default: no (onion services and loopback need no TLS).
+    fn starttls(&self) -> bool {
+        false
+    }
 }
 
 /// A complete message ready to be stored or queued.
@@ -75,8 +94,10 @@ pub enum Output {
     Deliver(Envelope),
     /// Close the connection (after sending earlier replies).
     Close,
-    /// Hand the connection (after sending earlier replies) to the collection protocol of
-    /// mailbox hosts, with the bytes the client sent after `XHELD`; the session is over.
+    /// Hand the connection (after sending earlier replies) to another protocol: the
+    /// collection protocol of mailbox hosts after `XHELD`, with the bytes the client sent
+    /// after it; or TLS after `STARTTLS`, with none (whatever the client pipelined after
+    /// STARTTLS is dropped, RFC 3207 section 6). The session is over.
     Handover(Vec<u8>),
 }
 
@@ -471,6 +492,9 @@ impl<P: Policy> Session<P> {
         if self.cfg.mode == Mode::Submission {
             lines.push("AUTH PLAIN".into());
         }
+        if self.cfg.mode == Mode::Inbound && self.policy.starttls() {
+            lines.push("STARTTLS".into());
+        }
         lines.push("SMTPUTF8".into());
         out(reply(250, [0, 0, 0], lines.join("\n")))
     }
@@ -533,8 +557,12 @@ impl<P: Policy> Session<P> {
             }
         };
         match req {
-            Request::Ehlo { .. } => self.ehlo(),
-            Request::Helo { .. } => {
+            Request::Ehlo { host } => {
+                self.policy.greeted(&host);
+                self.ehlo()
+            }
+            Request::Helo { host } => {
+                self.policy.greeted(&host);
                 self.reset_transaction();
                 self.greeted = true;
                 self.state = State::Ready;
@@ -566,6 +594,21 @@ impl<P: Policy> Session<P> {
                 mechanism,
                 initial_response,
             } => self.auth(mechanism, initial_response),
+            Request::StartTls if self.cfg.mode == Mode::Inbound && self.policy.starttls() => {
+                if !matches!(self.state, State::Ready) {
+                    return vec![self.error(reply(
+                        503,
+                        [5, 5, 1],
+                        "Error: send EHLO first, and STARTTLS outside a transaction",
+                    ))];
+                }
+                self.state = State::Closed;
+                self.buf.clear();
+                vec![
+                    Output::Reply(reply(220, [2, 0, 0], "Ready to start TLS")),
+                    Output::Handover(Vec::new()),
+                ]
+            }
             Request::StartTls => vec![self.error(reply(
                 502,
                 [5, 5, 1],
@@ -646,19 +689,28 @@ impl<P: Policy> Session<P> {
                     || address.rsplit_once('@').is_some_and(|(l, d)| {
                         !l.is_empty() && d.parse::<onionpost_proto::onion::OnionAddress>().is_ok()
                     })
+                    || (self.policy.external() && crate::delivery::route::is_external(&address))
             }
         };
         if !ok {
             let r = match self.cfg.mode {
-                Mode::Inbound => reply(
+                Mode::Inbound => self.policy.refusal(&address).unwrap_or_else(|| {
+                    reply(
+                        550,
+                        [5, 1, 1],
+                        "Error: recipient address rejected: no such mailbox here (no relaying)",
+                    )
+                }),
+                Mode::Submission if self.policy.external() => reply(
                     550,
-                    [5, 1, 1],
-                    "Error: recipient address rejected: no such mailbox here (no relaying)",
+                    [5, 1, 2],
+                    "Error: recipient must be name@<v3 onion address>, <list>@list.invalid or an ordinary address name@domain",
                 ),
                 Mode::Submission => reply(
                     550,
                     [5, 1, 2],
-                    "Error: recipient must be name@<v3 onion address> or <list>@list.invalid",
+                    "Error: recipient must be name@<v3 onion address> or <list>@list.invalid \
+                     (ordinary addresses need a [gateway] in the node's configuration)",
                 ),
             };
             return vec![self.error(r)];
@@ -960,6 +1012,105 @@ mod tests {
             ),
             ["250", "250", "250", "354", "554", "250"]
         );
+    }
+
+    /// A submission policy with a gateway configured, that remembers the HELO name.
+    #[derive(Default)]
+    struct WithGateway(std::cell::RefCell<String>);
+    impl Policy for WithGateway {
+        fn accepts(&self, _: &str) -> bool {
+            false
+        }
+        fn authenticate(&self, u: &str, p: &str) -> Option<String> {
+            (u == "alice" && p == "pw").then(|| "alice@x.onion".to_string())
+        }
+        fn external(&self) -> bool {
+            true
+        }
+        fn greeted(&self, helo: &str) {
+            *self.0.borrow_mut() = helo.to_string();
+        }
+    }
+
+    #[test]
+    fn ordinary_recipients_only_with_a_gateway_and_the_helo_name_is_told() {
+        let auth = "AUTH PLAIN AGFsaWNlAHB3\r\nMAIL FROM:<alice@x.onion>\r\n";
+        let mut plain = session(Mode::Submission);
+        codes(&mut plain, "EHLO c\r\n");
+        codes(&mut plain, auth);
+        let out = plain.receive(b"RCPT TO:<bob@example.com>\r\n");
+        assert!(
+            matches!(&out[..], [Output::Reply(r)] if r.code == 550 && r.message.contains("[gateway]")),
+            "{out:?}"
+        );
+        let mut gw = Session::new(
+            SessionConfig {
+                mode: Mode::Submission,
+                hostname: "me.onion".into(),
+                max_message_size: 100,
+                max_recipients: 5,
+                max_line_length: 128,
+            },
+            WithGateway::default(),
+        );
+        codes(&mut gw, "EHLO client.example\r\n");
+        assert_eq!(*gw.policy.0.borrow(), "client.example");
+        codes(&mut gw, auth);
+        assert_eq!(codes(&mut gw, "RCPT TO:<bob@example.com>\r\n"), ["250"]);
+        for bad in ["x@bad.onion", "x@localhost", "x@list.invalid.example.onion"] {
+            assert_eq!(
+                codes(&mut gw, &format!("RCPT TO:<{bad}>\r\n")),
+                ["550"],
+                "{bad}"
+            );
+        }
+    }
+
+    struct Tls;
+    impl Policy for Tls {
+        fn accepts(&self, _: &str) -> bool {
+            true
+        }
+        fn authenticate(&self, _: &str, _: &str) -> Option<String> {
+            None
+        }
+        fn starttls(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn starttls_when_offered_hands_over_and_drops_what_was_pipelined() {
+        let cfg = SessionConfig {
+            mode: Mode::Inbound,
+            hostname: "mx.gw.test".into(),
+            max_message_size: 100,
+            max_recipients: 2,
+            max_line_length: 128,
+        };
+        let mut s = Session::new(cfg.clone(), Tls);
+        let ehlo = s.receive(b"EHLO c\r\n");
+        assert!(matches!(&ehlo[..], [Output::Reply(r)] if r.message.contains("STARTTLS")));
+        assert_eq!(
+            codes(&mut s, "MAIL FROM:<a@b.c>\r\nSTARTTLS\r\n"),
+            ["250", "503"],
+            "not inside a transaction"
+        );
+        codes(&mut s, "RSET\r\n");
+        let out = s.receive(b"STARTTLS\r\nMAIL FROM:<injected@x>\r\n");
+        assert_eq!(
+            out,
+            [
+                Output::Reply(reply(220, [2, 0, 0], "Ready to start TLS")),
+                Output::Handover(Vec::new()),
+            ]
+        );
+        assert!(s.is_closed());
+        // Not offered: as before.
+        let mut plain = session(Mode::Inbound);
+        let ehlo = plain.receive(b"EHLO c\r\n");
+        assert!(matches!(&ehlo[..], [Output::Reply(r)] if !r.message.contains("STARTTLS")));
+        assert_eq!(codes(&mut plain, "STARTTLS\r\n"), ["502"]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod direct;
 pub mod ledger;
+pub mod outside;
 
 use std::net::TcpListener;
 use std::process::Command;

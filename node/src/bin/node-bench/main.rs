@@ -8,6 +8,8 @@
 //! - `node-bench imap`: 10,000 messages in one mailbox; UID FETCH of envelopes, SEARCH by
 //!   header and body, a full mbsync, IDLE wake-up latency, against Dovecot on a copy of
 //!   the same Maildir ([`imap_suite`]).
+//! - `node-bench gateway`: relay throughput of the onionpost gateway against Postfix
+//!   relays, inbound and outbound ([`gateway_suite`]).
 //!
 //! Build and run (as root, with Debian's `postfix`, `dovecot-imapd` and `isync`):
 //! `cargo build --release --workspace --features onionpost-devnet/compose-tests --bin onionpost-node
@@ -15,7 +17,10 @@
 //! Set `BENCH_KEEP=1` to keep the work directory.
 
 mod corpus;
+mod dnsmasq;
 mod dovecot;
+mod gateway;
+mod gateway_suite;
 mod idle;
 mod imap;
 mod imap_suite;
@@ -45,6 +50,8 @@ enum Suite {
     Smtp(smtp_suite::Args),
     /// FETCH ENVELOPE, SEARCH, mbsync and IDLE on 10,000 messages against Dovecot.
     Imap(imap_suite::Args),
+    /// Relay throughput of the onionpost gateway against Postfix relays, both directions.
+    Gateway(gateway_suite::Args),
 }
 
 #[tokio::main]
@@ -60,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
     let report = match cli.suite.unwrap_or(Suite::Smtp(cli.smtp)) {
         Suite::Smtp(args) => smtp_suite::run(&args, &work).await?,
         Suite::Imap(args) => imap_suite::run(&args, &work).await?,
+        Suite::Gateway(args) => gateway_suite::run(&args, &work).await?,
     };
     print!("{report}");
     Ok(())

@@ -56,17 +56,7 @@ pub fn count_files(dir: &Path) -> usize {
     fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
-/// The numeric uid of a system user.
-pub fn uid_of(user: &str) -> anyhow::Result<u32> {
-    let out = Command::new("id").args(["-u", user]).output()?;
-    if !out.status.success() {
-        bail!("no system user {user}");
-    }
-    String::from_utf8(out.stdout)?
-        .trim()
-        .parse()
-        .with_context(|| format!("uid of {user}"))
-}
+pub use crate::postfix::uid_of;
 
 /// Runs a command, failing if it does not succeed.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {

@@ -4,7 +4,6 @@
 //! and Dovecot (IMAP on a copy of B's Maildir).
 
 use std::fmt::Write as _;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,7 @@ use anyhow::bail;
 
 use crate::dovecot::{self, Dovecot};
 use crate::imap::Imap;
-use crate::procs::{count_files, free_port, uid_of, wait_port};
+use crate::procs::{count_files, free_port, wait_port};
 use crate::{node, postfix, smtp};
 
 /// Sizes of the A -> B and FETCH runs.
@@ -38,7 +37,30 @@ pub struct Args {
     pub node_bin: Option<PathBuf>,
 }
 
-fn make_message(from: &str, to: &str, i: usize, size: usize) -> Vec<u8> {
+impl Args {
+    /// The load these sizes describe.
+    pub fn load(&self) -> Load {
+        Load {
+            messages: self.messages,
+            connections: self.connections,
+            size: self.size,
+        }
+    }
+}
+
+/// How many messages of what size, over how many concurrent connections.
+#[derive(Clone, Copy, Debug)]
+pub struct Load {
+    /// Messages to send.
+    pub messages: usize,
+    /// Concurrent SMTP connections.
+    pub connections: usize,
+    /// Message size in bytes.
+    pub size: usize,
+}
+
+/// Message `i` of a run: about `size` bytes, a unique Message-ID.
+pub fn make_message(from: &str, to: &str, i: usize, size: usize) -> Vec<u8> {
     let mut m = format!(
         "From: <{from}>\r\nTo: <{to}>\r\nSubject: bench {i}\r\nMessage-ID: <bench-{i}-{}@bench>\r\n\r\n",
         std::process::id()
@@ -50,10 +72,10 @@ fn make_message(from: &str, to: &str, i: usize, size: usize) -> Vec<u8> {
     m.into_bytes()
 }
 
-/// Submits all messages over `conns` connections, then waits until `count()` reaches `n`.
-/// Returns messages per second.
-async fn throughput(
-    args: &Args,
+/// Sends all messages of `load` over its connections (authenticated if `auth` is given),
+/// then waits until `delivered()` has grown by their number. Returns messages per second.
+pub async fn throughput(
+    args: &Load,
     port: u16,
     auth: Option<(String, String)>,
     from: &str,
@@ -153,7 +175,7 @@ async fn bench_onionpost(args: &Args, work: &Path) -> anyhow::Result<(Results, P
     let maildir = node::maildir(&home_b, "bob");
     let cur = maildir.join("cur");
     let rate = throughput(
-        args,
+        &args.load(),
         sub_a,
         Some((a.address.clone(), a.password.clone())),
         &a.address,
@@ -178,30 +200,11 @@ async fn bench_postfix(args: &Args, work: &Path, maildir: &Path) -> anyhow::Resu
     let (pa, pb) = (free_port(), free_port());
     let (dir_a, dir_b) = (work.join("pf-a"), work.join("pf-b"));
     let vmail = work.join("pf-vmail");
-    fs::create_dir_all(&vmail)?;
-    let uid = uid_of("postfix")?;
-    std::process::Command::new("chown")
-        .arg("postfix:postfix")
-        .arg(&vmail)
-        .status()?;
-    fs::create_dir_all(&dir_b)?;
-    fs::write(dir_b.join("vmailbox"), "bob@b.test bob/\n")?;
-    let _stop = postfix::Stop(vec![dir_a.clone(), dir_b.clone()]);
-    postfix::start(
-        &dir_b,
-        "b",
-        pb,
-        &format!(
-            "virtual_mailbox_domains = b.test\nvirtual_mailbox_base = {}\n\
-             virtual_mailbox_maps = texthash:{}\nvirtual_uid_maps = static:{uid}\n\
-             virtual_gid_maps = static:{uid}\nvirtual_minimum_uid = 1",
-            vmail.display(),
-            dir_b.join("vmailbox").display()
-        ),
-    )?;
-    postfix::start(&dir_a, "a", pa, &format!("relayhost = [127.0.0.1]:{pb}"))?;
-    let cur = vmail.join("bob/new");
-    let rate = throughput(args, pa, None, "alice@a.test", "bob@b.test", || {
+    let mailbox = postfix::mailbox_config(&dir_b, &vmail, &["bob@b.test".to_string()])?;
+    let _b = postfix::start(&dir_b, "b", pb, &mailbox)?;
+    let _a = postfix::start(&dir_a, "a", pa, &format!("relayhost = [127.0.0.1]:{pb}"))?;
+    let cur = vmail.join("b.test/bob/new");
+    let rate = throughput(&args.load(), pa, None, "alice@a.test", "bob@b.test", || {
         count_files(&cur)
     })
     .await?;

@@ -17,6 +17,11 @@
 //!
 //! Old versions are never pruned, so every past height stays queryable with proofs.
 //!
+//! In memory, never part of what is committed: the last blocks' tree nodes, a cache of
+//! the decoded tree nodes read from RocksDB and a cache of the latest values of recently used keys (each bounded;
+//! see `Generations` and `ValueCache`), so a block's reads of the hot part of the tree and
+//! state seldom reach RocksDB.
+//!
 //! Formats: the database records its format version ([`STATE_FORMAT`]) when it is created,
 //! and every open checks it, so the layout of the tree nodes (borsh of jmt 0.12's types) and
 //! of the values can never be misread by a build that lays them out differently. The records
@@ -24,8 +29,10 @@
 //! own version byte. Anything else is refused with [`StorageError::Format`].
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use jmt::storage::{LeafNode, Node, NodeKey, TreeReader, TreeUpdateBatch};
 use jmt::{JellyfishMerkleTree, KeyHash, OwnedValue, Version};
@@ -33,7 +40,8 @@ use onionpost_proto::proof::{encode_proof, key_hash};
 use onionpost_proto::v1::{LedgerEvent, ProvenValue};
 use prost::Message;
 use rocksdb::{
-    ColumnFamilyDescriptor, DB, DBRawIterator, IteratorMode, Options, WriteBatch, WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBRawIterator, IteratorMode, Options,
+    WriteBatch, WriteOptions,
 };
 use sha2::Sha256;
 
@@ -169,37 +177,106 @@ pub struct PreparedBlock {
 pub struct Storage {
     db: DB,
     committed: RwLock<Option<Committed>>,
-    recent: RwLock<Option<Arc<Recent>>>,
+    recent: RwLock<Arc<Vec<Arc<Recent>>>>,
+    nodes: Mutex<Generations<NodeKey, Node>>,
+    values: Mutex<ValueCache>,
 }
 
-/// What the last committed block wrote (tree nodes and values), kept in memory after the
-/// commit: the next block reads much of it again (the upper levels of the tree are rewritten
-/// by every block; a signer's record by each of its transactions), and a hit here saves a
-/// RocksDB lookup and a decoding. It can never be stale: a tree node is immutable once
-/// written (its key carries its version), and a value written at height `h` is the value at
-/// `h` — [`StateView`] uses it only for reads at exactly that height.
+/// RocksDB's block cache, shared by the column families.
+const BLOCK_CACHE_BYTES: usize = 128 << 20;
+/// The recent blocks' tree nodes kept in memory, as written (in all, at most this many nodes
+/// beyond the last block's; about 1 KiB each).
+const RECENT_NODES: usize = 64 * 1024;
+/// At most this many recent blocks are kept in memory.
+const RECENT_BLOCKS: usize = 64;
+/// Decoded tree nodes kept in memory, per generation of [`Generations`] (an internal node
+/// is about 1 KiB decoded, so at most about 64 MiB).
+const NODE_CACHE_ENTRIES: usize = 32 * 1024;
+/// Bytes of state values kept in memory, per generation (so at most about 64 MiB).
+const VALUE_CACHE_BYTES: usize = 32 << 20;
+
+/// A bounded map that forgets the least recently used entries in bulk: entries go into the
+/// young generation; when it is full it becomes the old one (the previous old generation is
+/// dropped); a hit in the old generation moves the entry back into the young one. So the
+/// map never holds more than two generations' worth, and what is used stays.
+struct Generations<K, V> {
+    young: HashMap<K, V>,
+    old: HashMap<K, V>,
+    /// The young generation's size, in the caller's unit (entries or bytes).
+    young_size: usize,
+    capacity: usize,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Generations<K, V> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            young: HashMap::new(),
+            old: HashMap::new(),
+            young_size: 0,
+            capacity,
+        }
+    }
+
+    fn get(&mut self, key: &K, size: impl Fn(&V) -> usize) -> Option<&V> {
+        if !self.young.contains_key(key) {
+            let value = self.old.remove(key)?;
+            // (If this fills the young generation, the entry is in the old one.)
+            self.insert(key.clone(), value, size);
+        }
+        self.young.get(key).or_else(|| self.old.get(key))
+    }
+
+    fn insert(&mut self, key: K, value: V, size: impl Fn(&V) -> usize) {
+        self.young_size += size(&value);
+        self.old.remove(&key);
+        if let Some(old) = self.young.insert(key, value) {
+            self.young_size -= size(&old);
+        }
+        if self.young_size >= self.capacity {
+            self.old = std::mem::take(&mut self.young);
+            self.young_size = 0;
+        }
+    }
+}
+
+/// The latest value of recently used keys, for reads at the latest committed version.
+///
+/// Invariant: an entry `key_hash -> (w, value)` says that the key's last write at or before
+/// version `latest` was at `w` and wrote `value` (`None`: deleted, or never written, `w` =
+/// 0). Every commit overwrites the entries of all the keys it writes, and a value read from
+/// RocksDB at version `v` is entered only while `latest == v`, so the invariant holds; a
+/// read at `v` may then use an entry with `w <= v <= latest`.
+struct ValueCache {
+    latest: Option<u64>,
+    map: Generations<KeyHash, (u64, Option<Vec<u8>>)>,
+}
+
+fn value_size(v: &(u64, Option<Vec<u8>>)) -> usize {
+    64 + v.1.as_ref().map_or(0, Vec::len)
+}
+
+fn node_size(_: &Node) -> usize {
+    1
+}
+
+/// What a recently committed block wrote, kept in memory after the commit: the next blocks
+/// read many of its tree nodes again (the upper levels of the tree are rewritten by every
+/// block), and a hit here saves a RocksDB lookup and a decoding. It can never be stale: a
+/// tree node is immutable once written (its key carries its version). The storage keeps the
+/// last blocks' (up to [`RECENT_NODES`] nodes), newest last; a node's version says which
+/// block wrote it, so a lookup is one map search.
 struct Recent {
     height: u64,
     batch: TreeUpdateBatch,
 }
 
-impl Recent {
-    fn node(&self, key: &NodeKey) -> Option<&Node> {
-        self.batch.node_batch.get_node(key)
-    }
-
-    /// The value written at `version` under `key_hash`: `Some(None)` for a deletion, `None` if
-    /// this block did not write the key or is not at `version`.
-    fn value(&self, key_hash: KeyHash, version: u64) -> Option<Option<&[u8]>> {
-        if version != self.height {
-            return None;
-        }
-        self.batch
-            .node_batch
-            .values()
-            .get(&(version, key_hash))
-            .map(Option::as_deref)
-    }
+/// The node `key` if one of the `recent` blocks (contiguous heights, newest last) wrote it.
+fn recent_node<'r>(recent: &'r [Arc<Recent>], key: &NodeKey) -> Option<&'r Node> {
+    let newest = recent.last()?.height;
+    let age = usize::try_from(newest.checked_sub(key.version())?).ok()?;
+    let block = recent.get(recent.len().checked_sub(age + 1)?)?;
+    debug_assert_eq!(block.height, key.version());
+    block.batch.node_batch.get_node(key)
 }
 
 impl Storage {
@@ -208,9 +285,10 @@ impl Storage {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cfs = [CF_NODES, CF_VALUES, CF_EVENTS, CF_META]
             .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+            .map(|name| ColumnFamilyDescriptor::new(name, cf_options(name, &cache)));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(rocks("opening the database"))?;
         check_format(&db, dir)?;
         let committed = db
@@ -218,10 +296,16 @@ impl Storage {
             .map_err(rocks("reading the committed height"))?
             .map(|b| Committed::decode(&b))
             .transpose()?;
+        let latest = committed.as_ref().map(|c| c.height);
         Ok(Self {
             db,
             committed: RwLock::new(committed),
-            recent: RwLock::new(None),
+            recent: RwLock::new(Arc::new(Vec::new())),
+            nodes: Mutex::new(Generations::new(NODE_CACHE_ENTRIES)),
+            values: Mutex::new(ValueCache {
+                latest,
+                map: Generations::new(VALUE_CACHE_BYTES),
+            }),
         })
     }
 
@@ -242,18 +326,17 @@ impl Storage {
         StateView {
             storage: self,
             version,
-            recent: self.recent(),
             iter: RefCell::new(None),
         }
     }
 
-    fn recent(&self) -> Option<Arc<Recent>> {
+    fn recent(&self) -> Arc<Vec<Arc<Recent>>> {
         self.recent.read().expect("lock poisoned").clone()
     }
 
     fn reader(&self) -> Reader<'_> {
         Reader {
-            db: &self.db,
+            storage: self,
             recent: self.recent(),
         }
     }
@@ -330,12 +413,41 @@ impl Storage {
         self.db
             .write_opt(wb, &opts)
             .map_err(rocks("committing a block"))?;
+        self.remember(&block.batch, block.height);
         *self.committed.write().expect("lock poisoned") = Some(committed.clone());
-        *self.recent.write().expect("lock poisoned") = Some(Arc::new(Recent {
+        let mut recent = self.recent.write().expect("lock poisoned");
+        let mut blocks: Vec<Arc<Recent>> = recent.iter().cloned().collect();
+        blocks.push(Arc::new(Recent {
             height: block.height,
             batch: block.batch,
         }));
+        // Keep the newest blocks' nodes, up to RECENT_NODES beyond the newest block's.
+        let mut kept = 0;
+        let keep_from = blocks
+            .iter()
+            .rev()
+            .skip(1)
+            .position(|b| {
+                kept += b.batch.node_batch.nodes().len();
+                kept > RECENT_NODES
+            })
+            .map_or(0, |older| blocks.len() - 1 - older)
+            .max(blocks.len().saturating_sub(RECENT_BLOCKS));
+        blocks.drain(..keep_from);
+        *recent = Arc::new(blocks);
+        drop(recent);
         Ok(committed)
+    }
+
+    /// Enters the values a committed block wrote into the value cache, which keeps it true.
+    fn remember(&self, batch: &TreeUpdateBatch, height: u64) {
+        let mut values = self.values.lock().expect("lock poisoned");
+        for ((version, hash), value) in batch.node_batch.values() {
+            values
+                .map
+                .insert(*hash, (*version, value.clone()), value_size);
+        }
+        values.latest = Some(height);
     }
 
     /// The value of `key` at `version`.
@@ -506,6 +618,20 @@ fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
         .unwrap_or_else(|| panic!("column family {name} is created at open"))
 }
 
+/// A column family's RocksDB options: every family shares one LRU block cache; the tree nodes,
+/// read by point lookups, get a Bloom filter (10 bits a key, ~1% false positives), so a
+/// lookup skips the files that do not hold the node instead of searching each one's index.
+fn cf_options(name: &str, cache: &Cache) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    if name == CF_NODES {
+        table.set_bloom_filter(10.0, false);
+    }
+    let mut opts = Options::default();
+    opts.set_block_based_table_factory(&table);
+    opts
+}
+
 fn value_key(hash: KeyHash, version: Version) -> [u8; 40] {
     let mut k = [0u8; 40];
     k[..32].copy_from_slice(&hash.0);
@@ -532,38 +658,69 @@ fn read_value(
     key_hash: KeyHash,
     version: Version,
 ) -> Result<Option<OwnedValue>, StorageError> {
+    Ok(read_record(iter, key_hash, version)?.1)
+}
+
+/// [`read_value`], with the version the value was written at (0 if there is no record).
+fn read_record(
+    iter: &mut DBRawIterator<'_>,
+    key_hash: KeyHash,
+    version: Version,
+) -> Result<(Version, Option<OwnedValue>), StorageError> {
     iter.seek_for_prev(value_key(key_hash, version));
     if !iter.valid() {
         iter.status().map_err(rocks("reading a value"))?;
-        return Ok(None);
+        return Ok((0, None));
     }
     match (iter.key(), iter.value()) {
-        (Some(k), Some(v)) if k.len() == 40 && k[..32] == key_hash.0 => match v.first() {
-            Some(1) => Ok(Some(v[1..].to_vec())),
-            Some(0) => Ok(None),
-            _ => Err(StorageError::Corrupt(format!(
-                "the value record for {key_hash:?} at version {version} is corrupt"
-            ))),
-        },
-        _ => Ok(None),
+        (Some(k), Some(v)) if k.len() == 40 && k[..32] == key_hash.0 => {
+            let written = u64::from_be_bytes(k[32..].try_into().expect("8 bytes"));
+            match v.first() {
+                Some(1) => Ok((written, Some(v[1..].to_vec()))),
+                Some(0) => Ok((written, None)),
+                _ => Err(StorageError::Corrupt(format!(
+                    "the value record for {key_hash:?} at version {version} is corrupt"
+                ))),
+            }
+        }
+        _ => Ok((0, None)),
     }
 }
 
-/// jmt's view of the database.
+/// jmt's view of the database: the last block's nodes, the node cache, then RocksDB (a node
+/// read from RocksDB enters the cache; nodes never change once written, so the cache is
+/// never stale).
 struct Reader<'a> {
-    db: &'a DB,
-    recent: Option<Arc<Recent>>,
+    storage: &'a Storage,
+    recent: Arc<Vec<Arc<Recent>>>,
 }
 
 impl TreeReader for Reader<'_> {
     fn get_node_option(&self, node_key: &NodeKey) -> anyhow::Result<Option<Node>> {
-        if let Some(node) = self.recent.as_ref().and_then(|r| r.node(node_key)) {
+        if let Some(node) = recent_node(&self.recent, node_key) {
             return Ok(Some(node.clone()));
         }
+        let nodes = &self.storage.nodes;
+        if let Some(node) = nodes
+            .lock()
+            .expect("lock poisoned")
+            .get(node_key, node_size)
+        {
+            return Ok(Some(node.clone()));
+        }
+        let db = &self.storage.db;
         let key = borsh::to_vec(node_key)?;
-        match self.db.get_cf(cf(self.db, CF_NODES), key)? {
+        match db.get_cf(cf(db, CF_NODES), key)? {
             None => Ok(None),
-            Some(b) => Ok(Some(borsh::from_slice(&b)?)),
+            Some(b) => {
+                let node: Node = borsh::from_slice(&b)?;
+                nodes.lock().expect("lock poisoned").insert(
+                    node_key.clone(),
+                    node.clone(),
+                    node_size,
+                );
+                Ok(Some(node))
+            }
         }
     }
 
@@ -572,7 +729,8 @@ impl TreeReader for Reader<'_> {
         max_version: Version,
         key_hash: KeyHash,
     ) -> anyhow::Result<Option<OwnedValue>> {
-        let mut iter = self.db.raw_iterator_cf(cf(self.db, CF_VALUES));
+        let db = &self.storage.db;
+        let mut iter = db.raw_iterator_cf(cf(db, CF_VALUES));
         Ok(read_value(&mut iter, key_hash, max_version)?)
     }
 
@@ -583,14 +741,15 @@ impl TreeReader for Reader<'_> {
 
 /// Read-only state at one version, for the state machine.
 ///
-/// It keeps one RocksDB iterator for all its reads: creating an iterator costs more than the
-/// seek itself, and a block's execution reads several keys per transaction. (The iterator
-/// pins the database as it was when the view first read; that changes nothing, since the view
-/// reads only versions committed before it was made.)
+/// A read is answered by the value cache when the cache knows the value at the view's version
+/// (see `ValueCache`), otherwise by RocksDB, through one iterator kept for all the view's
+/// reads: creating an iterator costs more than the seek itself, and a block's execution reads
+/// several keys per transaction. (The iterator pins the database as it was when the view first
+/// read; that changes nothing, since the view reads only versions committed before it was
+/// made.)
 pub struct StateView<'a> {
     storage: &'a Storage,
     version: Option<u64>,
-    recent: Option<Arc<Recent>>,
     iter: RefCell<Option<DBRawIterator<'a>>>,
 }
 
@@ -600,19 +759,29 @@ impl StateRead for StateView<'_> {
             return Ok(None);
         };
         let key_hash = key_hash(key);
-        if let Some(value) = self
-            .recent
-            .as_ref()
-            .and_then(|r| r.value(key_hash, version))
         {
-            return Ok(value.map(<[u8]>::to_vec));
+            let mut values = self.storage.values.lock().expect("lock poisoned");
+            if values.latest.is_some_and(|latest| version <= latest)
+                && let Some((written, value)) = values.map.get(&key_hash, value_size)
+                && *written <= version
+            {
+                return Ok(value.clone());
+            }
         }
         let mut iter = self.iter.borrow_mut();
         let iter = iter.get_or_insert_with(|| {
             let db = &self.storage.db;
             db.raw_iterator_cf(cf(db, CF_VALUES))
         });
-        read_value(iter, key_hash, version).map_err(|e| ReadError(e.to_string()))
+        let (written, value) =
+            read_record(iter, key_hash, version).map_err(|e| ReadError(e.to_string()))?;
+        let mut values = self.storage.values.lock().expect("lock poisoned");
+        if values.latest == Some(version) {
+            values
+                .map
+                .insert(key_hash, (written, value.clone()), value_size);
+        }
+        Ok(value)
     }
 }
 
@@ -620,6 +789,9 @@ impl StateRead for StateView<'_> {
 mod tests {
     use super::*;
     use onionpost_proto::proof::verify;
+
+    /// The state as a plain map, to compare the storage with.
+    type Model = std::collections::BTreeMap<Vec<u8>, Vec<u8>>;
 
     fn writes(pairs: &[(&str, Option<&str>)]) -> WriteSet {
         pairs
@@ -691,6 +863,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let s = Storage::open(dir.path()).unwrap();
             let mut model = std::collections::BTreeMap::new();
+            let mut history: Vec<(Model, [u8; 32])> = Vec::new();
             for (version, block) in blocks.iter().enumerate() {
                 let version = version as u64;
                 let writes: WriteSet = block
@@ -719,8 +892,91 @@ mod tests {
                     let p = s.prove(&key, version).unwrap();
                     proptest::prop_assert_eq!(verify(&root, &key, &p).unwrap(), want.as_deref());
                 }
+                history.push((model.clone(), root));
+                // Earlier versions stay what they were, through views (which the value cache
+                // must not answer with a newer value) and proofs (through the node cache).
+                for (old, (old_model, old_root)) in history.iter().enumerate() {
+                    let view = s.view(Some(old as u64));
+                    for k in (0u16..300).step_by(11) {
+                        let key = format!("key/{k}").into_bytes();
+                        let want = old_model.get(&key).cloned();
+                        proptest::prop_assert_eq!(view.get(&key).unwrap(), want.clone());
+                        let p = s.prove(&key, old as u64).unwrap();
+                        proptest::prop_assert_eq!(
+                            verify(old_root, &key, &p).unwrap(),
+                            want.as_deref()
+                        );
+                    }
+                }
+            }
+            // Reopened (caches empty), every version reads the same.
+            drop(s);
+            let s = Storage::open(dir.path()).unwrap();
+            for (old, (old_model, _)) in history.iter().enumerate() {
+                for k in (0u16..300).step_by(13) {
+                    let key = format!("key/{k}").into_bytes();
+                    proptest::prop_assert_eq!(
+                        s.view(Some(old as u64)).get(&key).unwrap(),
+                        old_model.get(&key).cloned()
+                    );
+                }
             }
         }
+    }
+
+    #[test]
+    fn generations_keep_what_is_used_and_stay_bounded() {
+        let mut g = Generations::new(3);
+        let one = |_: &u32| 1;
+        for k in 0..3u32 {
+            g.insert(k, k * 10, one);
+        }
+        // The young generation filled up and became the old one.
+        assert!(g.young.is_empty() && g.old.len() == 3);
+        assert_eq!(g.get(&0, one), Some(&0), "a hit in the old generation");
+        assert!(
+            g.young.contains_key(&0) && !g.old.contains_key(&0),
+            "moved to the young"
+        );
+        g.insert(3, 30, one);
+        g.insert(4, 40, one);
+        // 0, 3, 4 filled the young generation: 1 and 2, unused, are gone.
+        assert_eq!(
+            (g.get(&1, one).copied(), g.get(&2, one).copied()),
+            (None, None)
+        );
+        assert_eq!(
+            (g.get(&0, one).copied(), g.get(&4, one).copied()),
+            (Some(0), Some(40))
+        );
+        g.insert(4, 41, one);
+        assert_eq!(g.get(&4, one).copied(), Some(41), "replaced");
+        assert!(g.young.len() + g.old.len() <= 6);
+    }
+
+    /// A view made before a commit still reads its own version after the commit, though the
+    /// value cache then holds the newer value.
+    #[test]
+    fn a_view_reads_its_version_across_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        let b = s
+            .prepare(0, &writes(&[("a", Some("1")), ("b", Some("2"))]))
+            .unwrap();
+        s.commit(b, "c", &[]).unwrap();
+        let before = s.latest();
+        assert_eq!(before.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+        let b = s
+            .prepare(1, &writes(&[("a", Some("3")), ("b", None)]))
+            .unwrap();
+        s.commit(b, "c", &[]).unwrap();
+        assert_eq!(before.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(before.get(b"b").unwrap().as_deref(), Some(&b"2"[..]));
+        let after = s.latest();
+        assert_eq!(after.get(b"a").unwrap().as_deref(), Some(&b"3"[..]));
+        assert_eq!(after.get(b"b").unwrap(), None);
+        assert_eq!(after.get(b"never").unwrap(), None);
+        assert_eq!(before.get(b"never").unwrap(), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! domain-separated so a signature made for a transaction can never be replayed as anything
 //! else, and it names the chain so it cannot be replayed on another ledger.
 
-use ed25519_consensus::{Signature, SigningKey, VerificationKey};
+use ed25519_consensus::{Signature, SigningKey, VerificationKey, VerificationKeyBytes};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -77,8 +77,9 @@ pub struct DecodedTx {
     pub signer: [u8; 32],
     /// The signature.
     pub signature: Signature,
-    /// The signer's key, parsed.
-    pub verification_key: VerificationKey,
+    /// The signer's key, parsed (decompressed) by [`DecodedTx::decode`]; `None` after
+    /// [`DecodedTx::decode_deferring_key_check`], which leaves that to the verification.
+    verification_key: Option<VerificationKey>,
     /// The digest the signature must cover (computed with the body's own chain id; the
     /// ledger separately checks that chain id is its own).
     pub digest: [u8; 32],
@@ -87,8 +88,23 @@ pub struct DecodedTx {
 }
 
 impl DecodedTx {
-    /// Decodes an encoded `SignedTx` and checks the envelope's shape.
+    /// Decodes an encoded `SignedTx` and checks the envelope's shape, including that the
+    /// signer is a valid ed25519 public key.
     pub fn decode(encoded: &[u8]) -> Result<Self, EnvelopeError> {
+        Self::decode_inner(encoded, true)
+    }
+
+    /// [`DecodedTx::decode`] without checking that the signer is a valid public key, which
+    /// costs a point decompression: for a block's transactions, whose signatures go into one
+    /// batch verification that decompresses every key again anyway. An invalid key then fails
+    /// the batch, and [`DecodedTx::key_is_valid`] says which transaction had it. Where
+    /// [`DecodedTx::decode`] would fail, this fails too (perhaps on another check: ask
+    /// [`DecodedTx::decode`] for its error).
+    pub fn decode_deferring_key_check(encoded: &[u8]) -> Result<Self, EnvelopeError> {
+        Self::decode_inner(encoded, false)
+    }
+
+    fn decode_inner(encoded: &[u8], check_key: bool) -> Result<Self, EnvelopeError> {
         let tx = SignedTx::decode(encoded).map_err(|e| EnvelopeError::Decode(e.to_string()))?;
         let mut body =
             TxBody::decode(tx.body.as_slice()).map_err(|e| EnvelopeError::Decode(e.to_string()))?;
@@ -97,8 +113,11 @@ impl DecodedTx {
             .as_slice()
             .try_into()
             .map_err(|_| EnvelopeError::SignerLength(tx.signer.len()))?;
-        let verification_key =
-            VerificationKey::try_from(signer).map_err(|_| EnvelopeError::SignerKey)?;
+        let verification_key = if check_key {
+            Some(VerificationKey::try_from(signer).map_err(|_| EnvelopeError::SignerKey)?)
+        } else {
+            None
+        };
         let sig: [u8; 64] = tx
             .signature
             .as_slice()
@@ -117,11 +136,27 @@ impl DecodedTx {
         })
     }
 
+    /// The signer's key as the batch verifier takes it (compressed, not checked).
+    pub fn verification_key_bytes(&self) -> VerificationKeyBytes {
+        VerificationKeyBytes::from(self.signer)
+    }
+
+    /// Whether the signer is a valid ed25519 public key (always true after
+    /// [`DecodedTx::decode`]).
+    pub fn key_is_valid(&self) -> bool {
+        self.verification_key.is_some() || VerificationKey::try_from(self.signer).is_ok()
+    }
+
     /// Checks the signature on its own (the ledger batches this per block instead).
     pub fn verify_signature(&self) -> bool {
-        self.verification_key
-            .verify(&self.signature, &self.digest)
-            .is_ok()
+        let key = match self.verification_key {
+            Some(key) => key,
+            None => match VerificationKey::try_from(self.signer) {
+                Ok(key) => key,
+                Err(_) => return false,
+            },
+        };
+        key.verify(&self.signature, &self.digest).is_ok()
     }
 }
 
@@ -200,5 +235,31 @@ mod tests {
             DecodedTx::decode(&short.encode_to_vec()).unwrap_err(),
             EnvelopeError::SignerLength(31)
         );
+    }
+
+    #[test]
+    fn a_deferred_key_check_finds_the_same_invalid_keys() {
+        let key = SigningKey::new(rand_core::OsRng);
+        let good = sign(&key, "c", 0, Action::RegisterIdentity(Default::default()));
+        let d = DecodedTx::decode_deferring_key_check(&good.encode_to_vec()).unwrap();
+        assert!(d.key_is_valid() && d.verify_signature());
+        assert_eq!(
+            d.verification_key_bytes(),
+            VerificationKeyBytes::from(key.verification_key())
+        );
+        // A y coordinate with no point on the curve: not a public key.
+        let bad_key = (0u8..=255)
+            .map(|b| [b; 32])
+            .find(|k| VerificationKey::try_from(*k).is_err())
+            .expect("some byte pattern is not a point");
+        let mut bad = good.clone();
+        bad.signer = bad_key.to_vec();
+        assert_eq!(
+            DecodedTx::decode(&bad.encode_to_vec()).unwrap_err(),
+            EnvelopeError::SignerKey
+        );
+        let d = DecodedTx::decode_deferring_key_check(&bad.encode_to_vec()).unwrap();
+        assert!(!d.key_is_valid());
+        assert!(!d.verify_signature());
     }
 }

@@ -253,6 +253,58 @@ fn bad_signature_wrong_chain_replay_gap_and_oversize_are_rejected() {
     assert_eq!(out.tx_results[0].result.as_ref().unwrap_err().code(), 2);
 }
 
+/// A block's transactions are decoded without decompressing the signer's key (the batch
+/// verification does it): a block still rejects every malformed envelope with the very error
+/// CheckTx's full decoding gives, and the valid transactions beside them still apply.
+#[test]
+fn a_block_rejects_invalid_signer_keys_as_checktx_does() {
+    let admin = key(1);
+    let mut l = Ledger::new(&admin);
+    let alice = key(2);
+    l.register(&alice, "alice");
+    // A y coordinate with no point on the curve: not a public key.
+    let bad_key = (0u8..=255)
+        .map(|b| [b; 32])
+        .find(|k| ed25519_consensus::VerificationKey::try_from(*k).is_err())
+        .expect("some byte pattern is not a point");
+    let with = |chain: &str, signer: &[u8], signature_len: usize| {
+        let mut tx = sign(
+            &alice,
+            chain,
+            1,
+            Action::SetMailboxHosts(Default::default()),
+        );
+        tx.signer = signer.to_vec();
+        tx.signature.truncate(signature_len);
+        tx.encode_to_vec()
+    };
+    let malformed = vec![
+        with(CHAIN, &bad_key, 64),
+        with("other-chain", &bad_key, 64),
+        with(CHAIN, &bad_key, 63),
+        with("other-chain", &pk(&alice), 63),
+    ];
+    let good = l.tx(&alice, Action::SetMailboxHosts(Default::default()));
+    let mut txs = malformed.clone();
+    txs.insert(2, good);
+    let out = l.block(txs);
+    assert!(out.tx_results[2].result.is_ok(), "{:?}", out.tx_results[2]);
+    let results: Vec<_> = [0, 1, 3, 4]
+        .iter()
+        .map(|&i| &out.tx_results[i].result)
+        .collect();
+    for (raw, got) in malformed.iter().zip(results) {
+        let want = decode_checked(raw, CHAIN).unwrap_err();
+        let got = got.as_ref().unwrap_err();
+        assert_eq!(
+            (got.code(), got.to_string()),
+            (want.code(), want.to_string())
+        );
+    }
+    assert_eq!(out.tx_results[0].result.as_ref().unwrap_err().code(), 2);
+    assert_eq!(out.tx_results[1].result.as_ref().unwrap_err().code(), 2);
+}
+
 #[test]
 fn key_history_records_bind_rotate_revoke_in_order() {
     let admin = key(1);

@@ -31,7 +31,7 @@ use crate::identity::Identity;
 use crate::ledger::{LedgerError, NodeLedger};
 use crate::lists::address::parse_member_address;
 use crate::smtp::reply::{Reply, reply};
-use directory::bound_keys;
+use directory::{Certs, bound_keys};
 use keyring::{Keyring, KeyringError};
 use onionpost_ledger_client::IdentityKey;
 use trust::{Trust, trust_in};
@@ -49,6 +49,8 @@ pub struct E2e {
     secrets: Mutex<HashMap<PathBuf, CachedKeys>>,
     /// The identities' ledger watch state (key changes seen, alerts).
     pub watches: Watches,
+    /// What key bytes bound on the ledger parse to.
+    pub certs: Certs,
 }
 
 /// The single From address of a message, lower-cased (None: none, or several).
@@ -99,6 +101,7 @@ impl E2e {
             config,
             secrets: Mutex::new(HashMap::new()),
             watches: Watches::default(),
+            certs: Certs::default(),
         })
     }
 
@@ -137,7 +140,7 @@ impl E2e {
         let Ok(client) = self.ledger.client() else {
             return RecipientKey::Unbound;
         };
-        match bound_keys(client, address).await {
+        match bound_keys(client, &self.certs, address).await {
             Ok(None) => RecipientKey::Unbound,
             Ok(Some(k)) => match k.active {
                 None => RecipientKey::Unbound,
@@ -197,7 +200,7 @@ impl E2e {
                 "the message has no single From address",
             ));
         };
-        match bound_keys(client, &from).await {
+        match bound_keys(client, &self.certs, &from).await {
             Ok(Some(k)) => Ok(SenderKeys::Ledger(Box::new(k))),
             Ok(None) => Ok(SenderKeys::Unchecked(
                 "the From address is not at an onion identity",

@@ -115,18 +115,21 @@ pub struct BoundKeys {
 /// The most certificates [`Certs`] keeps; past it, it starts again empty.
 pub const CERTS_KEPT: usize = 4096;
 
+/// What one key's bytes parse to: the certificate, or why they are not one.
+pub type Parsed = Arc<Result<PublicCert, String>>;
+
 /// What key bytes bound on the ledger parse to, by those bytes (a memo of
 /// [`PublicCert::from_bytes`], which is a function of the bytes alone).
 #[derive(Debug, Default)]
 pub struct Certs {
-    parsed: Mutex<HashMap<Vec<u8>, Arc<Result<PublicCert, String>>>>,
+    parsed: Mutex<HashMap<Vec<u8>, Parsed>>,
     /// (hits, misses), for tests and logs.
     stats: Mutex<(u64, u64)>,
 }
 
 impl Certs {
     /// The certificate in `bytes`, or why they are not one (the e2e crate's error, in words).
-    pub fn parse(&self, bytes: &[u8]) -> Arc<Result<PublicCert, String>> {
+    pub fn parse(&self, bytes: &[u8]) -> Parsed {
         if let Some(hit) = self.parsed.lock().expect("certs").get(bytes).cloned() {
             self.stats.lock().expect("cert stats").0 += 1;
             return hit;

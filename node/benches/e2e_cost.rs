@@ -19,7 +19,7 @@
 //! * `ONIONPOST_E2E_MESSAGES` (default 100): messages per round;
 //! * `ONIONPOST_E2E_ROUNDS` (default 3): rounds of each kind (on, off, alternating);
 //! * `ONIONPOST_E2E_LOG` (default `info`, what a node logs unless told otherwise): the
-//!   nodes' `RUST_LOG` (the tests' `debug,pgp=info` logs every gRPC frame);
+//!   nodes' `RUST_LOG` (the tests' `debug,pgp=info` logs much more, the gRPC stack's debug lines included);
 //! * `ONIONPOST_E2E_PERF=DIR`: record each round's timed part of both nodes with
 //!   `perf record -e cpu-clock --call-graph dwarf` into `DIR/<round>.data`.
 

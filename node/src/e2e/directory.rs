@@ -4,6 +4,15 @@
 //!
 //! [`bound_keys`] is the edge (a [`Ledger`] read); [`keys_from`] is the pure part, which
 //! turns the verified record into certificates and validity intervals.
+//!
+//! Every delivery reads these (the sender's node for the recipient's key, the recipient's
+//! node for the sender's history), and parsing a certificate checks its self-signatures:
+//! [`Certs`] remembers what each key's bytes parsed to. It caches parsing only: which keys
+//! are bound, replaced or revoked is read from the verified record every time, so a key
+//! revoked on the ledger stops counting at the first height that says so.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use onionpost_e2e::PublicCert;
 use onionpost_ledger_client::{At, Error as ClientError, Identity, IdentityKey, Ledger};
@@ -103,14 +112,53 @@ pub struct BoundKeys {
     pub events: Vec<KeyEvent>,
 }
 
+/// The most certificates [`Certs`] keeps; past it, it starts again empty.
+pub const CERTS_KEPT: usize = 4096;
+
+/// What one key's bytes parse to: the certificate, or why they are not one.
+pub type Parsed = Arc<Result<PublicCert, String>>;
+
+/// What key bytes bound on the ledger parse to, by those bytes (a memo of
+/// [`PublicCert::from_bytes`], which is a function of the bytes alone).
+#[derive(Debug, Default)]
+pub struct Certs {
+    parsed: Mutex<HashMap<Vec<u8>, Parsed>>,
+    /// (hits, misses), for tests and logs.
+    stats: Mutex<(u64, u64)>,
+}
+
+impl Certs {
+    /// The certificate in `bytes`, or why they are not one (the e2e crate's error, in words).
+    pub fn parse(&self, bytes: &[u8]) -> Parsed {
+        if let Some(hit) = self.parsed.lock().expect("certs").get(bytes).cloned() {
+            self.stats.lock().expect("cert stats").0 += 1;
+            return hit;
+        }
+        // Parsed outside the lock: other deliveries go on meanwhile.
+        let parsed = Arc::new(PublicCert::from_bytes(bytes).map_err(|e| e.to_string()));
+        self.stats.lock().expect("cert stats").1 += 1;
+        let mut map = self.parsed.lock().expect("certs");
+        if map.len() >= CERTS_KEPT {
+            map.clear();
+        }
+        map.insert(bytes.to_vec(), parsed.clone());
+        parsed
+    }
+
+    /// `(hits, misses)` so far.
+    pub fn stats(&self) -> (u64, u64) {
+        *self.stats.lock().expect("cert stats")
+    }
+}
+
 /// The ledger identity (its ed25519 key) of an address at an onion, if it is one.
 pub fn identity_of(address: &str) -> Option<IdentityKey> {
     let (_, domain) = address.rsplit_once('@')?;
     domain.parse::<OnionAddress>().ok().map(|o| o.public_key())
 }
 
-/// The history entries as events. Pure.
-fn events_of(id: &Identity) -> Vec<KeyEvent> {
+/// The history entries as events. Pure (`certs` only remembers parsing).
+fn events_of(id: &Identity, certs: &Certs) -> Vec<KeyEvent> {
     id.key_history
         .iter()
         .map(|e| KeyEvent {
@@ -120,11 +168,14 @@ fn events_of(id: &Identity) -> Vec<KeyEvent> {
                 Kind::Rotate => KeyEventKind::Rotate,
                 Kind::Revoke => KeyEventKind::Revoke,
             },
-            fingerprint: e
-                .key
-                .as_ref()
-                .and_then(|k| PublicCert::from_bytes(&k.public_key).ok())
-                .map(|c| c.fingerprint().to_hex()),
+            fingerprint: e.key.as_ref().and_then(|k| {
+                certs
+                    .parse(&k.public_key)
+                    .as_ref()
+                    .as_ref()
+                    .ok()
+                    .map(|c| c.fingerprint().to_hex())
+            }),
             key_id: hex::encode(&e.key_id),
             height: e.height,
             reason: e.reason.clone(),
@@ -132,12 +183,14 @@ fn events_of(id: &Identity) -> Vec<KeyEvent> {
         .collect()
 }
 
-/// Turns a verified identity record of `who` into certificates for `address`. Pure.
+/// Turns a verified identity record of `who` into certificates for `address`. Pure
+/// (`certs` only remembers what key bytes parse to).
 pub fn keys_from(
     identity: Option<&Identity>,
     who: IdentityKey,
     address: &str,
     height: u64,
+    certs: &Certs,
 ) -> BoundKeys {
     let Some(id) = identity else {
         return BoundKeys {
@@ -152,8 +205,8 @@ pub fn keys_from(
     };
     let active = id
         .active_key()
-        .map(|k| match PublicCert::from_bytes(&k.public_key) {
-            Ok(c) if c.holds(address) => Ok(c),
+        .map(|k| match certs.parse(&k.public_key).as_ref() {
+            Ok(c) if c.holds(address) => Ok(c.clone()),
             Ok(c) => Err(format!(
                 "the key bound to {address} on the ledger ({}) has no User ID with that address",
                 c.fingerprint()
@@ -178,11 +231,11 @@ pub fn keys_from(
             continue;
         }
         let Some(key) = &entry.key else { continue };
-        match PublicCert::from_bytes(&key.public_key) {
+        match certs.parse(&key.public_key).as_ref() {
             Ok(cert) => {
                 current = Some(history.len());
                 history.push(HistoryKey {
-                    cert,
+                    cert: cert.clone(),
                     height: entry.height,
                     time: entry.time,
                     ended: None,
@@ -200,21 +253,28 @@ pub fn keys_from(
         active,
         history,
         ever_bound: !id.key_history.is_empty(),
-        events: events_of(id),
+        events: events_of(id, certs),
     }
 }
 
 /// Reads the keys bound to the identity of `address` at the latest verified height; `None`
-/// if the address is not at an onion (no ledger identity).
+/// if the address is not at an onion (no ledger identity). `certs` remembers parsed keys.
 pub async fn bound_keys<L: Ledger>(
     ledger: &L,
+    certs: &Certs,
     address: &str,
 ) -> Result<Option<BoundKeys>, ClientError> {
     let Some(who) = identity_of(address) else {
         return Ok(None);
     };
     let v = ledger.identity(&who, At::Latest).await?;
-    Ok(Some(keys_from(v.value.as_ref(), who, address, v.height)))
+    Ok(Some(keys_from(
+        v.value.as_ref(),
+        who,
+        address,
+        v.height,
+        certs,
+    )))
 }
 
 #[cfg(test)]
@@ -259,7 +319,10 @@ mod tests {
             key_history: vec![entry(0, Kind::Bind, &b1, 5), entry(1, Kind::Rotate, &b2, 9)],
             mailbox_hosts: vec![],
         };
-        let keys = keys_from(Some(&id), [3; 32], &addr, 12);
+        // One cache for every read below, as a node has: it must change no answer.
+        let certs = Certs::default();
+        let keys = keys_from(Some(&id), [3; 32], &addr, 12, &certs);
+        assert_eq!(certs.stats().1, 2, "each key's bytes parsed once");
         assert_eq!(keys.height, 12);
         assert!(keys.ever_bound);
         let active = keys.active.clone().unwrap().unwrap();
@@ -281,6 +344,7 @@ mod tests {
             [3; 32],
             &format!("carol@{}", onion.hostname()),
             12,
+            &certs,
         );
         assert!(other.active.unwrap().is_err());
 
@@ -288,8 +352,16 @@ mod tests {
         let mut revoked = id.clone();
         revoked.record.active_key = None;
         revoked.key_history.push(entry(2, Kind::Revoke, &b2, 11));
-        let keys = keys_from(Some(&revoked), [3; 32], &addr, 12);
-        assert!(keys.active.is_none());
+        let keys = keys_from(Some(&revoked), [3; 32], &addr, 13, &certs);
+        assert_eq!(
+            certs.stats().1,
+            2,
+            "the revoked key's certificate came from the cache"
+        );
+        assert!(
+            keys.active.is_none(),
+            "a cached certificate is not active once revoked"
+        );
         assert!(keys.history[1].ended.unwrap().revoked);
         let kinds: Vec<_> = keys.events.iter().map(|e| (e.kind, e.height)).collect();
         assert_eq!(
@@ -310,13 +382,52 @@ mod tests {
         let mut bad = id.clone();
         bad.record.active_key.as_mut().unwrap().public_key = b"junk".to_vec();
         assert!(
-            keys_from(Some(&bad), [3; 32], &addr, 12)
+            keys_from(Some(&bad), [3; 32], &addr, 12, &certs)
                 .active
                 .unwrap()
                 .is_err()
         );
 
-        let none = keys_from(None, [3; 32], &addr, 12);
+        let none = keys_from(None, [3; 32], &addr, 12, &certs);
         assert!(none.active.is_none() && !none.ever_bound);
+    }
+
+    #[test]
+    fn the_cert_cache_remembers_parsing_only_and_stays_bounded() {
+        let onion = OnionAddress::from_public_key([4; 32]);
+        let addr = format!("dave@{}", onion.hostname());
+        let k = SecretCert::generate(rand::rngs::OsRng, &addr).unwrap();
+        let bytes = k.public().to_bytes().unwrap();
+        let certs = Certs::default();
+        let first = certs.parse(&bytes);
+        let again = certs.parse(&bytes);
+        assert!(Arc::ptr_eq(&first, &again), "parsed once");
+        assert_eq!(certs.stats(), (1, 1));
+        assert_eq!(
+            first.as_ref().as_ref().unwrap().fingerprint(),
+            k.fingerprint()
+        );
+        // Bytes that are not a key are remembered as such, with the reason.
+        assert!(certs.parse(b"junk").is_err());
+        assert!(certs.parse(b"junk").is_err());
+        assert_eq!(certs.stats(), (2, 2));
+        // A damaged copy of the key is other bytes: parsed (and refused) on its own.
+        let mut damaged = bytes.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        assert!(certs.parse(&damaged).is_err());
+        assert_eq!(certs.stats(), (2, 3));
+        // Bounded: past CERTS_KEPT it starts again.
+        for i in 0..CERTS_KEPT {
+            certs.parse(format!("junk {i}").as_bytes());
+        }
+        assert!(certs.parsed.lock().unwrap().len() <= CERTS_KEPT);
+        let (_, misses) = certs.stats();
+        certs.parse(&bytes);
+        assert_eq!(
+            certs.stats().1,
+            misses + 1,
+            "forgotten when it started again"
+        );
     }
 }

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use onionpost_e2e::{PublicCert, SecretCert};
+use onionpost_e2e::SecretCert;
 use onionpost_ledger_client::{At, Ledger};
 use onionpost_proto::onion::OnionAddress;
 
@@ -33,7 +33,7 @@ use crate::identity::Identity;
 use crate::ledger::{LedgerError, NodeLedger};
 use crate::lists::address::parse_member_address;
 use crate::smtp::reply::{Reply, reply};
-use directory::{bound_keys, identity_of};
+use directory::{Certs, bound_keys, identity_of};
 use keyring::{Keyring, KeyringError};
 use onionpost_ledger_client::IdentityKey;
 use trust::{Trust, trust_in};
@@ -51,6 +51,8 @@ pub struct E2e {
     secrets: Mutex<HashMap<PathBuf, CachedKeys>>,
     /// The identities' ledger watch state (key changes seen, alerts).
     pub watches: Watches,
+    /// What key bytes bound on the ledger parse to.
+    pub certs: Certs,
 }
 
 /// The single From address of a message, lower-cased (None: none, or several).
@@ -101,6 +103,7 @@ impl E2e {
             config,
             secrets: Mutex::new(HashMap::new()),
             watches: Watches::default(),
+            certs: Certs::default(),
         })
     }
 
@@ -139,7 +142,7 @@ impl E2e {
         let Ok(client) = self.ledger.client() else {
             return RecipientKey::Unbound;
         };
-        match bound_keys(client, address).await {
+        match bound_keys(client, &self.certs, address).await {
             Ok(None) => RecipientKey::Unbound,
             Ok(Some(k)) => match k.active {
                 None => RecipientKey::Unbound,
@@ -192,9 +195,9 @@ impl E2e {
         let Some(bound) = v.value.as_ref().and_then(|id| id.active_key()) else {
             return RecipientKey::Unbound;
         };
-        match PublicCert::from_bytes(&bound.public_key) {
+        match &*self.certs.parse(&bound.public_key) {
             Ok(c) if c.addresses().iter().any(|a| identity_of(a) == Some(*who)) => {
-                RecipientKey::Bound(Box::new(c))
+                RecipientKey::Bound(Box::new(c.clone()))
             }
             Ok(c) => RecipientKey::Unusable(format!(
                 "the key bound to list member {onion} ({}) has no User ID at that onion",
@@ -270,7 +273,7 @@ impl E2e {
                 "the message has no single From address",
             ));
         };
-        match bound_keys(client, &from).await {
+        match bound_keys(client, &self.certs, &from).await {
             Ok(Some(k)) => Ok(SenderKeys::Ledger(Box::new(k))),
             Ok(None) => Ok(SenderKeys::Unchecked(
                 "the From address is not at an onion identity",

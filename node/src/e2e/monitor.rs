@@ -124,7 +124,7 @@ impl Monitor {
         };
         for h in self.ctx.identities().iter() {
             let address = h.identity.address();
-            let keys = match bound_keys(client, &address).await {
+            let keys = match bound_keys(client, &self.e2e.certs, &address).await {
                 Ok(Some(k)) => k,
                 Ok(None) => continue,
                 Err(e) => {

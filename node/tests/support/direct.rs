@@ -41,6 +41,8 @@ pub struct Node {
     pub queue_extra: String,
     /// More configuration appended verbatim (for example a `[limits]` table).
     pub extra: String,
+    /// The process's `RUST_LOG` (tests: `debug,pgp=info`, so that a failure's log says much).
+    pub log: String,
 }
 
 impl Node {
@@ -70,6 +72,7 @@ impl Node {
             routes: Vec::new(),
             queue_extra: String::new(),
             extra: String::new(),
+            log: "debug,pgp=info".into(),
         }
     }
 
@@ -147,7 +150,7 @@ impl Node {
         let mut c = Command::new(BIN);
         c.args(["--home", self.home.to_str().unwrap(), "run", "--config"])
             .arg(&cfg_path)
-            .env("RUST_LOG", "debug,pgp=info")
+            .env("RUST_LOG", &self.log)
             .stdout(Stdio::null())
             .stderr(log);
         c
@@ -156,6 +159,11 @@ impl Node {
     /// Starts the process without waiting for it to listen.
     pub fn spawn(&mut self) {
         self.child = Some(self.run_command().spawn().unwrap());
+    }
+
+    /// The running process's id, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Sends SIGTERM and waits for the exit; returns its status.

@@ -9,10 +9,14 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, bail};
 
 use crate::dnsmasq::{Dnsmasq, Record};
-use crate::gateway_suite::{Args, GW_DOMAIN, OUTSIDE_RCPT, OUTSIDE_SENDER, participant, receiver};
+use onionpost_node::gateway::dkim::Dkim;
+
+use crate::gateway_suite::{
+    Args, GW_DOMAIN, OUTSIDE_RCPT, OUTSIDE_SENDER, outside_signer, participant, receiver,
+};
 use crate::node;
 use crate::procs::{Kill, count_files, free_port, wait_port};
-use crate::smtp_suite::throughput;
+use crate::smtp_suite::{throughput, throughput_of};
 
 /// The last 30 lines of a log file.
 fn log_tail(path: &Path) -> String {
@@ -47,9 +51,11 @@ fn dns(work: &Path, tag: &str, records: &[Record]) -> anyhow::Result<Dnsmasq> {
 }
 
 /// The outside sender's domain as DNS shows it: its MX (the receiving Postfix on
-/// 127.0.0.1), SPF allowing 127.0.0.1, DMARC p=none.
-fn outside_records() -> Vec<Record> {
+/// 127.0.0.1), SPF allowing 127.0.0.1, DMARC p=none, and the DKIM key of `signer`.
+fn outside_records(signer: &Dkim) -> Vec<Record> {
+    let (name, text) = signer.dns_record();
     vec![
+        Record::Txt { name, text },
         Record::Mx {
             domain: "outside.test".into(),
             host: "mx.outside.test".into(),
@@ -78,17 +84,8 @@ struct Gateway {
     participants: u16,
 }
 
-/// Initialises a gateway home in `home` and runs it serving `participant` (`name`,
-/// address), delivering to `routes` (onion, port), with `mx_port` for outbound mail and
-/// the resolver on `dns_port`; ready (both listeners accept) on return.
-fn start_gateway(
-    bin: &Path,
-    home: &Path,
-    participant: (&str, &str),
-    routes: &[(String, u16)],
-    dns_port: u16,
-    mx_port: u16,
-) -> anyhow::Result<Gateway> {
+/// Initialises a gateway home in `home` (its key); returns its onion host name.
+fn init_gateway(bin: &Path, home: &Path) -> anyhow::Result<String> {
     let out = Command::new(bin)
         .arg("--home")
         .arg(home)
@@ -100,6 +97,20 @@ fn start_gateway(
         .lines()
         .find_map(|l| l.strip_prefix("onion:").map(|v| v.trim().to_string()))
         .with_context(|| format!("`onionpost-gateway init` printed no onion: ({text:?})"))?;
+    Ok(onion)
+}
+
+/// Runs the gateway initialised in `home` (onion `onion`) serving `participant` (`name`,
+/// address), delivering to `routes` (onion, port), with `mx_port` for outbound mail and
+/// the resolver on `dns_port`; ready (both listeners accept) on return.
+fn start_gateway(
+    bin: &Path,
+    (home, onion): (&Path, String),
+    participant: (&str, &str),
+    routes: &[(String, u16)],
+    dns_port: u16,
+    mx_port: u16,
+) -> anyhow::Result<Gateway> {
     // The gateway signs what it sends out (a 2048-bit RSA key, as most domains publish).
     let key = home.join("dkim.pem");
     let st = Command::new("openssl")
@@ -161,20 +172,34 @@ fn start_gateway(
 /// per second.
 pub async fn inbound(args: &Args, bin: &Path, work: &Path) -> anyhow::Result<f64> {
     let node_bin = node::binary(args.node_bin.as_deref())?;
-    let b = participant(&node_bin, &work.join("gw-in-b"))?;
-    let dns = dns(work, "gw-in-dns", &outside_records())?;
+    let home = work.join("gw-in-gateway");
+    let onion = init_gateway(bin, &home)?;
+    // B keeps the Authentication-Results of its configured gateway (and only those).
+    let b = participant(
+        &node_bin,
+        &work.join("gw-in-b"),
+        &format!("[gateway]\nonion = \"{onion}\"\n"),
+    )?;
+    let signer = outside_signer(work)?;
+    let dns = dns(work, "gw-in-dns", &outside_records(&signer))?;
     let gw = start_gateway(
         bin,
-        &work.join("gw-in-gateway"),
+        (&home, onion),
         ("bob", &b.id.address),
         &[(b.id.onion().to_string(), b.smtp)],
         dns.port(),
         free_port(),
     )?;
     let to = format!("bob@{GW_DOMAIN}");
-    let rate = throughput(&args.load(), gw.public, None, OUTSIDE_SENDER, &to, || {
-        count_files(&b.cur)
-    })
+    let rate = throughput_of(
+        &args.load(),
+        gw.public,
+        None,
+        OUTSIDE_SENDER,
+        &to,
+        |m| Ok(signer.sign(&m)?),
+        || count_files(&b.cur),
+    )
     .await;
     rate.with_context(|| {
         format!(
@@ -190,12 +215,14 @@ pub async fn inbound(args: &Args, bin: &Path, work: &Path) -> anyhow::Result<f64
 pub async fn outbound(args: &Args, bin: &Path, work: &Path) -> anyhow::Result<f64> {
     let node_bin = node::binary(args.node_bin.as_deref())?;
     let (c, new) = receiver(work, "gw-out")?;
-    let dns = dns(work, "gw-out-dns", &outside_records())?;
+    let dns = dns(work, "gw-out-dns", &outside_records(&outside_signer(work)?))?;
     let home_a = work.join("gw-out-a");
     let a = node::new_identity(&node_bin, &home_a, "alice")?;
+    let home = work.join("gw-out-gateway");
+    let onion = init_gateway(bin, &home)?;
     let gw = start_gateway(
         bin,
-        &work.join("gw-out-gateway"),
+        (&home, onion),
         ("alice", &a.address),
         &[],
         dns.port(),

@@ -2,7 +2,8 @@
 //! side by side with Postfix relays, in one run on loopback, both directions.
 //!
 //! - **Inbound** (the outside world to a participant): an outside sender sends N messages
-//!   to `bob@gw.test` over C concurrent SMTP connections to the relay, which hands them to
+//!   (DKIM-signed by `outside.test`, its SPF and DMARC records in dnsmasq) to `bob@gw.test`
+//!   over C concurrent SMTP connections to the relay, which hands them to
 //!   participant B (an `onionpost-node`, direct transport) as `bob@<B's onion>`; the clock
 //!   stops when the last is stored in B's Maildir. The relay is the gateway (`gw.test`
 //!   mapped to B's identity), then, with a fresh B, a Postfix instance doing the same
@@ -18,7 +19,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::procs::{count_files, free_port, wait_port};
-use crate::smtp_suite::{Load, throughput};
+use onionpost_node::gateway::dkim::Dkim;
+
+use crate::smtp_suite::{Load, throughput, throughput_of};
 use crate::{node, postfix};
 
 /// Sizes and binaries of the gateway runs.
@@ -76,13 +79,14 @@ pub struct Participant {
     pub cur: PathBuf,
 }
 
-/// Starts participant B (identity `bob`) in `home`, receiving on a free SMTP port.
-pub fn participant(bin: &Path, home: &Path) -> anyhow::Result<Participant> {
+/// Starts participant B (identity `bob`) in `home`, receiving on a free SMTP port, with
+/// `extra` appended to its configuration.
+pub fn participant(bin: &Path, home: &Path, extra: &str) -> anyhow::Result<Participant> {
     let id = node::new_identity(bin, home, "bob")?;
     let (smtp, imap) = (free_port(), free_port());
     let cfg = format!(
         "[smtp]\nlisten = \"127.0.0.1:{smtp}\"\n[imap]\nlisten = \"127.0.0.1:{imap}\"\n\
-         [transport]\nkind = \"direct\"\n"
+         [transport]\nkind = \"direct\"\n{extra}"
     );
     let run = node::run(bin, home, &cfg)?;
     wait_port(imap, "participant B")?;
@@ -99,7 +103,7 @@ pub fn participant(bin: &Path, home: &Path) -> anyhow::Result<Participant> {
 /// address, routed to B's port) -> B.
 async fn postfix_inbound(args: &Args, work: &Path) -> anyhow::Result<f64> {
     let bin = node::binary(args.node_bin.as_deref())?;
-    let b = participant(&bin, &work.join("pf-in-b"))?;
+    let b = participant(&bin, &work.join("pf-in-b"), "")?;
     let dir = work.join("pf-in-relay");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(
@@ -114,10 +118,36 @@ async fn postfix_inbound(args: &Args, work: &Path) -> anyhow::Result<f64> {
     let port = free_port();
     let _relay = postfix::start(&dir, "relay.gw.test", port, &extra)?;
     let to = format!("bob@{GW_DOMAIN}");
-    throughput(&args.load(), port, None, OUTSIDE_SENDER, &to, || {
-        count_files(&b.cur)
-    })
+    let signer = outside_signer(work)?;
+    throughput_of(
+        &args.load(),
+        port,
+        None,
+        OUTSIDE_SENDER,
+        &to,
+        |m| Ok(signer.sign(&m)?),
+        || count_files(&b.cur),
+    )
     .await
+}
+
+/// The outside sender's DKIM key (RSA 2048, selector `out`, `outside.test`), the same
+/// file for every run of this process: its signer, whose DNS record the gateway's
+/// resolver serves.
+pub fn outside_signer(work: &Path) -> anyhow::Result<Dkim> {
+    let key = work.join("outside-dkim.pem");
+    if !key.exists() {
+        let st = std::process::Command::new("openssl")
+            .args(["genrsa", "-traditional", "-out"])
+            .arg(&key)
+            .arg("2048")
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        if !st.success() {
+            anyhow::bail!("openssl genrsa failed: {st}");
+        }
+    }
+    Ok(Dkim::load(&key, "outside.test", "out")?)
 }
 
 /// The receiving Postfix C of the outbound runs (mailbox `carol@outside.test`), and the

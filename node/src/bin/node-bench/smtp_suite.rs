@@ -82,14 +82,32 @@ pub async fn throughput(
     to: &str,
     delivered: impl Fn() -> usize,
 ) -> anyhow::Result<f64> {
-    let before = delivered();
-    let start = Instant::now();
-    let mut tasks = Vec::new();
+    throughput_of(args, port, auth, from, to, |m| Ok(m), delivered).await
+}
+
+/// [`throughput`] of messages passed through `prepare` first (DKIM-signed by the outside
+/// sender, say), all prepared before the clock starts.
+pub async fn throughput_of(
+    args: &Load,
+    port: u16,
+    auth: Option<(String, String)>,
+    from: &str,
+    to: &str,
+    prepare: impl Fn(Vec<u8>) -> anyhow::Result<Vec<u8>>,
+    delivered: impl Fn() -> usize,
+) -> anyhow::Result<f64> {
+    let mut batches = Vec::new();
     for c in 0..args.connections {
         let msgs: Vec<Vec<u8>> = (0..args.messages)
             .filter(|i| i % args.connections == c)
-            .map(|i| make_message(from, to, i, args.size))
-            .collect();
+            .map(|i| prepare(make_message(from, to, i, args.size)))
+            .collect::<anyhow::Result<_>>()?;
+        batches.push(msgs);
+    }
+    let before = delivered();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for msgs in batches {
         tasks.push(tokio::spawn(smtp::send_all(
             port,
             auth.clone(),

@@ -82,7 +82,7 @@ pub async fn throughput(
     to: &str,
     delivered: impl Fn() -> usize,
 ) -> anyhow::Result<f64> {
-    throughput_of(args, port, auth, from, to, |m| Ok(m), delivered).await
+    throughput_of(args, port, auth, from, to, Ok, delivered).await
 }
 
 /// [`throughput`] of messages passed through `prepare` first (DKIM-signed by the outside

@@ -21,6 +21,7 @@
 //!
 //! The same shape as the mailbox hosts' `Onionpost-Hold` field (`hosting::sender`).
 
+use crate::message::as_delivered;
 use ed25519_consensus::{Signature, SigningKey, VerificationKey};
 use onionpost_ledger_client::IdentityKey;
 use sha2::{Digest, Sha256};
@@ -72,23 +73,6 @@ fn signed_bytes(
         &digest[..],
     ]
     .concat()
-}
-
-/// The copy as SMTP delivers it: every line end CRLF, ending with one.
-pub fn as_delivered(copy: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(copy.len() + 16);
-    let mut prev = 0u8;
-    for &b in copy {
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
-        }
-        out.push(b);
-        prev = b;
-    }
-    if !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out
 }
 
 /// The copy as handed to `gateway` for `recipients` at Unix time `t`: signed by the sending

@@ -8,6 +8,7 @@
 //! this host and this recipient, so it cannot be replayed elsewhere. The host removes the field
 //! before it stores the message: the recipient collects the copy exactly as it was encrypted.
 
+use crate::message::as_delivered;
 use ed25519_consensus::{Signature, SigningKey, VerificationKey};
 use onionpost_ledger_client::IdentityKey;
 use sha2::{Digest, Sha256};
@@ -26,23 +27,6 @@ fn signed_bytes(
 ) -> Vec<u8> {
     let digest = Sha256::digest(copy);
     [CONTEXT, &host[..], &recipient[..], &sender[..], &digest[..]].concat()
-}
-
-/// The copy as SMTP delivers it: every line end CRLF, ending with one.
-fn as_delivered(copy: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(copy.len() + 16);
-    let mut prev = 0u8;
-    for &b in copy {
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
-        }
-        out.push(b);
-        prev = b;
-    }
-    if !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out
 }
 
 /// The copy as handed to `host` for `recipient`: signed by the sending identity's `key`

@@ -19,3 +19,21 @@ pub fn new_message_id(onion: &OnionAddress) -> String {
         onion.hostname()
     )
 }
+
+/// A message as SMTP delivers it: every line end CRLF, ending with one (what the gateway and
+/// held-mail signatures cover). Pure.
+pub fn as_delivered(copy: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(copy.len() + 16);
+    let mut prev = 0u8;
+    for &b in copy {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}

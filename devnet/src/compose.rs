@@ -656,6 +656,17 @@ impl Compose {
         Ok(())
     }
 
+    /// The output of `service`'s last health checks, oldest first, one line each (empty
+    /// when it has none): what a check saw when the container is `unhealthy`.
+    pub fn health_log(&self, service: &str) -> String {
+        let Ok(c) = self.container(service) else {
+            return String::new();
+        };
+        let format = "{{if .State.Health}}{{range .State.Health.Log}}\
+                      exit {{.ExitCode}} at {{.End}}: {{.Output}}\n{{end}}{{end}}";
+        docker(["inspect", "--format", format, &c]).unwrap_or_else(|e| format!("({e:#})"))
+    }
+
     /// What Docker says about `service`'s container.
     pub fn state(&self, service: &str) -> Result<ContainerState> {
         let c = self.container(service)?;

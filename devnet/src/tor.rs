@@ -338,7 +338,13 @@ impl TorNetwork {
             work_dir: cfg.work_dir.clone(),
             procs: Vec::new(),
         };
-        for (k, n) in keys.iter().zip(net.info.nodes.clone()) {
+        for (i, (k, n)) in keys.iter().zip(net.info.nodes.clone()).enumerate() {
+            if i == AUTHORITIES {
+                // A relay uploads its descriptor once, at start; one that no authority
+                // received is not listed for 90 minutes. Relays start when every
+                // authority's DirPort accepts.
+                net.wait_authorities_listening(cfg.ready_timeout)?;
+            }
             let dir = cfg.work_dir.join(&n.nickname);
             // A data directory from an earlier attempt holds that attempt's state and log.
             let _ = fs::remove_dir_all(&dir);
@@ -445,6 +451,32 @@ impl TorNetwork {
                     ]
                     .join("\n"),
                 });
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every authority's DirPort accepts connections.
+    fn wait_authorities_listening(&mut self, limit: Duration) -> Result<(), TorNetError> {
+        let deadline = Instant::now() + limit;
+        let addrs: Vec<(String, SocketAddr)> = self
+            .info
+            .authorities()
+            .filter_map(|a| Some((a.nickname.clone(), a.dir_addr?)))
+            .collect();
+        for (nickname, addr) in addrs {
+            loop {
+                self.check()?;
+                match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                    Ok(_) => break,
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(TorNetError::NotReady(
+                            limit,
+                            format!("{nickname}'s DirPort {addr} does not accept: {e}"),
+                        ));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
             }
         }
         Ok(())

@@ -22,6 +22,8 @@ use prost::Message;
 const COMPOSE_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose.yml");
 const VALIDATORS: [&str; 4] = ["validator-0", "validator-1", "validator-2", "validator-3"];
 const TORS: [&str; 6] = ["auth0", "auth1", "auth2", "relay0", "relay1", "relay2"];
+/// The mail nodes of the one-to-one mail test (alice's and bob's).
+const MAIL_NODES: [&str; 2] = ["node-0", "node-1"];
 
 /// A compose devnet of one test; dropping it removes its containers and network.
 struct Devnet {
@@ -68,7 +70,7 @@ impl Devnet {
             match net.c.up(services) {
                 Ok(()) => return net,
                 Err(e) if format!("{e:#}").contains("overlaps") => last = format!("{e:#}"),
-                Err(e) => panic!("docker compose up: {e:#}"),
+                Err(e) => panic!("docker compose up: {e:#}{}", net.report(services)),
             }
         }
         panic!("no free /24 under 10.89: {last}");
@@ -174,14 +176,60 @@ impl Devnet {
                 return;
             }
             if Instant::now() >= deadline {
-                let mut report = String::new();
-                for (s, st) in &states {
-                    if st.health != "healthy" {
-                        report.push_str(&format!("\n--- {s}: {st:?}\n{}", self.c.logs(s, 20)));
-                    }
-                }
-                panic!("not healthy within {timeout:?}:{report}");
+                let sick: Vec<&str> = states
+                    .iter()
+                    .filter(|(_, st)| st.health != "healthy")
+                    .map(|(s, _)| *s)
+                    .collect();
+                panic!("not healthy within {timeout:?}:{}", self.report(&sick));
             }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Devnet {
+    /// What a failed test prints about `services`: Docker's state, the last health checks'
+    /// output and the end of each log (CI keeps nothing else of a devnet).
+    fn report(&self, services: &[&str]) -> String {
+        let mut out = String::new();
+        for s in services {
+            let state = self
+                .c
+                .state(s)
+                .map_or_else(|e| format!("{e:#}"), |st| format!("{st:?}"));
+            out.push_str(&format!(
+                "\n--- {s}: {state}\n{}{}",
+                self.c.health_log(s),
+                self.c.logs(s, 40)
+            ));
+            if s.starts_with("node-") {
+                let status = self.c.exec(s, &["onionpost-node", "status"]);
+                out.push_str(&status.unwrap_or_else(|e| format!("status: {e:#}")));
+            }
+        }
+        out
+    }
+
+    /// Polls `f` every 500 ms until it gives a value; past `timeout` the test fails with
+    /// [`Devnet::report`] of `services`.
+    fn wait_until<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        services: &[&str],
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {timeout:?}{}",
+                self.report(services)
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
     }
@@ -528,17 +576,6 @@ fn submit_as_alice(net: &Devnet, to: &str, subject: &str, body: &str) {
         .unwrap();
 }
 
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 /// Mail over the private Tor network between containers; then bob's node is cut off the
 /// network while alice's node holds mail for him: once it is back the mail arrives, exactly
 /// once. The validators run too: the nodes' `[ledger]` names them, and a node that cannot ask
@@ -554,9 +591,10 @@ fn mail_queued_for_a_cut_off_node_arrives_exactly_once_after_healing() {
 
     // First, mail goes through at all (the first connection may wait out a descriptor).
     send(&net, 1, "hello-first");
-    wait_until(
+    net.wait_until(
         "the first message in bob's INBOX",
         Duration::from_secs(180),
+        &MAIL_NODES,
         || (search(&net, 1, "hello-first").len() == 1).then_some(()),
     );
     let body = imap(&net, 1, "INBOX;UID=1", None);
@@ -571,9 +609,10 @@ fn mail_queued_for_a_cut_off_node_arrives_exactly_once_after_healing() {
         1,
         "the message waits in alice's queue"
     );
-    wait_until(
+    net.wait_until(
         "a failed delivery attempt",
         Duration::from_secs(180),
+        &MAIL_NODES,
         || {
             let s = node_status(&net, 0);
             (failed_connections(&s) > failed_before && queued(&s) == 1).then_some(())
@@ -583,14 +622,18 @@ fn mail_queued_for_a_cut_off_node_arrives_exactly_once_after_healing() {
 
     // Back on the network: delivered, and only once.
     net.c.connect("node-1").unwrap();
-    wait_until(
+    net.wait_until(
         "the queued message in bob's INBOX",
         Duration::from_secs(300),
+        &MAIL_NODES,
         || (!search(&net, 1, "while-cut-off").is_empty()).then_some(()),
     );
-    wait_until("alice's queue to empty", Duration::from_secs(60), || {
-        (queued(&node_status(&net, 0)) == 0).then_some(())
-    });
+    net.wait_until(
+        "alice's queue to empty",
+        Duration::from_secs(60),
+        &MAIL_NODES,
+        || (queued(&node_status(&net, 0)) == 0).then_some(()),
+    );
     assert_eq!(
         search(&net, 1, "while-cut-off").len(),
         1,
@@ -651,11 +694,29 @@ fn a_list_post_reaches_every_member_across_containers() {
         all.extend_from_slice(args);
         let out = net.c.exec("node-0", &all).unwrap();
         assert!(out.contains("applied"), "{out}");
+        out
     };
     admin(&["create-list", "friends"]);
+    let mut last = String::new();
     for n in &nodes[1..] {
-        admin(&["add-member", "friends", &n.identities[0].address]);
+        last = admin(&["add-member", "friends", &n.identities[0].address]);
     }
+    // The state after block h is certified by block h + 1: past it, every node's verified
+    // view of the list has its last member.
+    let h: u64 = last
+        .lines()
+        .find_map(|l| l.strip_prefix("committed at height "))
+        .and_then(|h| h.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no height in {last}"));
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            for i in 0..VALIDATORS.len() {
+                net.wait_height(i, h + 2, Duration::from_secs(60)).await;
+            }
+        });
 
     submit_as_alice(
         &net,
@@ -664,9 +725,10 @@ fn a_list_post_reaches_every_member_across_containers() {
         "to every member",
     );
     for member in 1..nodes.len() {
-        let seq = wait_until(
+        let seq = net.wait_until(
             "the post in the member's folder of the list",
             Duration::from_secs(300),
+            &["node-0", "node-1", "node-2"],
             || {
                 search_in(&net, member, LIST_FOLDER, "list-post-across-containers")
                     .first()

@@ -415,6 +415,17 @@ impl GrpcLedger {
         self.sync_to(None, &mut |_| {}).await
     }
 
+    /// The latest verified height, asked for now: under the certified policy the newest
+    /// blocks are walked whatever the refresh interval (a transaction the caller just saw
+    /// applied is then seen as soon as the next block certifies it); under the others, as
+    /// [`Ledger::latest_height`].
+    pub async fn latest_height_now(&self) -> Result<u64, Error> {
+        match self.inner.mode {
+            Mode::Certified => Ok(self.sync().await?.height),
+            _ => self.latest_height().await,
+        }
+    }
+
     async fn sync_locked(
         &self,
         walk: &mut Walk,

@@ -49,7 +49,7 @@
 //! chain_id = "onionpost-devnet"
 //! genesis = "/etc/onionpost/genesis.json"
 //! checkpoint = "/var/lib/onionpost/ledger-checkpoint.json"  # default: <home>/ledger/checkpoint.json
-//! height_window = 100        # a post may name a height at most this far below the latest
+//! height_window = 100000     # a post may name a height at most this far below the latest
 //! relay_timeout_secs = 30    # a relay not acknowledged by then goes to the next member too
 //! ```
 //!
@@ -267,7 +267,7 @@ pub struct LedgerConfig {
     #[serde(default)]
     pub checkpoint: Option<PathBuf>,
     /// How far below the receiving node's latest verified height a post's height may be
-    /// (see `lists`); default 100 blocks.
+    /// (see `lists`); default [`DEFAULT_HEIGHT_WINDOW`].
     #[serde(default = "default_height_window")]
     pub height_window: u64,
     /// Seconds a relayed post may stay unacknowledged before the next member on the ring is
@@ -276,8 +276,17 @@ pub struct LedgerConfig {
     pub relay_timeout_secs: f64,
 }
 
+/// The default `[ledger] height_window`: 100,000 blocks, about 28 hours at one block a
+/// second. It bounds how old a list state (member set, posting policy, size limit) an author
+/// may sign a post against; removals are caught anyway, by the checks at the receiver's
+/// latest height. It must outlast a post's way to an offline member (relays, the queue's
+/// retries, a mailbox host): a post that arrives older than the window is refused for good.
+/// The first default, 100 blocks, was 15 s on a devnet that decides 7 blocks a second, and
+/// posts that waited for an onion descriptor were refused.
+pub const DEFAULT_HEIGHT_WINDOW: u64 = 100_000;
+
 fn default_height_window() -> u64 {
-    100
+    DEFAULT_HEIGHT_WINDOW
 }
 
 fn default_relay_timeout() -> f64 {
@@ -602,7 +611,10 @@ mod tests {
         .unwrap();
         let l = cfg.ledger.unwrap();
         assert_eq!(l.endpoints, ["http://127.0.0.1:9090"]);
-        assert_eq!((l.height_window, l.relay_timeout_secs), (100, 30.0));
+        assert_eq!(
+            (l.height_window, l.relay_timeout_secs),
+            (DEFAULT_HEIGHT_WINDOW, 30.0)
+        );
         assert!(l.checkpoint.is_none());
         let typo = Config::parse(
             "[ledger]\nendpoints = []\nchain_id = \"c\"\ngenesis = \"/g\"\nchain = \"x\"\n",

@@ -8,8 +8,8 @@
 //!    bytes ([`super::post`]);
 //! 2. **height**: H is at most the node's latest verified height L (a post from the future
 //!    is deferred until the node has verified H) and at least `L - window`
-//!    (`[ledger] height_window`, default 100 blocks: a post cannot claim a member set older
-//!    than that, so old signatures of removed members go stale);
+//!    (`[ledger] height_window`, default 100,000 blocks: a post cannot claim a member set
+//!    or posting policy older than that; it must outlast a post's way to an offline member);
 //! 3. **list**: the list exists at H;
 //! 4. **author at H**: the author was a member at H, allowed to post under the list's policy;
 //! 5. **author now**: the author is still a member at L (a member removed at R gets nothing

@@ -2,10 +2,11 @@
 //! through [`NodeLedger`]), signs posts, queues copies durably, stores deliveries, and feeds
 //! the core the acknowledgements the queue reports and the timers it asks for.
 //!
-//! Posting (from submission, [`Lists::post`]): the author's latest verified height H, the
-//! list with all its members at H (proven), the posting checks ([`check::may_post`]), the
-//! list headers (List-Id, List-Post, List-Help per RFC 2919 and RFC 2369), the signature
-//! ([`Post::sign`]), then one queued copy per other member to `<list>+list@<onion>`.
+//! Posting (from submission, [`Lists::post`]): the latest verified height H (the newest
+//! blocks walked now), the list with all its members at H (proven), the posting checks
+//! ([`check::may_post`]), the list headers (List-Id, List-Post, List-Help per RFC 2919 and
+//! RFC 2369), the signature ([`Post::sign`]), then one queued copy per other member to
+//! `<list>+list@<onion>`.
 //!
 //! Receiving ([`Lists::receive`]): the signature ([`Post::from_wire`]), the node's latest
 //! verified height L, the list at H and at L, the delivery checks ([`check::may_deliver`]),
@@ -195,15 +196,19 @@ impl Lists {
     }
 
     fn window(&self) -> u64 {
-        self.ledger.config().map_or(100, |c| c.height_window)
+        self.ledger
+            .config()
+            .map_or(crate::config::DEFAULT_HEIGHT_WINDOW, |c| c.height_window)
     }
 
     /// Posts a submitted (sanitized) message from `sender` to `list`.
     pub async fn post(&self, sender: &Hosted, list: &str, message: &[u8]) -> Result<(), Reply> {
         let client = self.ledger.client().map_err(|e| ledger_reply(&e))?;
         let me: Member = sender.identity.onion.public_key();
+        // The newest certified membership, not one up to the refresh interval old: a member
+        // added just before the post gets it once the next block certifies the change.
         let height = client
-            .latest_height()
+            .latest_height_now()
             .await
             .map_err(|e| ledger_reply(&e.into()))?;
         let at_h = client

@@ -82,18 +82,20 @@ impl Autocrypt {
     /// The header value (after `Autocrypt: `), folded: one attribute per line, keydata in
     /// lines of 76 base64 characters.
     pub fn value(&self) -> Result<String, Error> {
-        let keydata = data_encoding::BASE64.encode(&self.cert.to_bytes()?);
+        // The certificate's keydata is serialised once per certificate (it goes out with
+        // every message the node signs).
+        let keydata = self.cert.autocrypt_keydata()?;
         // One attribute per line: an onion address alone is 62+ characters, so the `addr`
         // line is the only one that can pass 78 columns (never the 998 limit).
-        let mut value = format!("addr={};", self.addr);
+        let mut value = String::with_capacity(self.addr.len() + keydata.len() + 48);
+        value.push_str("addr=");
+        value.push_str(&self.addr);
+        value.push(';');
         if self.prefer_encrypt == PreferEncrypt::Mutual {
             value.push_str("\r\n prefer-encrypt=mutual;");
         }
         value.push_str("\r\n keydata=");
-        for chunk in keydata.as_bytes().chunks(76) {
-            value.push_str("\r\n ");
-            value.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
-        }
+        value.push_str(keydata);
         Ok(value)
     }
 
@@ -192,4 +194,52 @@ pub(crate) fn gossip_from(fields: &[mime::Field<'_>], recipients: &[String]) -> 
         .filter_map(|f| Autocrypt::parse(&f.value()).ok())
         .filter(|g| recipients.iter().any(|r| r == &g.addr))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::SecretCert;
+
+    #[test]
+    fn the_keydata_is_serialised_once_and_is_the_certificates_bytes() {
+        let me = SecretCert::generate(rand::rngs::OsRng, "a@example.onion").unwrap();
+        // What the header carried when it was serialised for every message.
+        let encoded = data_encoding::BASE64.encode(&me.public().to_bytes().unwrap());
+        let lines: Vec<&str> = encoded
+            .as_bytes()
+            .chunks(76)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        let want = format!(
+            "Autocrypt: addr=a@example.onion;\r\n prefer-encrypt=mutual;\r\n keydata=\r\n {}\r\n",
+            lines.join("\r\n ")
+        );
+        let first = Autocrypt::new(me.public(), PreferEncrypt::Mutual)
+            .header()
+            .unwrap();
+        assert_eq!(first, want);
+        // The memo is the certificate's, shared by its clones (a header borrows a clone).
+        let memo = me.public().autocrypt_keydata().unwrap().as_ptr();
+        assert_eq!(
+            me.public().clone().autocrypt_keydata().unwrap().as_ptr(),
+            memo
+        );
+        assert_eq!(
+            Autocrypt::new(me.public(), PreferEncrypt::Mutual)
+                .header()
+                .unwrap(),
+            want
+        );
+        let gossip = Autocrypt::new(me.public(), PreferEncrypt::Mutual)
+            .gossip_header()
+            .unwrap();
+        assert_eq!(
+            gossip,
+            format!(
+                "Autocrypt-Gossip: addr=a@example.onion;\r\n keydata=\r\n {}\r\n",
+                lines.join("\r\n ")
+            )
+        );
+    }
 }

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::io::Cursor;
+use std::sync::{Arc, OnceLock};
 
 use pgp::composed::{
     Deserializable, EncryptionCaps, KeyType, SecretKeyParamsBuilder, SignedPublicKey,
@@ -190,10 +191,21 @@ impl SecretCert {
 }
 
 /// A certificate (transferable public key) of a correspondent or of one of our identities.
+///
+/// Immutable once read, and shared: a clone is a reference count, and what is derived from
+/// the key alone (its fingerprint, the Autocrypt `keydata` that goes out with every message
+/// it signs) is computed once per certificate, not once per message.
 #[derive(Clone, Debug)]
-pub struct PublicCert {
+pub struct PublicCert(Arc<CertInner>);
+
+#[derive(Debug)]
+struct CertInner {
     key: SignedPublicKey,
     addresses: Vec<String>,
+    fingerprint: Fingerprint,
+    /// The binary certificate in base64, folded as Autocrypt's `keydata` (see
+    /// [`PublicCert::autocrypt_keydata`]); filled on first use.
+    keydata: OnceLock<String>,
 }
 
 impl PublicCert {
@@ -230,34 +242,59 @@ impl PublicCert {
                 },
             });
         }
-        Ok(PublicCert { key, addresses })
+        let fingerprint = Fingerprint::of(&key.primary_key);
+        Ok(PublicCert(Arc::new(CertInner {
+            key,
+            addresses,
+            fingerprint,
+            keydata: OnceLock::new(),
+        })))
     }
 
     /// The primary key's fingerprint: the certificate's identity.
     pub fn fingerprint(&self) -> Fingerprint {
-        Fingerprint::of(&self.key.primary_key)
+        self.0.fingerprint.clone()
+    }
+
+    /// The binary certificate in base64 as Autocrypt's `keydata` attribute folds it: each
+    /// line of 76 characters preceded by CRLF and a space. A function of the key alone,
+    /// serialised once per certificate (every message the node sends carries it).
+    pub(crate) fn autocrypt_keydata(&self) -> Result<&str, Error> {
+        if let Some(k) = self.0.keydata.get() {
+            return Ok(k);
+        }
+        let encoded = data_encoding::BASE64.encode(&self.to_bytes()?);
+        let mut folded = String::with_capacity(encoded.len() + encoded.len() / 76 * 3 + 3);
+        for chunk in encoded.as_bytes().chunks(76) {
+            folded.push_str("\r\n ");
+            folded.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        }
+        // Another thread may have filled it meanwhile, with the same value.
+        Ok(self.0.keydata.get_or_init(|| folded))
     }
 
     /// The first address among the User IDs.
     pub fn address(&self) -> &str {
-        &self.addresses[0]
+        &self.0.addresses[0]
     }
 
     /// Every address among the User IDs, lower-cased.
     pub fn addresses(&self) -> &[String] {
-        &self.addresses
+        &self.0.addresses
     }
 
     /// Whether one of the User IDs holds `address` (compared case-insensitively).
     pub fn holds(&self, address: &str) -> bool {
-        self.addresses
+        self.0
+            .addresses
             .iter()
             .any(|a| a.eq_ignore_ascii_case(address))
     }
 
     /// The certificate, ASCII-armored (what `gpg --import`, `rnp --import`, `sq` take).
     pub fn to_armored(&self) -> Result<String, Error> {
-        self.key
+        self.0
+            .key
             .to_armored_string(Default::default())
             .map_err(|source| Error::Serialize {
                 what: "public key",
@@ -267,7 +304,7 @@ impl PublicCert {
 
     /// The certificate in binary (what Autocrypt `keydata` carries, base64-encoded).
     pub fn to_bytes(&self) -> Result<Vec<u8>, Error> {
-        self.key.to_bytes().map_err(|source| Error::Serialize {
+        self.0.key.to_bytes().map_err(|source| Error::Serialize {
             what: "public key",
             source,
         })
@@ -284,7 +321,8 @@ impl PublicCert {
 
     /// The subkeys whose binding signature allows encryption (communications or storage).
     pub(crate) fn encryption_subkeys(&self) -> Vec<&SignedPublicSubKey> {
-        self.key
+        self.0
+            .key
             .public_subkeys
             .iter()
             .filter(|s| {
@@ -301,18 +339,19 @@ impl PublicCert {
     pub(crate) fn signing_keys(&self) -> Vec<ComponentKey<'_>> {
         let mut keys = Vec::new();
         let primary_flags_sign = self
+            .0
             .key
             .details
             .users
             .iter()
             .flat_map(|u| u.signatures.iter())
-            .chain(self.key.details.direct_signatures.iter())
+            .chain(self.0.key.details.direct_signatures.iter())
             .any(|sig| sig.key_flags().sign());
         keys.push(ComponentKey {
-            key: KeyRef::Primary(&self.key.primary_key),
+            key: KeyRef::Primary(&self.0.key.primary_key),
             may_sign: primary_flags_sign,
         });
-        for sub in &self.key.public_subkeys {
+        for sub in &self.0.key.public_subkeys {
             keys.push(ComponentKey {
                 key: KeyRef::Subkey(sub),
                 may_sign: sub.signatures.iter().any(|sig| sig.key_flags().sign()),

@@ -6,28 +6,50 @@
 //! re-encodes. Structured header values (addresses, Content-Type parameters) are read with
 //! `mail-parser`.
 
+use std::borrow::Cow;
+
 use mail_parser::{HeaderValue, MessageParser};
 use rand::Rng;
 
 use crate::error::Error;
 
 /// Converts bare LF and bare CR line ends to CRLF (the canonical form that is signed).
-pub(crate) fn to_crlf(input: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(input.len() + input.len() / 32);
-    let mut i = 0;
-    while i < input.len() {
-        match input[i] {
-            b'\r' if input.get(i + 1) == Some(&b'\n') => {
-                out.extend_from_slice(b"\r\n");
-                i += 2;
-                continue;
-            }
-            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
-            b => out.push(b),
+/// Borrows the input when it is canonical already (what the node's queue and SMTP give).
+pub(crate) fn to_crlf(input: &[u8]) -> Cow<'_, [u8]> {
+    // The first line end that is not CRLF, if any.
+    let mut bad = None;
+    for i in memchr::memchr2_iter(b'\r', b'\n', input) {
+        let canonical = match input[i] {
+            b'\r' => input.get(i + 1) == Some(&b'\n'),
+            _ => i > 0 && input[i - 1] == b'\r',
+        };
+        if !canonical {
+            bad = Some(i);
+            break;
         }
-        i += 1;
     }
-    out
+    let Some(first) = bad else {
+        return Cow::Borrowed(input);
+    };
+    let mut out = Vec::with_capacity(input.len() + input.len() / 32);
+    out.extend_from_slice(&input[..first]);
+    let mut i = first;
+    while i < input.len() {
+        // Copies up to the next CR or LF in one piece, then writes that line end as CRLF.
+        let Some(at) = memchr::memchr2(b'\r', b'\n', &input[i..]) else {
+            out.extend_from_slice(&input[i..]);
+            break;
+        };
+        out.extend_from_slice(&input[i..i + at]);
+        i += at;
+        out.extend_from_slice(b"\r\n");
+        i += if input[i] == b'\r' && input.get(i + 1) == Some(&b'\n') {
+            2
+        } else {
+            1
+        };
+    }
+    Cow::Owned(out)
 }
 
 /// One header field with its raw bytes (folded lines and the final CRLF included).
@@ -77,7 +99,7 @@ pub(crate) fn split_entity(msg: &[u8]) -> Result<Entity<'_>, Error> {
     let mut start_of_field: Option<(usize, &str)> = None;
     let body_start;
     loop {
-        let line_end = find(&msg[pos..], b"\r\n").map(|i| pos + i + 2);
+        let line_end = find_crlf(&msg[pos..]).map(|i| pos + i + 2);
         let line_end = line_end.unwrap_or(msg.len());
         let line = &msg[pos..line_end];
         let is_end = line == b"\r\n" || line.is_empty();
@@ -99,9 +121,7 @@ pub(crate) fn split_entity(msg: &[u8]) -> Result<Entity<'_>, Error> {
                 ));
             }
         } else {
-            let colon = line
-                .iter()
-                .position(|&b| b == b':')
+            let colon = memchr::memchr(b':', line)
                 .ok_or(Error::Malformed("a header line without a colon"))?;
             let name = std::str::from_utf8(&line[..colon])
                 .map_err(|_| Error::Malformed("a header field name that is not ASCII"))?;
@@ -144,7 +164,7 @@ pub(crate) fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<
     let mut current: Option<usize> = None;
     let mut pos = 0;
     while pos <= body.len() {
-        let line_end = find(&body[pos..], b"\r\n").map(|i| pos + i);
+        let line_end = find_crlf(&body[pos..]).map(|i| pos + i);
         let (line, next) = match line_end {
             Some(e) => (&body[pos..e], e + 2),
             None => (&body[pos..], body.len() + 1),
@@ -243,10 +263,16 @@ pub(crate) fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'
 
 /// The first position of `needle` in `haystack`.
 pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || needle.len() > haystack.len() {
+    if needle.is_empty() {
         return None;
     }
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
+}
+
+/// The first position of CRLF in `haystack` (the line scans' search: a CR search, which
+/// skips whole lines at a time).
+pub(crate) fn find_crlf(haystack: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'\r', haystack).find(|&i| haystack.get(i + 1) == Some(&b'\n'))
 }
 
 /// Decodes a part body by its Content-Transfer-Encoding (7bit/8bit/binary as is, base64,
@@ -283,7 +309,62 @@ mod tests {
 
     #[test]
     fn crlf_normalisation() {
-        assert_eq!(to_crlf(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd");
+        assert_eq!(&*to_crlf(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd");
+        assert_eq!(&*to_crlf(b"a\r\n\r\nb\n"), b"a\r\n\r\nb\r\n");
+        assert_eq!(&*to_crlf(b"\n\r\r\n\n\r"), b"\r\n\r\n\r\n\r\n\r\n");
+        assert_eq!(&*to_crlf(b""), b"");
+        // Canonical input is borrowed, not copied.
+        let canonical = b"From: a@b.onion\r\n\r\nbody\r\nend";
+        assert!(matches!(to_crlf(canonical), Cow::Borrowed(_)));
+        assert!(matches!(to_crlf(b"x\r"), Cow::Owned(_)));
+        assert!(matches!(to_crlf(b"\nx"), Cow::Owned(_)));
+    }
+
+    /// The conversion as it was written first, byte by byte: the reference.
+    fn to_crlf_bytewise(input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < input.len() {
+            match input[i] {
+                b'\r' if input.get(i + 1) == Some(&b'\n') => {
+                    out.extend_from_slice(b"\r\n");
+                    i += 2;
+                    continue;
+                }
+                b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn crlf_conversion_is_the_bytewise_one(
+            input in proptest::collection::vec(
+                proptest::sample::select(vec![b'\r', b'\n', b'a', b' ']), 0..64)
+        ) {
+            proptest::prop_assert_eq!(&*to_crlf(&input), &to_crlf_bytewise(&input)[..]);
+        }
+
+        #[test]
+        fn find_crlf_is_the_first_window(
+            hay in proptest::collection::vec(
+                proptest::sample::select(vec![b'\r', b'\n', b'a']), 0..40)
+        ) {
+            let want = hay.windows(2).position(|w| w == b"\r\n");
+            proptest::prop_assert_eq!(find_crlf(&hay), want);
+        }
+
+        #[test]
+        fn find_is_the_first_window(
+            hay in proptest::collection::vec(proptest::sample::select(vec![b'a', b'b']), 0..40),
+            needle in proptest::collection::vec(proptest::sample::select(vec![b'a', b'b']), 1..4)
+        ) {
+            let want = hay.windows(needle.len()).position(|w| w == &needle[..]);
+            proptest::prop_assert_eq!(find(&hay, &needle), want);
+        }
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub fn open(
         _ => {
             let from = outer_from(&entity);
             Ok(Opened {
-                message: message.clone(),
+                message: message.to_vec(),
                 signature: Err(SignatureError::Unsigned { from: from.clone() }),
                 from,
                 encrypted: false,
@@ -326,6 +326,9 @@ fn dearmor(data: Vec<u8>) -> Result<Vec<u8>, Error> {
     if first.is_some_and(|b| b & 0x80 != 0) {
         return Ok(data);
     }
+    if let Some(binary) = dearmor_plain(&data) {
+        return Ok(binary);
+    }
     let mut out = Vec::new();
     pgp::armor::Dearmor::new(Cursor::new(data))
         .read_to_end(&mut out)
@@ -337,6 +340,46 @@ fn dearmor(data: Vec<u8>) -> Result<Vec<u8>, Error> {
             },
         })?;
     Ok(out)
+}
+
+/// The armor of an OpenPGP message in the one layout senders write (this crate, GnuPG):
+/// the BEGIN line, no armor headers, an empty line, lines of base64, an optional checksum
+/// line, the END line, nothing after it but white space; CRLF line ends (what
+/// [`mime::to_crlf`] gives). Decoded in one piece; None for anything else, which
+/// [`pgp::armor::Dearmor`] then reads. For the input it takes, it gives the bytes `Dearmor`
+/// would (which checks no CRC-24 either: RFC 9580 §6.1); it exists because `Dearmor` reads
+/// the base64 a byte at a time, the largest cost of opening a message after the crypto.
+fn dearmor_plain(data: &[u8]) -> Option<Vec<u8>> {
+    const BEGIN: &[u8] = b"-----BEGIN PGP MESSAGE-----\r\n\r\n";
+    const END: &[u8] = b"-----END PGP MESSAGE-----";
+    let start = data.iter().position(|b| !b.is_ascii_whitespace())?;
+    let mut rest = data[start..].strip_prefix(BEGIN)?;
+    let mut base64 = Vec::with_capacity(rest.len());
+    loop {
+        let end = mime::find_crlf(rest)?;
+        let line = &rest[..end];
+        rest = &rest[end + 2..];
+        if line == END {
+            break;
+        }
+        if let Some(sum) = line.strip_prefix(b"=") {
+            // The checksum: four base64 characters, then the END line.
+            let checksum = sum.len() == 4 && data_encoding::BASE64.decode(sum).is_ok();
+            if !checksum || !rest.starts_with(END) {
+                return None;
+            }
+            rest = &rest[END.len()..];
+            break;
+        }
+        if line.is_empty() {
+            return None;
+        }
+        base64.extend_from_slice(line);
+    }
+    if !rest.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    data_encoding::BASE64.decode(&base64).ok()
 }
 
 /// Finds the key a signature names among `certs`, checks it may sign, verifies with
@@ -444,4 +487,71 @@ fn readable(outer: &Entity<'_>, payload: &Entity<'_>) -> Vec<u8> {
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(payload.body);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `pgp`'s reader makes of an armor.
+    fn dearmor_by_pgp(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        pgp::armor::Dearmor::new(Cursor::new(data))
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    fn armored(len: usize) -> Vec<u8> {
+        let me = SecretCert::generate(rand::rngs::OsRng, "a@example.onion").unwrap();
+        let body = "y".repeat(len);
+        let msg = format!("From: a@example.onion\r\nTo: a@example.onion\r\n\r\n{body}");
+        let sealed = crate::sign_and_encrypt(
+            rand::rngs::OsRng,
+            msg.as_bytes(),
+            &me,
+            &[me.public()],
+            crate::Protect::default(),
+        )
+        .unwrap();
+        let start = mime::find(&sealed, b"-----BEGIN").unwrap();
+        let end = mime::find(&sealed, b"-----END PGP MESSAGE-----\r\n").unwrap() + 27;
+        sealed[start..end].to_vec()
+    }
+
+    #[test]
+    fn the_plain_armor_decodes_as_pgp_decodes_it_and_anything_else_goes_to_pgp() {
+        for len in [0, 1, 2, 3, 47, 48, 49, 1000, 10_240] {
+            let a = armored(len);
+            let fast = dearmor_plain(&a).expect("the crate's own armor is the plain layout");
+            assert_eq!(fast, dearmor_by_pgp(&a), "body of {len} bytes");
+            assert_eq!(dearmor(a.clone()).unwrap(), fast);
+            // Without its checksum line, and with white space around, still the same.
+            let text = String::from_utf8(a.clone()).unwrap();
+            let lines: Vec<&str> = text.split("\r\n").collect();
+            let without: Vec<&str> = lines
+                .iter()
+                .copied()
+                .filter(|l| !l.starts_with('='))
+                .collect();
+            let no_sum = without.join("\r\n");
+            assert_eq!(dearmor_plain(no_sum.as_bytes()).as_ref(), Some(&fast));
+            let spaced = format!("\r\n  {text}\r\n \r\n");
+            assert_eq!(dearmor_plain(spaced.as_bytes()).as_ref(), Some(&fast));
+        }
+        // Other layouts are left to pgp: armor headers, LF line ends, a damaged checksum
+        // line, a character outside base64, text after the END line, another block type.
+        let a = String::from_utf8(armored(100)).unwrap();
+        let others = [
+            a.replacen("-----\r\n\r\n", "-----\r\nVersion: x\r\n\r\n", 1),
+            a.replace("\r\n", "\n"),
+            a.replacen("\r\n=", "\r\n=!", 1),
+            a.replacen("\r\n\r\n", "\r\n\r\n*", 1),
+            format!("{a}trailing"),
+            a.replace("PGP MESSAGE", "PGP SIGNATURE"),
+        ];
+        for other in others {
+            assert_eq!(dearmor_plain(other.as_bytes()), None, "{other}");
+        }
+    }
 }

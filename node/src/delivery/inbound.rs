@@ -17,6 +17,7 @@
 //! gets exactly the reply that any unknown address gets, so a sender cannot learn that A and B
 //! share a node.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use onionpost_e2e::{Opened, SecretCert, SignatureError, Signer};
@@ -28,7 +29,7 @@ use crate::e2e::changes::{describe, key_change};
 use crate::e2e::directory::{BoundKeys, Ended};
 use crate::e2e::trust::{Trust, onion};
 use crate::e2e::watch::UpdateError;
-use crate::message::split_header;
+use crate::message::{HeaderField, split_header};
 use crate::store::Flags;
 
 use crate::context::{Context, Hosted, Identities};
@@ -204,7 +205,7 @@ pub fn gateway_copy(
             let results = String::from_utf8_lossy(&results).into_owned();
             (v.copy, (!results.is_empty()).then_some(results))
         }
-        None => (strip_fields(&message, FIELD), None),
+        None => (strip_fields(&message, FIELD).into_owned(), None),
     }
 }
 
@@ -258,19 +259,26 @@ fn quoted(s: &str) -> String {
     format!("\"{clean}\"")
 }
 
-/// The message without any field called `name` (unchanged if it has none).
-pub fn strip_fields(message: &[u8], name: &str) -> Vec<u8> {
+/// The message without any field called `name` (borrowed, unchanged, if it has none).
+pub fn strip_fields<'a>(message: &'a [u8], name: &str) -> Cow<'a, [u8]> {
+    strip_any(message, &[name])
+}
+
+/// The message without any field called one of `names` (borrowed, unchanged, if it has
+/// none): one pass over the header, one copy at most.
+fn strip_any<'a>(message: &'a [u8], names: &[&str]) -> Cow<'a, [u8]> {
     let (fields, body) = split_header(message);
-    if !fields.iter().any(|f| f.name.eq_ignore_ascii_case(name)) {
-        return message.to_vec();
+    let named = |f: &HeaderField<'_>| names.iter().any(|n| f.name.eq_ignore_ascii_case(n));
+    if !fields.iter().any(named) {
+        return Cow::Borrowed(message);
     }
     let mut out = Vec::with_capacity(message.len());
-    for f in fields.iter().filter(|f| !f.name.eq_ignore_ascii_case(name)) {
+    for f in fields.iter().filter(|f| !named(f)) {
         out.extend_from_slice(f.raw);
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
-    out
+    Cow::Owned(out)
 }
 
 /// Opens with each of the recipient's keys until one is the one it was encrypted to.
@@ -453,10 +461,7 @@ pub fn authenticate_with(
     authserv: &str,
     notes: &Annotations,
 ) -> Authenticated {
-    let message = strip_fields(
-        &strip_fields(message, "Authentication-Results"),
-        KEY_CHANGE_FIELD,
-    );
+    let message = strip_any(message, &["Authentication-Results", KEY_CHANGE_FIELD]);
     let change = notes
         .key_change
         .as_ref()
@@ -486,7 +491,13 @@ pub fn authenticate_with(
             return Authenticated {
                 verdict: Verdict::Accept,
                 dedupe: dedupe_key(&message),
-                message: [field.as_bytes(), gw.as_bytes(), change.as_bytes(), &message].concat(),
+                message: [
+                    field.as_bytes(),
+                    gw.as_bytes(),
+                    change.as_bytes(),
+                    &*message,
+                ]
+                .concat(),
                 flags: Flags::UNVERIFIED.with(change_flag),
             };
         }
@@ -528,9 +539,9 @@ pub fn authenticate_with(
         opened.encrypted,
         notes.trust.as_ref(),
     );
-    let readable = strip_fields(
-        &strip_fields(&opened.message, "Authentication-Results"),
-        KEY_CHANGE_FIELD,
+    let readable = strip_any(
+        &opened.message,
+        &["Authentication-Results", KEY_CHANGE_FIELD],
     );
     let change = change.unwrap_or_default();
     let gw = notes.gateway.as_deref().unwrap_or_default();
@@ -541,7 +552,7 @@ pub fn authenticate_with(
             field.as_bytes(),
             gw.as_bytes(),
             change.as_bytes(),
-            &readable,
+            &*readable,
         ]
         .concat(),
         flags,
@@ -758,7 +769,11 @@ fn judge_and_store(
     if a.flags.contains(Flags::KEY_CHANGED) {
         tracing::info!(from = %crate::message::header_value(message, "From").unwrap_or_default(), "the sender's keys changed since its previous message: marked $KeyChanged");
     }
-    let stored = [filing.prefix, &a.message].concat();
+    let stored: Cow<'_, [u8]> = if filing.prefix.is_empty() {
+        Cow::Borrowed(&a.message)
+    } else {
+        Cow::Owned([filing.prefix, &a.message].concat())
+    };
     store_flagged(filing.mailbox, &stored, filing.dedupe.or(a.dedupe), a.flags)
 }
 

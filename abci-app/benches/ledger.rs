@@ -265,8 +265,9 @@ fn main() {
         }
         results.push(("register_identity", m));
         if args.only.as_deref().is_none_or(|o| o == "sign_trust") {
-            // Trust statements between registered identities (reads 4 keys, writes 4: the
-            // signer, the target, the statement and the two trust indexes).
+            // Trust statements between registered identities (reads 4 keys: the signer, the
+            // target and the two trust indexes; writes 3: the signer and the two indexes,
+            // which hold the statement).
             let mut m = Measured::default();
             for r in 0..rounds {
                 let n = signers.len();

@@ -12,13 +12,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures::Stream;
 use onionpost_proto::keys;
+use onionpost_proto::trust::decode_index;
 use onionpost_proto::v1::ledger_server::{Ledger, LedgerServer};
 use onionpost_proto::v1::{
     Anchor, BlockInfo, CommitAnswer, CommitQuery, EventsQuery, GetStatusRequest, HeightQuery,
-    IdentityAnswer, IdentityQuery, IdentityRecord, IdentitySet, KeyHistoryAnswer, LedgerEvent,
-    ListAnswer, ListMembersAnswer, ListQuery, MembershipAnswer, MembershipQuery, SignedTx,
-    StatusAnswer, SubmitAnswer, TrustAnswer, TrustPathAnswer, TrustPathQuery, TrustQuery,
-    TrustStatement, ValidatorSetAnswer, trust_query::Direction,
+    IdentityAnswer, IdentityQuery, IdentityRecord, KeyHistoryAnswer, LedgerEvent, ListAnswer,
+    ListMembersAnswer, ListQuery, MembershipAnswer, MembershipQuery, SignedTx, StatusAnswer,
+    SubmitAnswer, TrustAnswer, TrustIndex, TrustPathAnswer, TrustPathQuery, TrustQuery,
+    ValidatorSetAnswer, trust_query::Direction,
 };
 use prost::Message;
 use tokio::sync::broadcast::error::RecvError;
@@ -261,33 +262,16 @@ impl Ledger for LedgerService {
         let id = identity_arg(&q.identity, "identity")?;
         let anchor = self.anchor(q.height)?;
         let h = anchor.height;
-        let outgoing = q.direction() == Direction::Outgoing;
-        let index_key = if outgoing {
+        let index_key = if q.direction() == Direction::Outgoing {
             keys::trust_outgoing(&id)
         } else {
             keys::trust_incoming(&id)
         };
-        let index = self.prove(&index_key, h)?;
-        let others = self
-            .record::<IdentitySet>(&index_key, h)?
-            .unwrap_or_default()
-            .keys;
-        let statements = others
-            .iter()
-            .map(|other| {
-                let other = identity_arg(other, "stored identity")?;
-                let key = if outgoing {
-                    keys::trust(&id, &other)
-                } else {
-                    keys::trust(&other, &id)
-                };
-                self.prove(&key, h)
-            })
-            .collect::<Result<_, _>>()?;
+        // The index holds every statement whole: its one proof is the answer.
         Ok(Response::new(TrustAnswer {
             anchor: Some(anchor),
-            index: Some(index),
-            statements,
+            index: Some(self.prove(&index_key, h)?),
+            statements: Vec::new(),
         }))
     }
 
@@ -313,18 +297,23 @@ impl Ledger for LedgerService {
             .record::<BlockInfo>(&keys::block_info(), h)?
             .map_or(0, |b| b.time);
         let path = self.trust_path(from, to, depth, q.min_level, block_time, h)?;
-        let statements = match &path {
-            None => Vec::new(),
-            Some(hops) => hops
-                .windows(2)
-                .map(|w| self.prove(&keys::trust(&w[0], &w[1]), h))
-                .collect::<Result<_, _>>()?,
+        // Each hop is proven by its signer's outgoing index, which holds the statement.
+        let (statements, hops) = match &path {
+            None => (Vec::new(), Vec::new()),
+            Some(path) => (
+                path[..path.len() - 1]
+                    .iter()
+                    .map(|signer| self.prove(&keys::trust_outgoing(signer), h))
+                    .collect::<Result<_, _>>()?,
+                path[1..].iter().map(|id| id.to_vec()).collect(),
+            ),
         };
         Ok(Response::new(TrustPathAnswer {
             found: path.is_some(),
             statements,
             block_info: Some(self.prove(&keys::block_info(), h)?),
             anchor: Some(anchor),
+            hops,
         }))
     }
 
@@ -429,6 +418,19 @@ impl Ledger for LedgerService {
 }
 
 impl LedgerService {
+    /// The trust index at `key` and `h`, if there is one.
+    fn trust_index(&self, key: &[u8], h: u64) -> Result<Option<TrustIndex>, Status> {
+        match self.app.storage().get_at(key, h).map_err(status)? {
+            None => Ok(None),
+            Some(b) => decode_index(&b).map(Some).map_err(|e| {
+                Status::data_loss(format!(
+                    "stored trust index {:?} at height {h}: {e}",
+                    String::from_utf8_lossy(key)
+                ))
+            }),
+        }
+    }
+
     /// Breadth-first search over unexpired trust statements; returns the identities on a
     /// shortest path, `from` first.
     fn trust_path(
@@ -457,17 +459,14 @@ impl LedgerService {
             if d == depth || parent.len() > MAX_TRUST_VISITS {
                 continue;
             }
-            let out = self
-                .record::<IdentitySet>(&keys::trust_outgoing(&node), h)?
-                .unwrap_or_default();
-            for next in out.keys {
-                let next = identity_arg(&next, "stored identity")?;
+            let Some(out) = self.trust_index(&keys::trust_outgoing(&node), h)? else {
+                continue;
+            };
+            for st in out.entries {
+                let next = identity_arg(&st.other, "stored identity")?;
                 if parent.contains_key(&next) {
                     continue;
                 }
-                let Some(st) = self.record::<TrustStatement>(&keys::trust(&node, &next), h)? else {
-                    continue;
-                };
                 let live = st.expires_at == 0 || st.expires_at > block_time;
                 if live && st.level >= min_level {
                     parent.insert(next, node);

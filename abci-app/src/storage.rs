@@ -54,8 +54,10 @@ const CF_META: &str = "meta";
 const META_COMMITTED: &[u8] = b"committed";
 const META_FORMAT: &[u8] = b"format";
 
-/// The format version of the state database this build writes and reads.
-pub const STATE_FORMAT: u32 = 1;
+/// The format version of the state database this build writes and reads. 2: trust
+/// statements are held whole by the `trust_out/` and `trust_in/` indexes (`TrustIndex`),
+/// with no `trust/<from><to>` record of their own (version 1).
+pub const STATE_FORMAT: u32 = 2;
 /// The version byte of the committed-height record.
 const COMMITTED_VERSION: u8 = 1;
 /// The version byte of a block's stored events.
@@ -996,7 +998,7 @@ mod tests {
                 [CF_NODES, CF_VALUES, CF_EVENTS, CF_META],
             )
             .unwrap();
-            db.put_cf(cf(&db, CF_META), META_FORMAT, 2u32.to_be_bytes())
+            db.put_cf(cf(&db, CF_META), META_FORMAT, 3u32.to_be_bytes())
                 .unwrap();
         }
         let err = Storage::open(dir.path()).err().expect("refused");
@@ -1004,14 +1006,37 @@ mod tests {
             matches!(
                 err,
                 StorageError::Format {
-                    found: 2,
-                    supported: 1,
+                    found: 3,
+                    supported: 2,
                     ..
                 }
             ),
             "{err}"
         );
-        assert!(err.to_string().contains("format version 2"), "{err}");
+        assert!(err.to_string().contains("format version 3"), "{err}");
+        // An older build's database (format 1: trust statements under keys of their own).
+        {
+            let db = DB::open_cf(
+                &Options::default(),
+                dir.path(),
+                [CF_NODES, CF_VALUES, CF_EVENTS, CF_META],
+            )
+            .unwrap();
+            db.put_cf(cf(&db, CF_META), META_FORMAT, 1u32.to_be_bytes())
+                .unwrap();
+        }
+        let err = Storage::open(dir.path()).err().expect("refused");
+        assert!(
+            matches!(
+                err,
+                StorageError::Format {
+                    found: 1,
+                    supported: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         // A record of a newer version inside a database of this version.
         {
             let db = DB::open_cf(

@@ -191,5 +191,7 @@ fn a_fixed_history_ends_at_the_pinned_app_hash() {
 /// History: `f9ec388df8689bdaecb10b07ca9625f9a9c2d12602a0bdab206d1bb787265e17` before and
 /// after the action match was split by domain (commit fe3a614, same codes); changed on purpose
 /// by governance by quorum (a second admin can no longer remove the first alone: code 16 in
-/// block 4; proposals are `Proposal` records at `proposal/<id>`).
-const PINNED_APP_HASH: &str = "4b3b1909b35b3cd5cb3c2f2ecd94143581be493f050a50aef4bb2e605aa76485";
+/// block 4; proposals are `Proposal` records at `proposal/<id>`): `4b3b1909...6485`; changed on
+/// purpose by state format 2 (trust statements held whole by the `trust_out/` and `trust_in/`
+/// indexes, no `trust/<from><to>` keys; same codes).
+const PINNED_APP_HASH: &str = "20d33ba2ca9d650bad842ea0d48743abe4b776663f78c2bc2b4dbac6362c8b96";

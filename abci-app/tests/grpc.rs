@@ -358,15 +358,14 @@ async fn answers_carry_proofs_that_verify_and_tampering_fails() {
         .unwrap()
         .into_inner();
     let root = n.root(&t.anchor);
-    let idx: pb::IdentitySet =
+    let idx: pb::TrustIndex =
         verify_record(&root, &keys::trust_incoming(&b), t.index.as_ref().unwrap())
             .unwrap()
             .unwrap();
-    assert_eq!(idx.keys, vec![a.to_vec()]);
-    let st: pb::TrustStatement = verify_record(&root, &keys::trust(&a, &b), &t.statements[0])
-        .unwrap()
-        .unwrap();
-    assert_eq!(st.level, 2);
+    assert_eq!(idx.entries.len(), 1);
+    assert_eq!(idx.entries[0].other, a.to_vec());
+    assert_eq!(idx.entries[0].level, 2);
+    assert!(t.statements.is_empty(), "the index holds the statements");
 
     let p = n
         .client
@@ -382,14 +381,16 @@ async fn answers_carry_proofs_that_verify_and_tampering_fails() {
         .into_inner();
     let root = n.root(&p.anchor);
     assert!(p.found);
-    let hops: Vec<pb::TrustStatement> = p
+    assert_eq!(p.hops, vec![b.to_vec(), c.to_vec()]);
+    let hops: Vec<pb::TrustEntry> = p
         .statements
         .iter()
         .zip([(a, b), (b, c)])
         .map(|(pv, (x, y))| {
-            verify_record(&root, &keys::trust(&x, &y), pv)
+            let index: pb::TrustIndex = verify_record(&root, &keys::trust_outgoing(&x), pv)
                 .unwrap()
-                .unwrap()
+                .unwrap();
+            onionpost_proto::trust::entry(&index, &y).unwrap().clone()
         })
         .collect();
     assert_eq!(hops.len(), 2);

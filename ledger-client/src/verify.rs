@@ -8,6 +8,7 @@
 
 use onionpost_proto::keys;
 use onionpost_proto::proof::{ProofError, root_from_bytes, verify, verify_record};
+use onionpost_proto::trust::{self, Side, TRUST_INDEX_VERSION, decode_index};
 use onionpost_proto::v1::{self as pb, ProvenValue};
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -276,7 +277,18 @@ pub fn identity(
     ))
 }
 
-/// Verifies a `GetTrust` answer: the index of counterparties and one statement for each.
+/// A proven trust index's bytes (`None`: absent, no statements) decoded and checked.
+fn trust_index(bytes: Option<&[u8]>, what: &dyn Fn() -> String) -> Result<pb::TrustIndex, Lie> {
+    match bytes {
+        None => Ok(pb::TrustIndex {
+            version: TRUST_INDEX_VERSION,
+            entries: Vec::new(),
+        }),
+        Some(b) => decode_index(b).map_err(|e| Lie::Malformed(format!("{}: {e}", what()))),
+    }
+}
+
+/// Verifies a `GetTrust` answer: the proven index, which holds every statement whole.
 pub fn trust(
     root: &[u8; 32],
     height: u64,
@@ -286,47 +298,22 @@ pub fn trust(
 ) -> Result<Vec<pb::TrustStatement>, Lie> {
     check_anchor(ans, height, root)?;
     let c = Checker { root, height };
-    let (index_key, name) = match direction {
-        Direction::Outgoing => (keys::trust_outgoing(who), "outgoing"),
-        Direction::Incoming => (keys::trust_incoming(who), "incoming"),
+    let (index_key, side, name) = match direction {
+        Direction::Outgoing => (keys::trust_outgoing(who), Side::Outgoing, "outgoing"),
+        Direction::Incoming => (keys::trust_incoming(who), Side::Incoming, "incoming"),
     };
-    let index: pb::IdentitySet = c
-        .record(&index_key, ans.index.as_ref(), &|| {
-            format!("the {name} trust index of {}", addr(who))
-        })?
-        .unwrap_or_default();
-    let others = identity_keys(&index, "the trust index")?;
-    if others.len() != ans.statements.len() {
-        return Err(Lie::DroppedProof {
-            what: format!(
-                "the {name} trust statements of {} ({} in the index, {} in the answer)",
-                addr(who),
-                others.len(),
-                ans.statements.len()
-            ),
-            height,
-        });
-    }
-    others
+    let what = || format!("the {name} trust index of {}", addr(who));
+    let index = trust_index(c.raw(&index_key, ans.index.as_ref(), &what)?, &what)?;
+    Ok(index
+        .entries
         .iter()
-        .zip(&ans.statements)
-        .map(|(other, pv)| {
-            let (from, to) = match direction {
-                Direction::Outgoing => (who, other),
-                Direction::Incoming => (other, who),
-            };
-            let what = || format!("the trust statement {} -> {}", addr(from), addr(to));
-            c.record::<pb::TrustStatement>(&keys::trust(from, to), Some(pv), &what)?
-                .ok_or_else(|| Lie::DroppedProof {
-                    what: what(),
-                    height,
-                })
-        })
-        .collect()
+        .map(|e| trust::statement(who, side, e))
+        .collect())
 }
 
 /// Verifies a `FindTrustPath` answer. A found path must be a chain of proven, unexpired
-/// statements `from -> ... -> to` within `limits`; "not found" cannot be proven.
+/// statements `from -> ... -> to` within `limits`, each proven by its signer's outgoing
+/// index; "not found" cannot be proven.
 pub fn trust_path(
     root: &[u8; 32],
     height: u64,
@@ -357,25 +344,23 @@ pub fn trust_path(
             "a path of no statements between two identities".into(),
         ));
     }
+    if ans.hops.len() != ans.statements.len() {
+        return Err(Lie::BadTrustPath(format!(
+            "{} statements but {} hops",
+            ans.statements.len(),
+            ans.hops.len()
+        )));
+    }
     let mut at = *from;
     let mut statements = Vec::with_capacity(ans.statements.len());
-    for (i, pv) in ans.statements.iter().enumerate() {
-        // The key names the next hop: "trust/" || at || next.
-        let prefix = keys::trust(&at, &[0; 32]);
-        let prefix = &prefix[..prefix.len() - 32];
-        let next: IdentityKey = pv
-            .key
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.try_into().ok())
-            .ok_or_else(|| {
-                Lie::BadTrustPath(format!(
-                    "statement {i} is not a statement signed by {}",
-                    addr(&at)
-                ))
-            })?;
+    for (i, (pv, next)) in ans.statements.iter().zip(&ans.hops).enumerate() {
+        let next: IdentityKey = next.as_slice().try_into().map_err(|_| {
+            Lie::BadTrustPath(format!("hop {i} names a key of {} bytes", next.len()))
+        })?;
         let what = || format!("the trust statement {} -> {}", addr(&at), addr(&next));
-        let st: pb::TrustStatement = c
-            .record(&keys::trust(&at, &next), Some(pv), &what)?
+        let index = trust_index(c.raw(&keys::trust_outgoing(&at), Some(pv), &what)?, &what)?;
+        let st = trust::entry(&index, &next)
+            .map(|e| trust::statement(&at, Side::Outgoing, e))
             .ok_or_else(|| Lie::BadTrustPath(format!("{} does not exist", what())))?;
         if st.level < limits.min_level {
             return Err(Lie::BadTrustPath(format!(

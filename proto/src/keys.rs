@@ -30,17 +30,12 @@ pub fn membership(name: &str, member: &[u8; 32]) -> Vec<u8> {
     concat(&[b"member/", name.as_bytes(), b"/", member])
 }
 
-/// The trust statement `from` signed about `to` (`TrustStatement`).
-pub fn trust(from: &[u8; 32], to: &[u8; 32]) -> Vec<u8> {
-    concat(&[b"trust/", from, to])
-}
-
-/// Everyone `from` has signed a trust statement for (`IdentitySet`).
+/// Every trust statement `from` has signed, whole (`TrustIndex`, see [`crate::trust`]).
 pub fn trust_outgoing(from: &[u8; 32]) -> Vec<u8> {
     concat(&[b"trust_out/", from])
 }
 
-/// Everyone who has signed a trust statement for `to` (`IdentitySet`).
+/// Every trust statement signed about `to`, whole (`TrustIndex`).
 pub fn trust_incoming(to: &[u8; 32]) -> Vec<u8> {
     concat(&[b"trust_in/", to])
 }
@@ -98,8 +93,6 @@ mod tests {
             list("x"),
             list_members("x"),
             membership("x", &a),
-            trust(&a, &b),
-            trust(&b, &a),
             trust_outgoing(&a),
             trust_incoming(&a),
             validators(),

@@ -6,11 +6,13 @@
 //! - [`tx`]: building, signing and checking ledger transactions.
 //! - [`keys`]: the state keys of the ledger's authenticated tree.
 //! - [`proof`]: verifying a ledger answer against a trusted app hash, without trusting the server.
+//! - [`trust`]: the trust indexes, which hold the ledger's trust statements.
 
 pub mod consensus;
 pub mod keys;
 pub mod onion;
 pub mod proof;
+pub mod trust;
 pub mod tx;
 
 /// Generated protobuf types and the gRPC `Ledger` client and server.

@@ -482,23 +482,111 @@ fn trust_sign_revoke_and_indexes() {
     l.run(&a, trust(&b, 2, 0)).unwrap();
     l.run(&admin, trust(&b, 1, 99_999)).unwrap();
 
-    let st: pb::TrustStatement = l.get(&keys::trust(&pk32(&a), &pk32(&b))).unwrap();
-    assert_eq!((st.level, st.expires_at), (2, 0));
-    let incoming: pb::IdentitySet = l.get(&keys::trust_incoming(&pk32(&b))).unwrap();
-    let mut want = vec![pk(&a), pk(&admin)];
+    // The statement is held whole by both indexes, each sorted by the other identity.
+    let outgoing: pb::TrustIndex = l.get(&keys::trust_outgoing(&pk32(&a))).unwrap();
+    assert_eq!(
+        outgoing.version,
+        onionpost_proto::trust::TRUST_INDEX_VERSION
+    );
+    assert_eq!(outgoing.entries.len(), 1);
+    let st = &outgoing.entries[0];
+    assert_eq!(
+        (st.other.as_slice(), st.level, st.expires_at),
+        (pk(&b).as_slice(), 2, 0)
+    );
+    let incoming: pb::TrustIndex = l.get(&keys::trust_incoming(&pk32(&b))).unwrap();
+    let mut want: Vec<(Vec<u8>, u32, u64)> = vec![(pk(&a), 2, 0), (pk(&admin), 1, 99_999)];
     want.sort();
-    assert_eq!(incoming.keys, want);
+    let got: Vec<_> = incoming
+        .entries
+        .iter()
+        .map(|e| (e.other.clone(), e.level, e.expires_at))
+        .collect();
+    assert_eq!(got, want);
+    // A new statement about the same target replaces the old one in both indexes.
+    l.run(&a, trust(&b, 1, 0)).unwrap();
+    let outgoing: pb::TrustIndex = l.get(&keys::trust_outgoing(&pk32(&a))).unwrap();
+    assert_eq!(outgoing.entries.len(), 1);
+    assert_eq!(outgoing.entries[0].level, 1);
+    let incoming: pb::TrustIndex = l.get(&keys::trust_incoming(&pk32(&b))).unwrap();
+    assert_eq!(incoming.entries.len(), 2);
+    assert!(
+        incoming
+            .entries
+            .iter()
+            .any(|e| e.other == pk(&a) && e.level == 1)
+    );
 
     let revoke = Action::RevokeTrust(pb::RevokeTrust { target: pk(&b) });
     l.run(&a, revoke.clone()).unwrap();
     assert!(matches!(l.run(&a, revoke), Err(TxError::Conflict(_))));
-    assert!(!l.state.contains_key(&keys::trust(&pk32(&a), &pk32(&b))));
     assert!(
         !l.state.contains_key(&keys::trust_outgoing(&pk32(&a))),
         "empty index is deleted"
     );
-    let incoming: pb::IdentitySet = l.get(&keys::trust_incoming(&pk32(&b))).unwrap();
-    assert_eq!(incoming.keys, vec![pk(&admin)]);
+    let incoming: pb::TrustIndex = l.get(&keys::trust_incoming(&pk32(&b))).unwrap();
+    let others: Vec<_> = incoming.entries.iter().map(|e| e.other.clone()).collect();
+    assert_eq!(others, vec![pk(&admin)]);
+}
+
+#[test]
+fn an_identity_signs_at_most_max_trust_outgoing_statements() {
+    let admin = key(1);
+    let mut l = Ledger::new(&admin);
+    let signer = key(2);
+    l.register(&signer, "s");
+    // MAX_TRUST_OUTGOING + 1 targets, registered in one block.
+    let targets: Vec<SigningKey> = (0..=MAX_TRUST_OUTGOING as u64)
+        .map(|i| {
+            let mut seed = [7u8; 32];
+            seed[..8].copy_from_slice(&i.to_be_bytes());
+            SigningKey::from(seed)
+        })
+        .collect();
+    let txs = targets
+        .iter()
+        .map(|t| {
+            l.tx(
+                t,
+                Action::RegisterIdentity(pb::RegisterIdentity {
+                    display_name: "t".into(),
+                }),
+            )
+        })
+        .collect();
+    assert!(l.block(txs).tx_results.iter().all(|r| r.result.is_ok()));
+    let sign = |t: &SigningKey| {
+        Action::SignTrust(pb::SignTrust {
+            target: pk(t),
+            level: 1,
+            expires_at: 0,
+        })
+    };
+    let txs = targets[..MAX_TRUST_OUTGOING]
+        .iter()
+        .map(|t| l.tx(&signer, sign(t)))
+        .collect();
+    assert!(l.block(txs).tx_results.iter().all(|r| r.result.is_ok()));
+    let out: pb::TrustIndex = l.get(&keys::trust_outgoing(&pk32(&signer))).unwrap();
+    assert_eq!(out.entries.len(), MAX_TRUST_OUTGOING);
+    // One more is refused with code 14 and says why; replacing one still works.
+    let err = l
+        .run(&signer, sign(&targets[MAX_TRUST_OUTGOING]))
+        .unwrap_err();
+    assert_eq!(err.code(), 14);
+    assert!(
+        err.to_string()
+            .contains("at most 1000 trust statements signed by one identity"),
+        "{err}"
+    );
+    l.run(&signer, sign(&targets[0])).unwrap();
+    let target: pb::TrustIndex = l
+        .get(&keys::trust_incoming(&pk32(&targets[MAX_TRUST_OUTGOING])))
+        .unwrap_or_default();
+    assert!(
+        target.entries.is_empty(),
+        "a refused statement is in no index"
+    );
 }
 
 #[test]

@@ -408,9 +408,12 @@ impl Ledger for Proxy {
         if self.is(Tamper::ForgeTrustPath)
             && let Some(pv) = ans.statements.first_mut()
         {
-            let mut st = pb::TrustStatement::decode(pv.value.as_slice()).unwrap();
-            st.level = 9;
-            pv.value = st.encode_to_vec();
+            // The first hop's statement, in its signer's outgoing index.
+            let mut index = pb::TrustIndex::decode(pv.value.as_slice()).unwrap();
+            for e in &mut index.entries {
+                e.level = 9;
+            }
+            pv.value = index.encode_to_vec();
         }
         Ok(Response::new(ans))
     }

@@ -243,11 +243,20 @@ async fn an_outsider_flooding_proposal_parts_does_not_stop_four_validators() {
         if committed.height >= start + BLOCKS_UNDER_FLOOD {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "stuck at {} under the flood",
-            committed.height
-        );
+        if Instant::now() >= deadline {
+            // What each validator was doing (CI keeps nothing else of a failed run).
+            let mut report = String::new();
+            for i in net.running() {
+                let log = net.log(i);
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                report.push_str(&format!("\n--- validator-{i}, last lines of its log:\n"));
+                for line in tail.iter().rev() {
+                    report.push_str(line);
+                    report.push('\n');
+                }
+            }
+            panic!("stuck at {} under the flood{report}", committed.height);
+        }
         flood(&mut hostile, committed.height + 1, round);
         // A well-formed proposal signed by the outsider itself.
         let block = pb::Block {

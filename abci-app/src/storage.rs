@@ -990,18 +990,21 @@ mod tests {
             s.commit(b, "c", &[LedgerEvent::default()]).unwrap();
             assert_eq!(s.events_at(0).unwrap().len(), 1);
         }
-        // A newer build's database.
-        {
+        // The database as a build of format `version` leaves it, opened by this build.
+        let open_as = |version: u32| {
             let db = DB::open_cf(
                 &Options::default(),
                 dir.path(),
                 [CF_NODES, CF_VALUES, CF_EVENTS, CF_META],
             )
             .unwrap();
-            db.put_cf(cf(&db, CF_META), META_FORMAT, 3u32.to_be_bytes())
+            db.put_cf(cf(&db, CF_META), META_FORMAT, version.to_be_bytes())
                 .unwrap();
-        }
-        let err = Storage::open(dir.path()).err().expect("refused");
+            drop(db);
+            Storage::open(dir.path()).err().expect("refused")
+        };
+        // A newer build's database.
+        let err = open_as(3);
         assert!(
             matches!(
                 err,
@@ -1015,17 +1018,7 @@ mod tests {
         );
         assert!(err.to_string().contains("format version 3"), "{err}");
         // An older build's database (format 1: trust statements under keys of their own).
-        {
-            let db = DB::open_cf(
-                &Options::default(),
-                dir.path(),
-                [CF_NODES, CF_VALUES, CF_EVENTS, CF_META],
-            )
-            .unwrap();
-            db.put_cf(cf(&db, CF_META), META_FORMAT, 1u32.to_be_bytes())
-                .unwrap();
-        }
-        let err = Storage::open(dir.path()).err().expect("refused");
+        let err = open_as(1);
         assert!(
             matches!(
                 err,

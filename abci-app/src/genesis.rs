@@ -152,7 +152,6 @@ impl AppGenesis {
                 admins: admins.clone(),
                 policy: Some(ListPolicy::default()),
                 created_height: 0,
-                member_count: admins.len() as u64,
             }
             .encode_to_vec(),
         );

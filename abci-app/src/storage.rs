@@ -56,8 +56,10 @@ const META_FORMAT: &[u8] = b"format";
 
 /// The format version of the state database this build writes and reads. 2: trust
 /// statements are held whole by the `trust_out/` and `trust_in/` indexes (`TrustIndex`),
-/// with no `trust/<from><to>` record of their own (version 1).
-pub const STATE_FORMAT: u32 = 2;
+/// with no `trust/<from><to>` record of their own (version 1). 3: a list record
+/// (`ListRecord`) has no member count (version 2 kept one, rewriting the record on every
+/// membership change); the member set (`list_members/<name>`) is the count.
+pub const STATE_FORMAT: u32 = 3;
 /// The version byte of the committed-height record.
 const COMMITTED_VERSION: u8 = 1;
 /// The version byte of a block's stored events.
@@ -1003,33 +1005,23 @@ mod tests {
             drop(db);
             Storage::open(dir.path()).err().expect("refused")
         };
-        // A newer build's database.
-        let err = open_as(3);
-        assert!(
-            matches!(
-                err,
-                StorageError::Format {
-                    found: 3,
-                    supported: 2,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        assert!(err.to_string().contains("format version 3"), "{err}");
-        // An older build's database (format 1: trust statements under keys of their own).
-        let err = open_as(1);
-        assert!(
-            matches!(
-                err,
-                StorageError::Format {
-                    found: 1,
-                    supported: 2,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        // A newer build's database, and older builds' (format 1: trust statements under keys
+        // of their own; format 2: list records with a member count).
+        for version in [STATE_FORMAT + 1, 1, 2] {
+            let err = open_as(version);
+            assert!(
+                matches!(
+                    err,
+                    StorageError::Format { found, supported: STATE_FORMAT, .. } if found == version
+                ),
+                "{err}"
+            );
+            assert!(
+                err.to_string()
+                    .contains(&format!("format version {version}")),
+                "{err}"
+            );
+        }
         // A record of a newer version inside a database of this version.
         {
             let db = DB::open_cf(

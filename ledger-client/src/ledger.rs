@@ -284,7 +284,6 @@ mod tests {
                 admin_approvals: 0,
             }),
             created_height: 1,
-            member_count: 2,
         }
     }
 

@@ -44,9 +44,9 @@ impl<R: StateRead + ?Sized> Exec<'_, '_, R> {
             admins: vec![self.signer.to_vec()],
             policy: Some(a.policy.unwrap_or_default()),
             created_height: self.ctx.height,
-            member_count: 0,
         };
-        self.insert_member(list, &self.signer.clone())
+        self.put_list(&list);
+        self.insert_member(&list.name, &self.signer.clone())
     }
 
     /// `add_member`: one admin adds a registered identity.
@@ -66,13 +66,13 @@ impl<R: StateRead + ?Sized> Exec<'_, '_, R> {
             ))
             .into());
         }
-        self.insert_member(list, &member)
+        self.insert_member(&list.name, &member)
     }
 
     /// `remove_member`: an admin removes a member, or a member leaves; admins step down first.
     pub(super) fn remove_member(&mut self, a: &RemoveMember) -> ExecResult {
         let member = identity_key(&a.member, "member")?;
-        let mut list = self.list(&a.list, &member)?;
+        let list = self.list(&a.list, &member)?;
         let leaving = member == self.signer;
         if !leaving && !sorted_contains(&list.admins, &self.signer) {
             return Err(TxError::Unauthorized(format!(
@@ -102,10 +102,7 @@ impl<R: StateRead + ?Sized> Exec<'_, '_, R> {
             .into());
         }
         self.overlay.delete(keys::membership(&a.list, &member));
-        self.set_index(keys::list_members(&a.list), member, false, 0, "")?;
-        list.member_count -= 1;
-        self.overlay.put(keys::list(&a.list), &list);
-        Ok(())
+        self.set_index(keys::list_members(&a.list), member, false, 0, "")
     }
 
     /// `add_admin`: makes a member an admin, where one admin's approval is enough.
@@ -257,27 +254,27 @@ impl<R: StateRead + ?Sized> Exec<'_, '_, R> {
         Ok(list)
     }
 
-    /// Adds `member` to `list` (its record, the member set and the count).
-    fn insert_member(&mut self, mut list: ListRecord, member: &[u8; 32]) -> ExecResult {
-        self.event.list = list.name.clone();
+    /// Adds `member` to the list `name`: its membership record and the member set. The list
+    /// record is not written (state format 3 dropped its member count: the member set's size
+    /// is the count), so adding a member writes two keys besides the signer's.
+    fn insert_member(&mut self, name: &str, member: &[u8; 32]) -> ExecResult {
+        self.event.list = name.to_owned();
         self.event.subject = member.to_vec();
         self.set_index(
-            keys::list_members(&list.name),
+            keys::list_members(name),
             *member,
             true,
             MAX_LIST_MEMBERS,
             "members of one list",
         )?;
         self.overlay.put(
-            keys::membership(&list.name, member),
+            keys::membership(name, member),
             &MembershipRecord {
-                list: list.name.clone(),
+                list: name.to_owned(),
                 member: member.to_vec(),
                 added_height: self.ctx.height,
             },
         );
-        list.member_count += 1;
-        self.overlay.put(keys::list(&list.name), &list);
         Ok(())
     }
 }

@@ -243,7 +243,6 @@ mod tests {
                     ..Default::default()
                 }),
                 created_height: 1,
-                member_count: m.len() as u64,
             },
             members: m,
         }

@@ -380,30 +380,38 @@ impl Storage {
                 got: block.height,
             });
         }
-        let mut wb = WriteBatch::default();
+        let node_batch = &block.batch.node_batch;
+        // One allocation for the whole batch (growing it by doubling copied every record
+        // again and again), and one scratch buffer for every encoding, instead of fresh
+        // vectors per node and value.
+        let mut wb = WriteBatch::with_capacity_bytes(batch_bytes_estimate(&block.batch));
+        let mut key_buf = Vec::with_capacity(64);
+        let mut buf = Vec::with_capacity(1024);
         let nodes = cf(&self.db, CF_NODES);
-        for (key, node) in block.batch.node_batch.nodes() {
-            wb.put_cf(
-                nodes,
-                borsh::to_vec(key).expect("vec write"),
-                borsh::to_vec(node).expect("vec write"),
-            );
+        for (key, node) in node_batch.nodes() {
+            key_buf.clear();
+            borsh::to_writer(&mut key_buf, key).expect("vec write");
+            buf.clear();
+            borsh::to_writer(&mut buf, node).expect("vec write");
+            wb.put_cf(nodes, &key_buf, &buf);
         }
         let values = cf(&self.db, CF_VALUES);
-        for ((version, hash), value) in block.batch.node_batch.values() {
-            wb.put_cf(
-                values,
-                value_key(*hash, *version),
-                encode_value(value.as_deref()),
-            );
+        for ((version, hash), value) in node_batch.values() {
+            encode_value(value.as_deref(), &mut buf);
+            wb.put_cf(values, value_key(*hash, *version), &buf);
         }
         if !events.is_empty() {
-            let mut encoded = vec![EVENTS_VERSION];
-            LedgerEvents {
-                events: events.to_vec(),
+            // Encoded as a `LedgerEvents` message (`repeated LedgerEvent events = 1`) without
+            // copying the events into one first.
+            let len: usize = events
+                .iter()
+                .map(|e| prost::encoding::message::encoded_len(1, e))
+                .sum();
+            let mut encoded = Vec::with_capacity(1 + len);
+            encoded.push(EVENTS_VERSION);
+            for e in events {
+                prost::encoding::message::encode(1, e, &mut encoded);
             }
-            .encode(&mut encoded)
-            .expect("a Vec grows");
             wb.put_cf(cf(&self.db, CF_EVENTS), block.height.to_be_bytes(), encoded);
         }
         let committed = Committed {
@@ -643,16 +651,32 @@ fn value_key(hash: KeyHash, version: Version) -> [u8; 40] {
     k
 }
 
-fn encode_value(value: Option<&[u8]>) -> Vec<u8> {
+/// A state value as stored in the values column family, into `out` (cleared first): `0` for a
+/// deletion, or `1` and the value.
+fn encode_value(value: Option<&[u8]>, out: &mut Vec<u8>) {
+    out.clear();
     match value {
-        None => vec![0],
+        None => out.push(0),
         Some(v) => {
-            let mut out = Vec::with_capacity(v.len() + 1);
             out.push(1);
             out.extend_from_slice(v);
-            out
         }
     }
+}
+
+/// At least as many bytes as a block's write batch takes (RocksDB's record headers included),
+/// so that the batch is allocated once: every node is counted as an internal node (at most
+/// ~700 bytes encoded, with its key), which overestimates leaves (~80), but the part of the
+/// allocation that is never written is never touched either.
+fn batch_bytes_estimate(batch: &TreeUpdateBatch) -> usize {
+    let nodes = batch.node_batch.nodes().len() * 768;
+    let values: usize = batch
+        .node_batch
+        .values()
+        .values()
+        .map(|v| 64 + v.as_ref().map_or(0, Vec::len))
+        .sum();
+    nodes + values + 4096
 }
 
 /// The value of the key with hash `key_hash` at `version`: the newest record of the key at or

@@ -3,7 +3,10 @@
 //! Every read answers at a stated height (the latest committed one unless asked otherwise)
 //! with an [`Anchor`] (height and app hash) and [`ProvenValue`]s, so a mail node, a client
 //! or an auditor checks the answer with `onionpost_proto::proof` instead of trusting this
-//! server. Reads go straight to RocksDB and never wait for block execution.
+//! server. Reads go straight to RocksDB and never wait for block execution; they run on
+//! tokio's blocking pool (as do submission's checks and GetCommit's certificate reads), so
+//! a slow disk or a long trust search holds up only its own call, never the async workers
+//! that serve the others.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
@@ -101,6 +104,18 @@ impl LedgerService {
         LedgerServer::new(self)
     }
 
+    /// Runs `read` (RocksDB reads and proofs, a trust search, CheckTx) on tokio's blocking
+    /// pool with a handle on this service, so storage I/O never runs on an async worker.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Self) -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
+        let service = self.clone();
+        tokio::task::spawn_blocking(move || read(&service))
+            .await
+            .map_err(|e| Status::internal(format!("the storage task failed: {e}")))?
+    }
+
     fn anchor(&self, height: u64) -> Result<Anchor, Status> {
         let storage = self.app.storage();
         let height = storage.resolve_height(height).map_err(status)?;
@@ -183,12 +198,16 @@ impl Ledger for LedgerService {
     ) -> Result<Response<IdentityAnswer>, Status> {
         let q = request.into_inner();
         let id = identity_arg(&q.identity, "identity")?;
-        let anchor = self.anchor(q.height)?;
-        let identity = self.prove(&keys::identity(&id), anchor.height)?;
-        Ok(Response::new(IdentityAnswer {
-            anchor: Some(anchor),
-            identity: Some(identity),
-        }))
+        self.blocking(move |s| {
+            let anchor = s.anchor(q.height)?;
+            let identity = s.prove(&keys::identity(&id), anchor.height)?;
+            Ok(IdentityAnswer {
+                anchor: Some(anchor),
+                identity: Some(identity),
+            })
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn get_key_history(
@@ -197,20 +216,24 @@ impl Ledger for LedgerService {
     ) -> Result<Response<KeyHistoryAnswer>, Status> {
         let q = request.into_inner();
         let id = identity_arg(&q.identity, "identity")?;
-        let anchor = self.anchor(q.height)?;
-        let h = anchor.height;
-        let identity = self.prove(&keys::identity(&id), h)?;
-        let len = self
-            .record::<IdentityRecord>(&keys::identity(&id), h)?
-            .map_or(0, |r| r.key_history_len);
-        let entries = (0..len)
-            .map(|seq| self.prove(&keys::key_history(&id, seq), h))
-            .collect::<Result<_, _>>()?;
-        Ok(Response::new(KeyHistoryAnswer {
-            anchor: Some(anchor),
-            identity: Some(identity),
-            entries,
-        }))
+        self.blocking(move |s| {
+            let anchor = s.anchor(q.height)?;
+            let h = anchor.height;
+            let identity = s.prove(&keys::identity(&id), h)?;
+            let len = s
+                .record::<IdentityRecord>(&keys::identity(&id), h)?
+                .map_or(0, |r| r.key_history_len);
+            let entries = (0..len)
+                .map(|seq| s.prove(&keys::key_history(&id, seq), h))
+                .collect::<Result<_, _>>()?;
+            Ok(KeyHistoryAnswer {
+                anchor: Some(anchor),
+                identity: Some(identity),
+                entries,
+            })
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn check_membership(
@@ -220,23 +243,31 @@ impl Ledger for LedgerService {
         let q = request.into_inner();
         list_arg(&q.list)?;
         let id = identity_arg(&q.identity, "identity")?;
-        let anchor = self.anchor(q.height)?;
-        let h = anchor.height;
-        Ok(Response::new(MembershipAnswer {
-            list: Some(self.prove(&keys::list(&q.list), h)?),
-            membership: Some(self.prove(&keys::membership(&q.list, &id), h)?),
-            anchor: Some(anchor),
-        }))
+        self.blocking(move |s| {
+            let anchor = s.anchor(q.height)?;
+            let h = anchor.height;
+            Ok(MembershipAnswer {
+                list: Some(s.prove(&keys::list(&q.list), h)?),
+                membership: Some(s.prove(&keys::membership(&q.list, &id), h)?),
+                anchor: Some(anchor),
+            })
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn get_list(&self, request: Request<ListQuery>) -> Result<Response<ListAnswer>, Status> {
         let q = request.into_inner();
         list_arg(&q.list)?;
-        let anchor = self.anchor(q.height)?;
-        Ok(Response::new(ListAnswer {
-            list: Some(self.prove(&keys::list(&q.list), anchor.height)?),
-            anchor: Some(anchor),
-        }))
+        self.blocking(move |s| {
+            let anchor = s.anchor(q.height)?;
+            Ok(ListAnswer {
+                list: Some(s.prove(&keys::list(&q.list), anchor.height)?),
+                anchor: Some(anchor),
+            })
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn list_members(
@@ -245,13 +276,17 @@ impl Ledger for LedgerService {
     ) -> Result<Response<ListMembersAnswer>, Status> {
         let q = request.into_inner();
         list_arg(&q.list)?;
-        let anchor = self.anchor(q.height)?;
-        let h = anchor.height;
-        Ok(Response::new(ListMembersAnswer {
-            list: Some(self.prove(&keys::list(&q.list), h)?),
-            members: Some(self.prove(&keys::list_members(&q.list), h)?),
-            anchor: Some(anchor),
-        }))
+        self.blocking(move |s| {
+            let anchor = s.anchor(q.height)?;
+            let h = anchor.height;
+            Ok(ListMembersAnswer {
+                list: Some(s.prove(&keys::list(&q.list), h)?),
+                members: Some(s.prove(&keys::list_members(&q.list), h)?),
+                anchor: Some(anchor),
+            })
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn get_trust(
@@ -260,19 +295,23 @@ impl Ledger for LedgerService {
     ) -> Result<Response<TrustAnswer>, Status> {
         let q = request.into_inner();
         let id = identity_arg(&q.identity, "identity")?;
-        let anchor = self.anchor(q.height)?;
-        let h = anchor.height;
         let index_key = if q.direction() == Direction::Outgoing {
             keys::trust_outgoing(&id)
         } else {
             keys::trust_incoming(&id)
         };
-        // The index holds every statement whole: its one proof is the answer.
-        Ok(Response::new(TrustAnswer {
-            anchor: Some(anchor),
-            index: Some(self.prove(&index_key, h)?),
-            statements: Vec::new(),
-        }))
+        self.blocking(move |s| {
+            let anchor = s.anchor(q.height)?;
+            let h = anchor.height;
+            // The index holds every statement whole: its one proof is the answer.
+            Ok(TrustAnswer {
+                anchor: Some(anchor),
+                index: Some(s.prove(&index_key, h)?),
+                statements: Vec::new(),
+            })
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn find_trust_path(
@@ -291,30 +330,34 @@ impl Ledger for LedgerService {
                 )));
             }
         };
-        let anchor = self.anchor(q.height)?;
-        let h = anchor.height;
-        let block_time = self
-            .record::<BlockInfo>(&keys::block_info(), h)?
-            .map_or(0, |b| b.time);
-        let path = self.trust_path(from, to, depth, q.min_level, block_time, h)?;
-        // Each hop is proven by its signer's outgoing index, which holds the statement.
-        let (statements, hops) = match &path {
-            None => (Vec::new(), Vec::new()),
-            Some(path) => (
-                path[..path.len() - 1]
-                    .iter()
-                    .map(|signer| self.prove(&keys::trust_outgoing(signer), h))
-                    .collect::<Result<_, _>>()?,
-                path[1..].iter().map(|id| id.to_vec()).collect(),
-            ),
-        };
-        Ok(Response::new(TrustPathAnswer {
-            found: path.is_some(),
-            statements,
-            block_info: Some(self.prove(&keys::block_info(), h)?),
-            anchor: Some(anchor),
-            hops,
-        }))
+        self.blocking(move |s| {
+            let anchor = s.anchor(q.height)?;
+            let h = anchor.height;
+            let block_time = s
+                .record::<BlockInfo>(&keys::block_info(), h)?
+                .map_or(0, |b| b.time);
+            let path = s.trust_path(from, to, depth, q.min_level, block_time, h)?;
+            // Each hop is proven by its signer's outgoing index, which holds the statement.
+            let (statements, hops) = match &path {
+                None => (Vec::new(), Vec::new()),
+                Some(path) => (
+                    path[..path.len() - 1]
+                        .iter()
+                        .map(|signer| s.prove(&keys::trust_outgoing(signer), h))
+                        .collect::<Result<_, _>>()?,
+                    path[1..].iter().map(|id| id.to_vec()).collect(),
+                ),
+            };
+            Ok(TrustPathAnswer {
+                found: path.is_some(),
+                statements,
+                block_info: Some(s.prove(&keys::block_info(), h)?),
+                anchor: Some(anchor),
+                hops,
+            })
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn submit_tx(
@@ -323,55 +366,68 @@ impl Ledger for LedgerService {
     ) -> Result<Response<SubmitAnswer>, Status> {
         let relayed = request.metadata().contains_key(RELAYED_HEADER);
         let signed = request.into_inner();
-        let tx = signed.encode_to_vec();
-        let hash = onionpost_proto::tx::tx_hash(&tx);
-        let answer = match self.app.submit(tx) {
-            Ok(_) => {
-                if let (false, Some(relay)) = (relayed, &self.relay) {
-                    relay.relay(signed);
+        self.blocking(move |s| {
+            let tx = signed.encode_to_vec();
+            let hash = onionpost_proto::tx::tx_hash(&tx);
+            // CheckTx reads the sender's record and nonce from storage.
+            Ok(match s.app.submit(tx) {
+                Ok(_) => {
+                    if let (false, Some(relay)) = (relayed, &s.relay) {
+                        relay.relay(signed);
+                    }
+                    SubmitAnswer {
+                        tx_hash: hash.to_vec(),
+                        code: 0,
+                        log: "accepted into the mempool".into(),
+                    }
                 }
-                SubmitAnswer {
+                Err((code, log)) => SubmitAnswer {
                     tx_hash: hash.to_vec(),
-                    code: 0,
-                    log: "accepted into the mempool".into(),
-                }
-            }
-            Err((code, log)) => SubmitAnswer {
-                tx_hash: hash.to_vec(),
-                code,
-                log,
-            },
-        };
-        Ok(Response::new(answer))
+                    code,
+                    log,
+                },
+            })
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn get_commit(
         &self,
         request: Request<CommitQuery>,
     ) -> Result<Response<CommitAnswer>, Status> {
-        let Some(commits) = &self.commits else {
+        let Some(commits) = self.commits.clone() else {
             return Err(Status::unimplemented(
                 "this node does not run consensus; ask a validator for commit certificates",
             ));
         };
         let height = request.into_inner().height;
-        match commits.commit(height).map_err(Status::internal)? {
-            Some(answer) => Ok(Response::new(answer)),
-            None => Err(Status::not_found(format!(
-                "no decided block at height {height}"
-            ))),
-        }
+        self.blocking(
+            move |_| match commits.commit(height).map_err(Status::internal)? {
+                Some(answer) => Ok(answer),
+                None => Err(Status::not_found(format!(
+                    "no decided block at height {height}"
+                ))),
+            },
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn get_validator_set(
         &self,
         request: Request<HeightQuery>,
     ) -> Result<Response<ValidatorSetAnswer>, Status> {
-        let anchor = self.anchor(request.into_inner().height)?;
-        Ok(Response::new(ValidatorSetAnswer {
-            validators: Some(self.prove(&keys::validators(), anchor.height)?),
-            anchor: Some(anchor),
-        }))
+        let height = request.into_inner().height;
+        self.blocking(move |s| {
+            let anchor = s.anchor(height)?;
+            Ok(ValidatorSetAnswer {
+                validators: Some(s.prove(&keys::validators(), anchor.height)?),
+                anchor: Some(anchor),
+            })
+        })
+        .await
+        .map(Response::new)
     }
 
     type StreamEventsStream = EventStream;
@@ -383,13 +439,16 @@ impl Ledger for LedgerService {
         let from = request.into_inner().from_height;
         // Subscribe before reading history, so no block falls between the two.
         let mut live = self.app.subscribe();
-        let app = self.app.clone();
+        let service = self.clone();
         let stream = async_stream(move |tx| async move {
             let mut next_height = from;
             if from > 0 {
-                let committed = app.storage().committed_height().unwrap_or(0);
+                let committed = service.app.storage().committed_height().unwrap_or(0);
                 for h in from..=committed {
-                    for e in app.storage().events_at(h).map_err(status)? {
+                    let events = service
+                        .blocking(move |s| s.app.storage().events_at(h).map_err(status))
+                        .await?;
+                    for e in events {
                         tx.send(Ok(e))
                             .await
                             .map_err(|_| Status::cancelled("gone"))?;

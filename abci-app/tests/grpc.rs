@@ -512,3 +512,102 @@ async fn submit_checks_transactions_and_events_stream() {
         ["register_identity".to_string(), "add_member".to_string()]
     );
 }
+
+/// A commit source that blocks in `commit` (as a slow disk would) until released, for at
+/// most 20 s; `gave_up` tells whether it was never released.
+struct GatedCommits {
+    entered: std::sync::Arc<tokio::sync::Notify>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    gave_up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl onionpost_ledger::grpc::CommitSource for GatedCommits {
+    fn commit(&self, _height: u64) -> Result<Option<pb::CommitAnswer>, String> {
+        self.entered.notify_one();
+        let released = self
+            .release
+            .lock()
+            .unwrap()
+            .recv_timeout(std::time::Duration::from_secs(20));
+        if released.is_err() {
+            self.gave_up
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(None)
+    }
+}
+
+struct NoRelay;
+
+impl onionpost_ledger::grpc::TxRelay for NoRelay {
+    fn relay(&self, _tx: pb::SignedTx) {}
+}
+
+/// On a runtime of one thread, a call whose storage read blocks does not hold up another
+/// call: reads run on the blocking pool, not on the async worker.
+#[tokio::test]
+async fn a_blocked_read_does_not_hold_up_other_calls() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let app = LedgerApp::open(dir.path()).unwrap();
+    app.init_chain(init_chain_request(CHAIN, &[key(1)], &[key(99)]));
+    let mut alice = Signer::new(key(2), CHAIN, 0);
+    let res = apply_block(&app, 1, &[alice.sign(register("alice"))]);
+    assert_eq!(res.tx_results[0].code, 0, "{}", res.tx_results[0].log);
+
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let gave_up = Arc::new(AtomicBool::new(false));
+    let (release, gate) = std::sync::mpsc::channel();
+    let commits = GatedCommits {
+        entered: entered.clone(),
+        release: std::sync::Mutex::new(gate),
+        gave_up: gave_up.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let svc = LedgerService::new(app.clone())
+        .with_consensus(Arc::new(commits), Arc::new(NoRelay))
+        .into_server();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(onionpost_ledger::grpc::incoming(listener))
+            .await
+            .unwrap();
+    });
+    let client = LedgerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+
+    let mut slow = client.clone();
+    let blocked = tokio::spawn(async move { slow.get_commit(pb::CommitQuery { height: 1 }).await });
+    tokio::time::timeout(Duration::from_secs(10), entered.notified())
+        .await
+        .expect("GetCommit reached its commit source");
+
+    let mut fast = client.clone();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        fast.get_identity(pb::IdentityQuery {
+            identity: alice.public_key().to_vec(),
+            height: 0,
+        }),
+    )
+    .await
+    .expect("GetIdentity answered while GetCommit was blocked")
+    .unwrap()
+    .into_inner();
+    assert!(answer.identity.unwrap().present, "alice is registered");
+    assert!(
+        !gave_up.load(Ordering::SeqCst),
+        "GetIdentity had to wait for the blocked read to give up"
+    );
+
+    release.send(()).unwrap();
+    let status = blocked.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status}");
+    assert!(!gave_up.load(Ordering::SeqCst));
+}

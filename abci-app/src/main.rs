@@ -72,10 +72,18 @@ enum Command {
     },
 }
 
+/// The log filter when `RUST_LOG` is not set. libp2p-gossipsub warns of every message it
+/// cannot forward to a slow peer with the whole message in Debug form (1.3 MB of text for a
+/// 256 KiB proposal part): under a peer's flood that wrote megabytes of log per second, a
+/// disk filled from outside. Dropping those forwards is gossipsub's bound working; only its
+/// errors are logged.
+const DEFAULT_LOG_FILTER: &str = "info,libp2p_gossipsub=error";
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
         )
         .with_writer(std::io::stderr)
         // Colours only on a terminal: a log file gets plain text.

@@ -55,7 +55,8 @@ fn free_base_port() -> u16 {
 
 /// Validator processes of a 4-validator devnet, `running` of them started.
 struct Net {
-    _dir: tempfile::TempDir,
+    /// The validators' homes (kept when the test fails, for their whole logs).
+    dir: Option<tempfile::TempDir>,
     m: Manifest,
     base_port: u16,
     children: Vec<Child>,
@@ -81,7 +82,7 @@ impl Net {
             .map(|v| start_validator(v).unwrap())
             .collect();
         let net = Net {
-            _dir: dir,
+            dir: Some(dir),
             m,
             base_port,
             children,
@@ -195,6 +196,14 @@ impl Drop for Net {
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if std::thread::panicking()
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!(
+                "the validators' homes and logs are kept in {}",
+                dir.keep().display()
+            );
         }
     }
 }

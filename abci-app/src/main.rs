@@ -215,3 +215,52 @@ fn run_abci(home: PathBuf, listen: SocketAddr, grpc: SocketAddr) -> Result<()> {
         serve_grpc(app, listener).await
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::DEFAULT_LOG_FILTER;
+
+    /// A log writer that keeps what it is given.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_default_filter_drops_gossipsubs_warnings_and_keeps_the_rest() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER))
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(target: "libp2p_gossipsub::behaviour", "Send Queue full. Could not send Forward");
+            tracing::error!(target: "libp2p_gossipsub::behaviour", "a gossipsub error");
+            tracing::info!(target: "arc_malachitebft_core_consensus", "Starting new height");
+            tracing::warn!(target: "onionpost_ledger::validator::host", "dropped proposal parts");
+            tracing::debug!(target: "onionpost_ledger::validator::host", "a debug line");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("Send Queue full"), "{text}");
+        for kept in [
+            "a gossipsub error",
+            "Starting new height",
+            "dropped proposal parts",
+        ] {
+            assert!(text.contains(kept), "{kept:?} missing from:\n{text}");
+        }
+        assert!(!text.contains("a debug line"), "{text}");
+    }
+}

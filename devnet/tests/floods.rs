@@ -285,11 +285,21 @@ async fn an_outsider_flooding_proposal_parts_does_not_stop_four_validators() {
     );
     net.assert_progress_and_agreement(start + BLOCKS_UNDER_FLOOD)
         .await;
+    // A flood must not become a disk flood: nothing is logged per part (about 36 KiB a
+    // second were written under a long flood; gossipsub's warnings of dropped forwards, each
+    // with the whole message in Debug form, once wrote 1-2 MB a second).
+    let budget = 128 * 1024 * t0.elapsed().as_secs().max(1) as usize;
     for i in net.running() {
         let log = net.log(i);
         assert!(
             log.contains("dropped proposal parts") && log.contains("not_a_validator="),
             "validator-{i} never saw the flood:\n{log}"
+        );
+        assert!(
+            log.len() <= budget,
+            "validator-{i} wrote {} bytes of log in {:?}, more than 128 KiB a second",
+            log.len(),
+            t0.elapsed()
         );
     }
 }

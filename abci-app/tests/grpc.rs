@@ -34,24 +34,29 @@ fn key(i: u8) -> SigningKey {
     SigningKey::from([i; 32])
 }
 
+/// Serves `service` on a loopback port of its own; a client connected to it.
+async fn serve(service: LedgerService) -> LedgerClient<Channel> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let svc = service.into_server();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(onionpost_ledger::grpc::incoming(listener))
+            .await
+            .unwrap();
+    });
+    LedgerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
 impl Net {
     async fn start() -> Net {
         let dir = tempfile::tempdir().unwrap();
         let app = LedgerApp::open(dir.path()).unwrap();
         let genesis = app.init_chain(init_chain_request(CHAIN, &[key(1)], &[key(99)]));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        let svc = LedgerService::new(app.clone()).into_server();
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(onionpost_ledger::grpc::incoming(listener))
-                .await
-                .unwrap();
-        });
-        let client = LedgerClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+        let client = serve(LedgerService::new(app.clone())).await;
         Net {
             app,
             client,
@@ -566,21 +571,9 @@ async fn a_blocked_read_does_not_hold_up_other_calls() {
         release: std::sync::Mutex::new(gate),
         gave_up: gave_up.clone(),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    let svc = LedgerService::new(app.clone())
-        .with_consensus(Arc::new(commits), Arc::new(NoRelay))
-        .into_server();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(onionpost_ledger::grpc::incoming(listener))
-            .await
-            .unwrap();
-    });
-    let client = LedgerClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let client =
+        serve(LedgerService::new(app.clone()).with_consensus(Arc::new(commits), Arc::new(NoRelay)))
+            .await;
 
     let mut slow = client.clone();
     let blocked = tokio::spawn(async move { slow.get_commit(pb::CommitQuery { height: 1 }).await });

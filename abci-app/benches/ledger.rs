@@ -19,7 +19,7 @@ use ed25519_consensus::SigningKey;
 use onionpost_ledger::LedgerApp;
 use onionpost_ledger::execute::verify_batch;
 use onionpost_ledger::grpc::LedgerService;
-use onionpost_ledger::testkit::{Signer, finalize_request, init_chain_request};
+use onionpost_ledger::testkit::{Signer, finalize_request, init_chain_request, serve_on_loopback};
 use onionpost_proto::keys;
 use onionpost_proto::proof::verify;
 use onionpost_proto::tx::DecodedTx;
@@ -396,16 +396,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let svc = LedgerService::new(chain.app.clone()).into_server();
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(onionpost_ledger::grpc::incoming(listener))
-                .await
-                .unwrap();
-        });
+        let addr = serve_on_loopback(LedgerService::new(chain.app.clone())).await;
         let root = chain.app.storage().committed().unwrap().app_hash;
         let queries: Vec<(String, [u8; 32])> = (0..args.lookups)
             .map(|i| {

@@ -108,3 +108,23 @@ impl Signer {
         tx.encode_to_vec()
     }
 }
+
+/// Serves `service` on a loopback port of its own, from a task on the current tokio
+/// runtime, and returns the address; the server runs until the runtime stops.
+pub async fn serve_on_loopback(service: crate::grpc::LedgerService) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    let server = service.into_server();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(server)
+            .serve_with_incoming(crate::grpc::incoming(listener))
+            .await
+            .expect("the gRPC server stopped");
+    });
+    addr
+}

@@ -2,8 +2,6 @@
 //! hash that FinalizeBlock reported (not against anything the server says), and a tampered
 //! answer fails verification.
 
-use std::net::SocketAddr;
-
 use ed25519_consensus::SigningKey;
 use onionpost_ledger::LedgerApp;
 use onionpost_ledger::grpc::LedgerService;
@@ -36,16 +34,7 @@ fn key(i: u8) -> SigningKey {
 
 /// Serves `service` on a loopback port of its own; a client connected to it.
 async fn serve(service: LedgerService) -> LedgerClient<Channel> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    let svc = service.into_server();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(onionpost_ledger::grpc::incoming(listener))
-            .await
-            .unwrap();
-    });
+    let addr = onionpost_ledger::testkit::serve_on_loopback(service).await;
     LedgerClient::connect(format!("http://{addr}"))
         .await
         .unwrap()

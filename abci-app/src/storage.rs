@@ -243,7 +243,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Generations<K, V> {
     }
 }
 
-/// The latest value of recently used keys, for reads at the latest committed version.
+/// The latest value of recently used keys, for every read of state ([`Storage::value_at`]).
 ///
 /// Invariant: an entry `key_hash -> (w, value)` says that the key's last write at or before
 /// version `latest` was at `w` and wrote `value` (`None`: deleted, or never written, `w` =
@@ -464,8 +464,38 @@ impl Storage {
 
     /// The value of `key` at `version`.
     pub fn get_at(&self, key: &[u8], version: u64) -> Result<Option<Vec<u8>>, StorageError> {
-        let mut iter = self.db.raw_iterator_cf(cf(&self.db, CF_VALUES));
-        read_value(&mut iter, key_hash(key), version)
+        self.value_at(&mut None, key_hash(key), version)
+    }
+
+    /// The value of the key with hash `key_hash` at `version`: from the value cache when it
+    /// knows it (see [`ValueCache`]), otherwise one reverse seek through `iter` (created on
+    /// first use, so that a caller making several reads can keep one), entered into the
+    /// cache if `version` is still the latest. Every read of state goes through here: the
+    /// block's execution, queries, and the values jmt asks for while building a proof.
+    fn value_at<'s>(
+        &'s self,
+        iter: &mut Option<DBRawIterator<'s>>,
+        key_hash: KeyHash,
+        version: u64,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        {
+            let mut values = self.values.lock().expect("lock poisoned");
+            if values.latest.is_some_and(|latest| version <= latest)
+                && let Some((written, value)) = values.map.get(&key_hash, value_size)
+                && *written <= version
+            {
+                return Ok(value.clone());
+            }
+        }
+        let iter = iter.get_or_insert_with(|| self.db.raw_iterator_cf(cf(&self.db, CF_VALUES)));
+        let (written, value) = read_record(iter, key_hash, version)?;
+        let mut values = self.values.lock().expect("lock poisoned");
+        if values.latest == Some(version) {
+            values
+                .map
+                .insert(key_hash, (written, value.clone()), value_size);
+        }
+        Ok(value)
     }
 
     /// Checks `height` is stored; 0 means the latest committed height.
@@ -679,17 +709,9 @@ fn batch_bytes_estimate(batch: &TreeUpdateBatch) -> usize {
     nodes + values + 4096
 }
 
-/// The value of the key with hash `key_hash` at `version`: the newest record of the key at or
-/// before `version` (one reverse seek), through `iter`, which may be reused from seek to seek.
-fn read_value(
-    iter: &mut DBRawIterator<'_>,
-    key_hash: KeyHash,
-    version: Version,
-) -> Result<Option<OwnedValue>, StorageError> {
-    Ok(read_record(iter, key_hash, version)?.1)
-}
-
-/// [`read_value`], with the version the value was written at (0 if there is no record).
+/// The value of the key with hash `key_hash` at `version` and the version it was written at
+/// (0 if there is no record): the newest record of the key at or before `version` (one
+/// reverse seek), through `iter`, which may be reused from seek to seek.
 fn read_record(
     iter: &mut DBRawIterator<'_>,
     key_hash: KeyHash,
@@ -757,9 +779,7 @@ impl TreeReader for Reader<'_> {
         max_version: Version,
         key_hash: KeyHash,
     ) -> anyhow::Result<Option<OwnedValue>> {
-        let db = &self.storage.db;
-        let mut iter = db.raw_iterator_cf(cf(db, CF_VALUES));
-        Ok(read_value(&mut iter, key_hash, max_version)?)
+        Ok(self.storage.value_at(&mut None, key_hash, max_version)?)
     }
 
     fn get_rightmost_leaf(&self) -> anyhow::Result<Option<(NodeKey, LeafNode)>> {
@@ -786,30 +806,9 @@ impl StateRead for StateView<'_> {
         let Some(version) = self.version else {
             return Ok(None);
         };
-        let key_hash = key_hash(key);
-        {
-            let mut values = self.storage.values.lock().expect("lock poisoned");
-            if values.latest.is_some_and(|latest| version <= latest)
-                && let Some((written, value)) = values.map.get(&key_hash, value_size)
-                && *written <= version
-            {
-                return Ok(value.clone());
-            }
-        }
-        let mut iter = self.iter.borrow_mut();
-        let iter = iter.get_or_insert_with(|| {
-            let db = &self.storage.db;
-            db.raw_iterator_cf(cf(db, CF_VALUES))
-        });
-        let (written, value) =
-            read_record(iter, key_hash, version).map_err(|e| ReadError(e.to_string()))?;
-        let mut values = self.storage.values.lock().expect("lock poisoned");
-        if values.latest == Some(version) {
-            values
-                .map
-                .insert(key_hash, (written, value.clone()), value_size);
-        }
-        Ok(value)
+        self.storage
+            .value_at(&mut self.iter.borrow_mut(), key_hash(key), version)
+            .map_err(|e| ReadError(e.to_string()))
     }
 }
 
@@ -868,6 +867,61 @@ mod tests {
         assert_eq!(verify(&roots.1, b"b", &p).unwrap(), None);
         // A proof for one height does not verify against another root.
         assert!(verify(&roots.0, b"b", &p).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 16, ..Default::default() })]
+
+        /// Reads and proofs answer every committed version as the history says, whether the
+        /// value cache answers (warm: filled by the commits and by reads between them) or
+        /// RocksDB does (cold: the same database reopened).
+        #[test]
+        fn reads_and_proofs_agree_with_the_history_warm_and_cold(
+            blocks in proptest::collection::vec(
+                proptest::collection::btree_map(0u8..6, proptest::option::of(0u8..4), 1..4),
+                1..10,
+            ),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let key = |k: u8| vec![b'k', k];
+            // history[v]: the state after version v.
+            let mut history: Vec<Model> = Vec::new();
+            let check = |s: &Storage, history: &[Model]| {
+                for (v, model) in history.iter().enumerate() {
+                    let root = s.root_at(v as u64).unwrap();
+                    for k in 0..6 {
+                        let want = model.get(&key(k)).map(Vec::as_slice);
+                        let got = s.get_at(&key(k), v as u64).unwrap();
+                        proptest::prop_assert_eq!(got.as_deref(), want, "get_at k{} v{}", k, v);
+                        let p = s.prove(&key(k), v as u64).unwrap();
+                        proptest::prop_assert_eq!(verify(&root, &key(k), &p).unwrap(), want);
+                    }
+                }
+                Ok(())
+            };
+            {
+                let s = Storage::open(dir.path()).unwrap();
+                let mut state = Model::new();
+                for (height, block) in blocks.iter().enumerate() {
+                    let w: WriteSet = block
+                        .iter()
+                        .map(|(k, v)| (key(*k), v.map(|v| vec![b'v', v, height as u8])))
+                        .collect();
+                    for (k, v) in &w {
+                        match v {
+                            Some(v) => state.insert(k.clone(), v.clone()),
+                            None => state.remove(k),
+                        };
+                    }
+                    let b = s.prepare(height as u64, &w).unwrap();
+                    s.commit(b, "c", &[]).unwrap();
+                    history.push(state.clone());
+                    check(&s, &history)?;
+                }
+            }
+            let s = Storage::open(dir.path()).unwrap();
+            check(&s, &history)?;
+        }
     }
 
     proptest::proptest! {

@@ -11,7 +11,8 @@
 //! Column families:
 //! - `nodes`: borsh(`NodeKey`) -> borsh(`Node`) — the tree;
 //! - `values`: key hash ‖ version (big-endian) -> 0x00 (deleted) or 0x01 ‖ value, so the value
-//!   of a key at any version is one reverse seek;
+//!   of a key at any version is one reverse seek, within the key hash's prefix (the family's
+//!   prefix Bloom filters answer a read of a key never written without a search);
 //! - `events`: height (big-endian) -> encoded `LedgerEvents` of that block;
 //! - `meta`: the committed height, app hash and chain id, and the database's format version.
 //!
@@ -41,7 +42,7 @@ use onionpost_proto::v1::{LedgerEvent, ProvenValue};
 use prost::Message;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBRawIterator, IteratorMode, Options,
-    WriteBatch, WriteOptions,
+    ReadOptions, SliceTransform, WriteBatch, WriteOptions,
 };
 use sha2::Sha256;
 
@@ -487,7 +488,10 @@ impl Storage {
                 return Ok(value.clone());
             }
         }
-        let iter = iter.get_or_insert_with(|| self.db.raw_iterator_cf(cf(&self.db, CF_VALUES)));
+        let iter = iter.get_or_insert_with(|| {
+            self.db
+                .raw_iterator_cf_opt(cf(&self.db, CF_VALUES), values_read_options())
+        });
         let (written, value) = read_record(iter, key_hash, version)?;
         let mut values = self.values.lock().expect("lock poisoned");
         if values.latest == Some(version) {
@@ -663,14 +667,39 @@ fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
 /// A column family's RocksDB options: every family shares one LRU block cache; the tree nodes,
 /// read by point lookups, get a Bloom filter (10 bits a key, ~1% false positives), so a
 /// lookup skips the files that do not hold the node instead of searching each one's index.
+///
+/// The values are read by a reverse seek within one key's records (`key hash ‖ version`), so
+/// their family has the key hash as a fixed prefix, with a Bloom filter of prefixes in the
+/// memtable and in every file: a read of a key that was never written (a registration's
+/// signer, a first trust statement or membership) is answered by the filters instead of a
+/// search of the memtable's skip list and of each file. Their iterators seek in prefix mode
+/// ([`values_read_options`]).
 fn cf_options(name: &str, cache: &Cache) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
-    if name == CF_NODES {
-        table.set_bloom_filter(10.0, false);
-    }
     let mut opts = Options::default();
+    match name {
+        CF_NODES => table.set_bloom_filter(10.0, false),
+        CF_VALUES => {
+            opts.set_prefix_extractor(SliceTransform::create_fixed_prefix(VALUE_PREFIX));
+            opts.set_memtable_prefix_bloom_ratio(0.1);
+            table.set_bloom_filter(10.0, false);
+            table.set_whole_key_filtering(false);
+        }
+        _ => {}
+    }
     opts.set_block_based_table_factory(&table);
+    opts
+}
+
+/// The prefix of a value record's key that names the state key: its hash.
+const VALUE_PREFIX: usize = 32;
+
+/// How the values are read: every seek stays within the prefix of the key it seeks (one
+/// state key's records), which lets RocksDB consult the prefix Bloom filters.
+fn values_read_options() -> ReadOptions {
+    let mut opts = ReadOptions::default();
+    opts.set_prefix_same_as_start(true);
     opts
 }
 
@@ -1059,6 +1088,65 @@ mod tests {
         assert_eq!(after.get(b"b").unwrap(), None);
         assert_eq!(after.get(b"never").unwrap(), None);
         assert_eq!(before.get(b"never").unwrap(), None);
+    }
+
+    /// The values column family is read through its prefix Bloom filters (the key hash): a
+    /// key's value is found at every version after its write, a deletion reads as one, and a
+    /// key never written reads as absent, from the memtable and then from files, with the
+    /// same read options as every read of state and without the value cache.
+    #[test]
+    fn values_are_found_through_the_prefix_filters_in_memtable_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        let key = |i: usize| format!("key/{i}").into_bytes();
+        // Version 0 writes the even keys, 2 the odd ones, 3 deletes key 0; 1 and 4 write
+        // another key only.
+        for version in 0..5u64 {
+            let w: WriteSet = match version {
+                0 => (0..100)
+                    .step_by(2)
+                    .map(|i| (key(i), Some(vec![0])))
+                    .collect(),
+                2 => (1..100)
+                    .step_by(2)
+                    .map(|i| (key(i), Some(vec![2])))
+                    .collect(),
+                3 => [(key(0), None)].into_iter().collect(),
+                v => [(b"other".to_vec(), Some(vec![v as u8]))]
+                    .into_iter()
+                    .collect(),
+            };
+            let b = s.prepare(version, &w).unwrap();
+            s.commit(b, "c", &[]).unwrap();
+        }
+        let want = |i: usize, version: u64| -> (u64, Option<Vec<u8>>) {
+            match i {
+                0 if version >= 3 => (3, None),
+                i if i % 2 == 0 => (0, Some(vec![0])),
+                _ if version >= 2 => (2, Some(vec![2])),
+                _ => (0, None),
+            }
+        };
+        let check = |s: &Storage, place: &str| {
+            let mut iter =
+                s.db.raw_iterator_cf_opt(cf(&s.db, CF_VALUES), values_read_options());
+            for version in 0..5u64 {
+                for i in 0..100 {
+                    let got = read_record(&mut iter, key_hash(&key(i)), version).unwrap();
+                    assert_eq!(
+                        got,
+                        want(i, version),
+                        "key {i} at version {version} ({place})"
+                    );
+                    let never = format!("never/{i}").into_bytes();
+                    let got = read_record(&mut iter, key_hash(&never), version).unwrap();
+                    assert_eq!(got, (0, None), "never-written key {i} ({place})");
+                }
+            }
+        };
+        check(&s, "memtable");
+        s.db.flush_cf(cf(&s.db, CF_VALUES)).unwrap();
+        check(&s, "files");
     }
 
     #[test]

@@ -1149,6 +1149,59 @@ mod tests {
         check(&s, "files");
     }
 
+    /// A database whose values were written before their column family had a prefix
+    /// extractor (files without prefix filters) reads the same with it: RocksDB does not
+    /// consult a filter that a file does not have.
+    #[test]
+    fn values_written_without_prefix_filters_read_the_same_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = |i: u8| key_hash(&[b'k', i]);
+        let open = |values: Options| {
+            let mut opts = Options::default();
+            opts.create_if_missing(true);
+            opts.create_missing_column_families(true);
+            DB::open_cf_descriptors(
+                &opts,
+                dir.path(),
+                [ColumnFamilyDescriptor::new(CF_VALUES, values)],
+            )
+            .unwrap()
+        };
+        {
+            // The family as it was configured before: no prefix extractor, no filter.
+            let db = open(Options::default());
+            let mut buf = Vec::new();
+            for i in 0..50u8 {
+                encode_value(Some(&[i]), &mut buf);
+                db.put_cf(
+                    cf(&db, CF_VALUES),
+                    value_key(key(i), u64::from(i % 3)),
+                    &buf,
+                )
+                .unwrap();
+            }
+            db.flush_cf(cf(&db, CF_VALUES)).unwrap();
+        }
+        let db = open(cf_options(CF_VALUES, &Cache::new_lru_cache(1 << 20)));
+        let mut iter = db.raw_iterator_cf_opt(cf(&db, CF_VALUES), values_read_options());
+        for i in 0..50u8 {
+            let written = u64::from(i % 3);
+            for version in 0..4u64 {
+                let want = if version >= written {
+                    (written, Some(vec![i]))
+                } else {
+                    (0, None)
+                };
+                assert_eq!(
+                    read_record(&mut iter, key(i), version).unwrap(),
+                    want,
+                    "key {i} at {version}"
+                );
+            }
+            assert_eq!(read_record(&mut iter, key(100 + i), 3).unwrap(), (0, None));
+        }
+    }
+
     #[test]
     fn an_unknown_format_version_is_refused_not_misread() {
         let dir = tempfile::tempdir().unwrap();
